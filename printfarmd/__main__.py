@@ -1,0 +1,3 @@
+from printfarmd.cli import main
+
+raise SystemExit(main())

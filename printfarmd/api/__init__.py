@@ -1,0 +1,1 @@
+"""HTTP surface: REST API (and later the Moonraker facade and the dashboard)."""

@@ -1,0 +1,162 @@
+"""REST: jobs (``/api/jobs``)."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, request
+
+from printfarmd.api import validate as v
+from printfarmd.api.context import services
+from printfarmd.api.respond import json_response, read_json
+from printfarmd.api.serialize import job_json
+from printfarmd.errors import BadRequest, NotFound
+from printfarmd.models import JOB_ID_RE, JobState
+from printfarmd.services.scheduler import JobRequest
+from printfarmd.store.store import JOB_SORTS
+
+bp = Blueprint("jobs", __name__)
+
+MAX_COPIES = 100
+JOB_FIELDS = (
+    "filename",
+    "name",
+    "priority",
+    "copies",
+    "material",
+    "nozzle_diameter",
+    "required_tags",
+    "min_bed",
+    "sku",
+    "estimated_time",
+)
+
+
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID_RE.match(job_id):
+        raise NotFound("job not found (ids are 16 uppercase hex characters)")
+    return job_id
+
+
+def parse_job_request(body: dict[str, object], max_priority: int) -> JobRequest:
+    v.only_fields(body, JOB_FIELDS)
+    filename = v.opt_str(body, "filename", 1024, required=True)
+    assert filename is not None
+    material = v.opt_str(body, "material", 32)
+    return JobRequest(
+        filename=filename,
+        name=v.opt_str(body, "name", 200) or "",
+        priority=v.opt_int(body, "priority", -max_priority, max_priority) or 0,
+        copies=v.opt_int(body, "copies", 1, MAX_COPIES) or 1,
+        material=material.upper() if material else None,
+        nozzle_diameter=v.opt_num(body, "nozzle_diameter", 0.05, 5.0),
+        required_tags=v.str_list(body, "required_tags", 20, 64),
+        min_bed=v.num_list(body, "min_bed", 3, 0.0, 10_000.0),  # type: ignore[arg-type]
+        sku=v.opt_str(body, "sku", 100),
+        estimated_time=v.opt_num(body, "estimated_time", 0.0, 30 * 86400.0),
+    )
+
+
+@bp.get("/api/jobs")
+async def list_jobs() -> Response:
+    svc = services()
+    args = request.args
+    states: list[str] = []
+    for raw in (args.get("status") or args.get("state") or "").split(","):
+        if raw.strip():
+            try:
+                states.append(JobState(raw.strip().lower()).value)
+            except ValueError:
+                allowed = ", ".join(s.value for s in JobState)
+                raise BadRequest(
+                    f"status: unknown state {raw.strip()!r} (allowed: {allowed})"
+                ) from None
+    sort = args.get("sort", "created")
+    if sort not in JOB_SORTS:
+        raise BadRequest(f"sort: must be one of {', '.join(JOB_SORTS)}")
+    order = args.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise BadRequest("order: must be asc or desc")
+    limit = _int_arg("limit", 100, 1, 1000)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    jobs, total = await svc.store.list_jobs(
+        states=states,
+        printer_id=args.get("printer"),
+        sku=args.get("sku"),
+        material=(args.get("material") or "").upper() or None,
+        group_id=args.get("group"),
+        sort=sort,
+        descending=order == "desc",
+        limit=limit,
+        offset=offset,
+    )
+    fresh = [svc.scheduler.fresh(j) for j in jobs]
+    return json_response({"jobs": [job_json(j) for j in fresh], "total": total})
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}: expected an integer") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name}: must be between {lo} and {hi}")
+    return value
+
+
+@bp.post("/api/jobs")
+async def create_job() -> Response:
+    svc = services()
+    body = await read_json()
+    job_request = parse_job_request(body, svc.config.scheduler.max_priority)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 200 and key.isprintable()):
+        raise BadRequest("Idempotency-Key: must be 1 to 200 printable characters")
+    jobs, created = await svc.scheduler.submit(job_request, key)
+    resp = json_response({"jobs": [job_json(j) for j in jobs]}, 201 if created else 200)
+    if jobs:
+        resp.headers["Location"] = f"/api/jobs/{jobs[0].id}"
+    return resp
+
+
+@bp.get("/api/jobs/<job_id>")
+async def get_job(job_id: str) -> Response:
+    job = await services().scheduler.get_job(check_job_id(job_id))
+    return json_response(job_json(job))
+
+
+@bp.post("/api/jobs/<job_id>/cancel")
+async def cancel_job(job_id: str) -> Response:
+    body = await read_json()
+    v.only_fields(body, ("reason",))
+    reason = v.opt_str(body, "reason", 500) or "cancelled by operator"
+    job = await services().scheduler.cancel(check_job_id(job_id), reason)
+    return json_response(job_json(job))
+
+
+@bp.post("/api/jobs/<job_id>/release")
+async def release_job(job_id: str) -> Response:
+    body = await read_json()
+    v.only_fields(body, ("printerId", "printer_id"))
+    printer_id = v.opt_str(body, "printerId", 64) or v.opt_str(body, "printer_id", 64)
+    if not printer_id:
+        raise BadRequest("printerId: required")
+    job = await services().scheduler.release(check_job_id(job_id), printer_id)
+    return json_response(job_json(job))
+
+
+@bp.post("/api/jobs/<job_id>/ship")
+async def ship_job(job_id: str) -> Response:
+    body = await read_json()
+    v.only_fields(body, ("tracking",))
+    tracking = v.opt_str(body, "tracking", 200, required=True)
+    assert tracking is not None
+    job = await services().scheduler.ship(check_job_id(job_id), tracking)
+    return json_response(job_json(job))
+
+
+@bp.post("/api/jobs/<job_id>/jump")
+async def jump_job(job_id: str) -> Response:
+    job = await services().scheduler.jump(check_job_id(job_id))
+    return json_response(job_json(job))

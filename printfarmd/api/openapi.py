@@ -1,0 +1,485 @@
+"""The OpenAPI 3.1 document of the REST API, served at ``/api/openapi.json``.
+
+A test compares its paths and methods with the app's routes both ways, so a route
+cannot be added without documenting it (or documented without existing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response
+
+from printfarmd import __version__
+from printfarmd.api.respond import json_response
+from printfarmd.models import JobState, PrinterState
+
+bp = Blueprint("openapi", __name__)
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+_TS = {"type": ["string", "null"], "format": "date-time"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                    "error_id": {"type": "string"},
+                    "retry_after": {"type": "integer"},
+                },
+            }
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["id", "filename", "state", "priority", "copies", "progress", "created_at"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9A-F]{16}$"},
+            "filename": {"type": "string"},
+            "name": {"type": "string"},
+            "state": {"type": "string", "enum": [s.value for s in JobState]},
+            "priority": {"type": "integer"},
+            "position": {"type": "integer"},
+            "jumped": {"type": "boolean"},
+            "copies": {"type": "integer", "minimum": 1},
+            "copy_index": {"type": "integer", "minimum": 1},
+            "group_id": {"type": "string"},
+            "material": _NULLABLE_STR,
+            "nozzle_diameter": _NULLABLE_NUM,
+            "required_tags": {"type": "array", "items": {"type": "string"}},
+            "min_bed": {"type": ["array", "null"], "items": {"type": "number"}},
+            "sku": _NULLABLE_STR,
+            "estimated_time": _NULLABLE_NUM,
+            "printer_id": _NULLABLE_STR,
+            "retry_count": {"type": "integer"},
+            "failed_printers": {"type": "array", "items": {"type": "string"}},
+            "progress": {"type": "number", "minimum": 0, "maximum": 100},
+            "eta": _TS,
+            "retry_at": _TS,
+            "created_at": _TS,
+            "updated_at": _TS,
+            "queued_at": _TS,
+            "started_at": _TS,
+            "finished_at": _TS,
+            "last_error": _NULLABLE_STR,
+            "tracking": _NULLABLE_STR,
+            "source": {"type": "string"},
+        },
+    },
+    "JobCreate": {
+        "type": "object",
+        "required": ["filename"],
+        "additionalProperties": False,
+        "properties": {
+            "filename": {"type": "string", "description": "path relative to the gcodes folder"},
+            "name": {"type": "string", "maxLength": 200},
+            "priority": {"type": "integer", "description": "higher prints first"},
+            "copies": {"type": "integer", "minimum": 1, "maximum": 100},
+            "material": {"type": "string", "maxLength": 32},
+            "nozzle_diameter": {"type": "number", "minimum": 0.05, "maximum": 5},
+            "required_tags": {"type": "array", "items": {"type": "string"}, "maxItems": 20},
+            "min_bed": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+            "sku": {"type": "string", "maxLength": 100},
+            "estimated_time": {"type": "number", "minimum": 0},
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "total": {"type": "integer"},
+        },
+    },
+    "Printer": {
+        "type": "object",
+        "required": ["id", "name", "state", "plate_clear"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "driver": {"type": "string"},
+            "state": {"type": "string", "enum": [s.value for s in PrinterState]},
+            "plate_clear": {"type": "boolean"},
+            "current_job": _NULLABLE_STR,
+            "progress": {"type": "number"},
+            "eta": _TS,
+            "message": {"type": "string"},
+            "maintenance": {"type": "boolean"},
+            "auto_clear": {"type": "boolean"},
+            "materials": {"type": "array", "items": {"type": "string"}},
+            "nozzle_diameter": {"type": "number"},
+            "bed_size": {"type": "array", "items": {"type": "number"}},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "updated_at": _TS,
+        },
+    },
+    "QueueStatus": {
+        "type": "object",
+        "required": ["paused", "queue_depth", "jobs_by_state", "printers_by_state"],
+        "properties": {
+            "paused": {"type": "boolean"},
+            "queue_depth": {"type": "integer"},
+            "printing": {"type": "integer"},
+            "dispatching": {"type": "integer"},
+            "awaiting_clear": {"type": "integer"},
+            "retry_waiting": {"type": "integer"},
+            "oldest_queued_at": _TS,
+            "jobs_by_state": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "printers_by_state": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "last_event_seq": {"type": "integer"},
+        },
+    },
+    "OrchestratorConfig": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "max_retries": {"type": "integer", "minimum": 0, "maximum": 100},
+            "retry_backoff": {
+                "type": "array",
+                "items": {"type": "number", "minimum": 0},
+                "minItems": 1,
+                "maxItems": 20,
+            },
+            "cooldown_seconds": {"type": "number", "minimum": 0},
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["seq", "type", "at"],
+        "properties": {
+            "seq": {"type": "integer"},
+            "type": {"type": "string"},
+            "at": _TS,
+            "job_id": _NULLABLE_STR,
+            "printer_id": _NULLABLE_STR,
+            "from_state": _NULLABLE_STR,
+            "to_state": _NULLABLE_STR,
+            "reason": _NULLABLE_STR,
+            "data": {"type": "object"},
+        },
+    },
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(schema: str, status: str = "200", description: str = "OK") -> dict[str, Any]:
+    return {
+        status: {
+            "description": description,
+            "content": {"application/json": {"schema": _ref(schema)}},
+        }
+    }
+
+
+_ERRORS = {
+    code: {"description": text, "content": {"application/json": {"schema": _ref("Error")}}}
+    for code, text in {
+        "400": "malformed request (bad JSON, wrong type, unknown field)",
+        "401": "missing or wrong X-Api-Key",
+        "404": "unknown job or printer",
+        "409": "not allowed in the current state",
+        "413": "request body too large",
+        "422": "a value is out of range or the file cannot be printed",
+        "503": "storage busy: nothing stored, retry",
+        "507": "disk full: nothing stored",
+    }.items()
+}
+
+
+def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": {**responses, **_ERRORS}, **extra}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": False, "content": {"application/json": {"schema": schema}}}
+
+
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_PRINTER_ID = {"name": "printer_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+PATHS: dict[str, Any] = {
+    "/api/health": {
+        "get": {
+            "summary": "Liveness (public, no key)",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {
+                                    "status": {"type": "string"},
+                                    "version": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    },
+    "/api/openapi.json": {
+        "get": _op("This document", {"200": {"description": "OpenAPI document"}})
+    },
+    "/api/jobs": {
+        "get": _op(
+            "List jobs with filters and sorting",
+            _ok("JobList"),
+            parameters=[
+                _q("status", {"type": "string"}, "comma-separated states, e.g. printing,queued"),
+                _q("printer", {"type": "string"}, "only jobs on this printer"),
+                _q("sku", {"type": "string"}, "only this SKU"),
+                _q("material", {"type": "string"}, "only this material"),
+                _q("group", {"type": "string"}, "only copies of this submission"),
+                _q(
+                    "sort",
+                    {
+                        "type": "string",
+                        "enum": [
+                            "created",
+                            "updated",
+                            "state",
+                            "printer",
+                            "sku",
+                            "eta",
+                            "priority",
+                            "name",
+                            "filename",
+                        ],
+                    },
+                    "sort key",
+                ),
+                _q("order", {"type": "string", "enum": ["asc", "desc"]}, "sort direction"),
+                _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+                _q("offset", {"type": "integer", "minimum": 0}, "page start"),
+            ],
+        ),
+        "post": _op(
+            "Submit a job (copies = N makes N jobs)",
+            {
+                **_ok("JobList", "201", "created"),
+                **_ok("JobList", "200", "replayed: the Idempotency-Key was seen before"),
+            },
+            parameters=[
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "maxLength": 200},
+                }
+            ],
+            requestBody={
+                "required": True,
+                "content": {"application/json": {"schema": _ref("JobCreate")}},
+            },
+        ),
+    },
+    "/api/jobs/{job_id}": {"get": _op("One job", _ok("Job"), parameters=[_JOB_ID])},
+    "/api/jobs/{job_id}/cancel": {
+        "post": _op(
+            "Cancel a job",
+            _ok("Job"),
+            parameters=[_JOB_ID],
+            requestBody=_json_body(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"reason": {"type": "string"}},
+                }
+            ),
+        )
+    },
+    "/api/jobs/{job_id}/release": {
+        "post": _op(
+            "Send a queued job to a chosen idle printer now",
+            _ok("Job"),
+            parameters=[_JOB_ID],
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["printerId"],
+                            "properties": {"printerId": {"type": "string"}},
+                        }
+                    }
+                },
+            },
+        )
+    },
+    "/api/jobs/{job_id}/ship": {
+        "post": _op(
+            "Mark a ready job shipped with its tracking number",
+            _ok("Job"),
+            parameters=[_JOB_ID],
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["tracking"],
+                            "properties": {"tracking": {"type": "string", "maxLength": 200}},
+                        }
+                    }
+                },
+            },
+        )
+    },
+    "/api/jobs/{job_id}/jump": {
+        "post": _op("Move a queued job to the front of the queue", _ok("Job"), parameters=[_JOB_ID])
+    },
+    "/api/printers": {
+        "get": _op(
+            "List printers",
+            {
+                "200": {
+                    "description": "OK",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "printers": {"type": "array", "items": _ref("Printer")}
+                                },
+                            }
+                        }
+                    },
+                }
+            },
+        )
+    },
+    "/api/printers/{printer_id}": {
+        "get": _op("One printer", _ok("Printer"), parameters=[_PRINTER_ID])
+    },
+    "/api/printers/{printer_id}/clear": {
+        "post": _op(
+            "The plate is clear: finish post-processing", _ok("Printer"), parameters=[_PRINTER_ID]
+        )
+    },
+    "/api/printers/{printer_id}/maintenance": {
+        "post": _op(
+            "Maintenance mode on or off (no jobs while on)",
+            _ok("Printer"),
+            parameters=[_PRINTER_ID],
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["enabled"],
+                            "properties": {"enabled": {"type": "boolean"}},
+                        }
+                    }
+                },
+            },
+        )
+    },
+    "/api/orchestrator/status": {"get": _op("Queue health", _ok("QueueStatus"))},
+    "/api/orchestrator/pause": {"post": _op("Pause dispatching", _ok("QueueStatus"))},
+    "/api/orchestrator/resume": {"post": _op("Resume dispatching", _ok("QueueStatus"))},
+    "/api/orchestrator/reprioritize": {
+        "post": _op(
+            "Change a job's priority",
+            _ok("Job"),
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["jobId", "priority"],
+                            "properties": {
+                                "jobId": {"type": "string"},
+                                "priority": {"type": "integer"},
+                            },
+                        }
+                    }
+                },
+            },
+        )
+    },
+    "/api/orchestrator/config": {
+        "get": _op("Retry and cool-down settings", _ok("OrchestratorConfig")),
+        "put": _op(
+            "Change retry and cool-down settings (persisted)",
+            _ok("OrchestratorConfig"),
+            requestBody={
+                "required": True,
+                "content": {"application/json": {"schema": _ref("OrchestratorConfig")}},
+            },
+        ),
+    },
+    "/api/events": {
+        "get": _op(
+            "The event log, oldest first",
+            {
+                "200": {
+                    "description": "OK",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"events": {"type": "array", "items": _ref("Event")}},
+                            }
+                        }
+                    },
+                }
+            },
+            parameters=[
+                _q("after", {"type": "integer", "minimum": 0}, "only events with a larger seq"),
+                _q("limit", {"type": "integer", "minimum": 1, "maximum": 5000}, "page size"),
+                _q("job", {"type": "string"}, "only this job"),
+                _q("printer", {"type": "string"}, "only this printer"),
+                _q("type", {"type": "string"}, "comma-separated event types"),
+            ],
+        )
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "printfarmd REST API", "version": __version__},
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}},
+    },
+    "security": [{"ApiKey": []}],
+    "paths": PATHS,
+}
+
+
+@bp.get("/api/openapi.json")
+async def openapi_document() -> Response:
+    return json_response(DOCUMENT)

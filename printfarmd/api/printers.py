@@ -1,0 +1,49 @@
+"""REST: printers (``/api/printers``)."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response
+
+from printfarmd.api import validate as v
+from printfarmd.api.context import services
+from printfarmd.api.respond import json_response, read_json
+from printfarmd.api.serialize import printer_json
+from printfarmd.errors import BadRequest
+
+bp = Blueprint("printers", __name__)
+
+
+def _printer(printer_id: str) -> Response:
+    sched = services().scheduler
+    view = sched.printer_view(printer_id)
+    return json_response(printer_json(view, sched.printers[printer_id].eta))
+
+
+@bp.get("/api/printers")
+async def list_printers() -> Response:
+    sched = services().scheduler
+    return json_response(
+        {"printers": [printer_json(p, sched.printers[p.id].eta) for p in sched.printer_views()]}
+    )
+
+
+@bp.get("/api/printers/<printer_id>")
+async def get_printer(printer_id: str) -> Response:
+    return _printer(printer_id)
+
+
+@bp.post("/api/printers/<printer_id>/clear")
+async def clear_plate(printer_id: str) -> Response:
+    await services().scheduler.clear_plate(printer_id)
+    return _printer(printer_id)
+
+
+@bp.post("/api/printers/<printer_id>/maintenance")
+async def maintenance(printer_id: str) -> Response:
+    body = await read_json()
+    v.only_fields(body, ("enabled",))
+    enabled = v.opt_bool(body, "enabled")
+    if enabled is None:
+        raise BadRequest("enabled: required (true or false)")
+    await services().scheduler.set_maintenance(printer_id, enabled)
+    return _printer(printer_id)

@@ -1,0 +1,506 @@
+"""The ``printfarmd`` command: run the daemon, write and check configs, talk to the daemon.
+
+Exit codes: 0 success; 1 a runtime failure (daemon unreachable, API error, file exists);
+2 a usage or configuration error. Errors are printed as ``error: <message>`` on stderr,
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from printfarmd import __version__
+from printfarmd.cli_client import (
+    ENV_API_KEY,
+    ENV_CONFIG,
+    ENV_URL,
+    LOCAL_CONFIG_NAME,
+    SYSTEM_CONFIG,
+    ClientError,
+    FarmClient,
+    default_config_path,
+    resolve_endpoint,
+)
+from printfarmd.config import load_config, starter_config
+from printfarmd.errors import ConfigError, FarmError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+_Handler = Callable[[argparse.Namespace, Console], int]
+
+# Colours for states; anything not listed is printed plain.
+_STATE_STYLES = {
+    "idle": "cyan",
+    "printing": "green",
+    "paused": "yellow",
+    "awaiting_clear": "yellow",
+    "error": "bold red",
+    "offline": "dim",
+    "maintenance": "magenta",
+    "queued": "cyan",
+    "post_process": "yellow",
+    "ready": "bold green",
+    "shipped": "dim green",
+    "failed": "bold red",
+    "cancelled": "dim",
+}
+
+_INIT_HEADER = """\
+# printfarmd configuration, written by `printfarmd init`.
+# Every key is described in docs/configuration.md; config.example.toml has them all
+# with comments. Check this file with `printfarmd check-config FILE`.
+#
+# server.api_key is a fresh secret: keep this file private (it is written mode 0600).
+# The printers below are simulated; replace them with your own.
+
+"""
+
+
+def _error(message: str) -> None:
+    # Plain print, not rich: messages hold user text such as "printers[2]" that rich
+    # would take for markup.
+    for line in message.splitlines() or [""]:
+        print(f"error: {line}", file=sys.stderr)
+
+
+def _styled(state: object) -> Text:
+    text = str(state) if state is not None else ""
+    return Text(text, style=_STATE_STYLES.get(text, ""))
+
+
+def _cell(value: object) -> Text:
+    """A table cell from API data, never interpreted as rich markup."""
+    if value is None:
+        return Text("")
+    if isinstance(value, float):
+        return Text(f"{value:g}")
+    return Text(str(value))
+
+
+def _percent(value: object) -> Text:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Text(f"{value:.0f}%")
+    return Text("")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _print_json(out: Console, data: object) -> None:
+    out.print_json(json.dumps(data))
+
+
+# -- commands that do not need the daemon -----------------------------------------------
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    path: Path | None = args.config
+    return path if path is not None else default_config_path()
+
+
+def cmd_serve(args: argparse.Namespace, out: Console) -> int:
+    """Load the config and run the daemon until SIGTERM/SIGINT; its exit code."""
+    config = load_config(_config_path(args))
+    # Imported here so `printfarmd status` and friends never pay for (or depend on)
+    # importing the whole server stack.
+    from printfarmd.daemon import serve
+
+    try:
+        return serve(config, log_format=args.log_format)
+    except FarmError as exc:
+        _error(exc.message)
+        return EXIT_FAILURE
+    except ExceptionGroup as group:
+        # A service that failed at startup inside the root nursery arrives wrapped.
+        matched, rest = group.split(FarmError)
+        if matched is None or rest is not None:
+            raise
+        for leaf in _leaves(matched):
+            _error(leaf.message if isinstance(leaf, FarmError) else str(leaf))
+        return EXIT_FAILURE
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> Iterable[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+def cmd_init(args: argparse.Namespace, out: Console) -> int:
+    """Write a starter config with a fresh API key; refuse to overwrite unless ``--force``."""
+    path = Path(args.file)
+    text = _INIT_HEADER + tomli_w.dumps(starter_config(secrets.token_urlsafe(32)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if args.force:
+            _write_replacing(path, text)
+        else:
+            # O_EXCL: never clobber a config (and its key) that appeared since we looked.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write(text)
+    except FileExistsError:
+        _error(f"{path} already exists; use --force to overwrite it")
+        return EXIT_FAILURE
+    except OSError as exc:
+        _error(f"cannot write {path}: {exc.strerror or exc}")
+        return EXIT_FAILURE
+    shown = path.absolute()
+    out.print(f"wrote {shown} (2 simulated printers, mode 0600)", markup=False, highlight=False)
+    out.print(
+        "the API key is server.api_key in that file; clients send it as X-Api-Key",
+        markup=False,
+        highlight=False,
+    )
+    out.print(f"start the daemon with: printfarmd serve --config {shown}", markup=False)
+    return EXIT_OK
+
+
+def _write_replacing(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with a 0600 file holding ``text``."""
+    # mkstemp creates the file 0600, and os.replace means a crash leaves the old file
+    # or the new one, never half of either.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_check_config(args: argparse.Namespace, out: Console) -> int:
+    """Load and validate a config; ``ok: N printers`` or the errors (exit 2)."""
+    config = load_config(args.file if args.file is not None else default_config_path())
+    out.print(f"ok: {_plural(len(config.printers), 'printer')}", markup=False, highlight=False)
+    return EXIT_OK
+
+
+# -- commands that talk to the daemon ---------------------------------------------------
+
+
+class _Exit(Exception):
+    """Leave ``main`` with ``code``; the message has already been printed."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _client(args: argparse.Namespace) -> FarmClient:
+    try:
+        endpoint = resolve_endpoint(url=args.url, api_key=args.api_key, config_path=args.config)
+    except ConfigError as exc:
+        _error(exc.message)
+        print(
+            "hint: the daemon's URL and API key come from --url/--api-key, else "
+            f"${ENV_URL}/${ENV_API_KEY}, else its config file (--config)",
+            file=sys.stderr,
+        )
+        raise _Exit(EXIT_USAGE) from None
+    return FarmClient(endpoint)
+
+
+def cmd_status(args: argparse.Namespace, out: Console) -> int:
+    """Two tables: every printer, and a summary of the queue."""
+    with _client(args) as client:
+        printers = client.list_printers()
+        status = client.orchestrator_status()
+    if args.json:
+        _print_json(out, {"printers": printers, "status": status})
+        return EXIT_OK
+    out.print(printers_table(printers))
+    out.print(queue_table(status))
+    return EXIT_OK
+
+
+def printers_table(printers: Iterable[Mapping[str, Any]]) -> Table:
+    """Printers: id, name, state, current job, progress, loaded materials."""
+    table = Table(title="Printers", title_justify="left")
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Name")
+    table.add_column("State", no_wrap=True, min_width=5)
+    table.add_column("Job", no_wrap=True)
+    table.add_column("Progress", justify="right", min_width=8)
+    table.add_column("Materials", min_width=9)
+    for printer in printers:
+        job = printer.get("current_job")
+        state = _styled(printer.get("state"))
+        if printer.get("maintenance") and printer.get("state") != "maintenance":
+            state.append(" (maintenance)", style="magenta")
+        materials = printer.get("materials")
+        table.add_row(
+            _cell(printer.get("id")),
+            _cell(printer.get("name")),
+            state,
+            _cell(job),
+            _percent(printer.get("progress")) if job else Text(""),
+            _cell(", ".join(map(str, materials)) if isinstance(materials, list) else ""),
+        )
+    if not table.row_count:
+        table.caption = "no printers configured"
+    return table
+
+
+def queue_table(status: Mapping[str, Any]) -> Table:
+    """Queue summary: dispatch paused or running, depth, jobs per state."""
+    table = Table(title="Queue", title_justify="left", show_header=False)
+    table.add_column("What")
+    table.add_column("Value", justify="right")
+    paused = status.get("paused")
+    table.add_row(
+        Text("Dispatch"),
+        Text("paused", style="yellow") if paused else Text("running", style="green"),
+    )
+    table.add_row(Text("Queue depth"), _cell(status.get("queue_depth")))
+    jobs_by_state = status.get("jobs_by_state")
+    if isinstance(jobs_by_state, dict):
+        for state, count in jobs_by_state.items():
+            table.add_row(Text("Jobs ") + _styled(state), _cell(count))
+    return table
+
+
+def jobs_table(jobs: Iterable[Mapping[str, Any]], total: int | None = None) -> Table:
+    """Jobs: id, name (or filename), state, priority, printer, progress, material."""
+    table = Table(title="Jobs", title_justify="left")
+    table.add_column("ID", no_wrap=True)
+    table.add_column("Name")
+    table.add_column("State", no_wrap=True, min_width=5)
+    table.add_column("Priority", justify="right", min_width=8)
+    table.add_column("Printer", no_wrap=True, min_width=7)
+    table.add_column("Progress", justify="right", min_width=8)
+    table.add_column("Material", min_width=8)
+    for job in jobs:
+        name = job.get("name") or job.get("filename")
+        copies = job.get("copies")
+        if isinstance(copies, int) and copies > 1:
+            name = f"{name} ({job.get('copy_index')}/{copies})"
+        table.add_row(
+            _cell(job.get("id")),
+            _cell(name),
+            _styled(job.get("state")),
+            _cell(job.get("priority")),
+            _cell(job.get("printer_id")),
+            _percent(job.get("progress")) if job.get("state") == "printing" else Text(""),
+            _cell(job.get("material")),
+        )
+    shown = table.row_count
+    if not shown:
+        table.caption = "no jobs"
+    elif total is not None and total != shown:
+        table.caption = f"{shown} of {total} jobs shown"
+    return table
+
+
+def cmd_jobs_list(args: argparse.Namespace, out: Console) -> int:
+    statuses = [s.strip() for s in (args.status or "").split(",") if s.strip()]
+    with _client(args) as client:
+        jobs, total = client.list_jobs(statuses, limit=args.limit)
+    if args.json:
+        _print_json(out, {"jobs": jobs, "total": total})
+    else:
+        out.print(jobs_table(jobs, total))
+    return EXIT_OK
+
+
+def cmd_jobs_add(args: argparse.Namespace, out: Console) -> int:
+    with _client(args) as client:
+        jobs = client.add_jobs(
+            args.file,
+            priority=args.priority,
+            copies=args.copies,
+            material=args.material,
+            name=args.name,
+            sku=args.sku,
+            nozzle_diameter=args.nozzle_diameter,
+            required_tags=args.tag or None,
+        )
+    out.print(f"added {_plural(len(jobs), 'job')}", markup=False, highlight=False)
+    out.print(jobs_table(jobs))
+    return EXIT_OK
+
+
+def cmd_jobs_cancel(args: argparse.Namespace, out: Console) -> int:
+    with _client(args) as client:
+        job = client.cancel_job(args.id, args.reason)
+    line = Text(f"job {job.get('id', args.id)}: ")
+    out.print(line + _styled(job.get("state")))
+    return EXIT_OK
+
+
+def cmd_printers_clear(args: argparse.Namespace, out: Console) -> int:
+    with _client(args) as client:
+        printer = client.clear_printer(args.id)
+    line = Text(f"printer {printer.get('id', args.id)}: plate cleared, now ")
+    out.print(line + _styled(printer.get("state")))
+    return EXIT_OK
+
+
+# -- the parser -------------------------------------------------------------------------
+
+
+def _integer(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+_CONFIG_HELP = (
+    f"config file (default: ${ENV_CONFIG}, else ./{LOCAL_CONFIG_NAME} if it exists, "
+    f"else {SYSTEM_CONFIG})"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree; each leaf sets ``handler`` to one of the ``cmd_*`` functions."""
+    parser = argparse.ArgumentParser(
+        prog="printfarmd",
+        description="The brain of a hobby 3D-print farm: one durable job queue, many printers.",
+    )
+    parser.add_argument("--version", action="version", version=f"printfarmd {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(
+        sub: Any, name: str, handler: _Handler, help_text: str, **kwargs: Any
+    ) -> argparse.ArgumentParser:
+        leaf: argparse.ArgumentParser = sub.add_parser(
+            name, help=help_text, description=help_text, **kwargs
+        )
+        leaf.set_defaults(handler=handler)
+        return leaf
+
+    serve = command(commands, "serve", cmd_serve, "run the daemon (until SIGTERM or Ctrl-C)")
+    serve.add_argument("--config", type=Path, help=_CONFIG_HELP)
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log line format (default: logging.format from the config)",
+    )
+
+    init = command(commands, "init", cmd_init, "write a starter config with a fresh API key")
+    init.add_argument(
+        "file", nargs="?", default=LOCAL_CONFIG_NAME, metavar="FILE",
+        help=f"where to write it (default: {LOCAL_CONFIG_NAME})",
+    )  # fmt: skip
+    init.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+
+    check = command(commands, "check-config", cmd_check_config, "validate a config file")
+    check.add_argument("file", nargs="?", type=Path, metavar="FILE", help=_CONFIG_HELP)
+
+    # Options shared by every command that talks to a running daemon.
+    client = argparse.ArgumentParser(add_help=False)
+    where = client.add_argument_group("where the daemon is")
+    where.add_argument(
+        "--url", help=f"daemon URL, e.g. http://127.0.0.1:7125 (default: ${ENV_URL}, else config)"
+    )
+    where.add_argument("--api-key", help=f"API key (default: ${ENV_API_KEY}, else config)")
+    where.add_argument("--config", type=Path, help=_CONFIG_HELP)
+
+    status = command(
+        commands, "status", cmd_status, "show printers and the queue", parents=[client]
+    )
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    jobs = commands.add_parser("jobs", help="add, list and cancel jobs", description="jobs")
+    jobs_commands = jobs.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    add = command(
+        jobs_commands,
+        "add",
+        cmd_jobs_add,
+        "queue a file from the daemon's gcodes folder",
+        parents=[client],
+    )
+    add.add_argument("file", metavar="FILE", help="path relative to the daemon's gcodes folder")
+    add.add_argument("--priority", type=_integer, help="higher prints first (default 0)")
+    add.add_argument("--copies", type=_positive_int, help="number of copies (default 1)")
+    add.add_argument("--material", help="required material, e.g. PLA")
+    add.add_argument("--name", help="display name (default: the file name)")
+    add.add_argument("--sku", help="product SKU, for your own bookkeeping")
+    add.add_argument(
+        "--nozzle-diameter", type=float, metavar="MM", help="only printers with this nozzle"
+    )
+    add.add_argument(
+        "--tag",
+        action="append",
+        metavar="TAG",
+        help="only printers with this tag (repeat for several)",
+    )
+    listing = command(jobs_commands, "list", cmd_jobs_list, "list jobs", parents=[client])
+    listing.add_argument(
+        "--status",
+        metavar="STATES",
+        help="only these states, comma-separated, e.g. queued,printing",
+    )
+    listing.add_argument(
+        "--limit", type=_positive_int, help="at most this many jobs (default: the daemon's, 100)"
+    )
+    listing.add_argument("--json", action="store_true", help="print the raw JSON")
+    cancel = command(jobs_commands, "cancel", cmd_jobs_cancel, "cancel a job", parents=[client])
+    cancel.add_argument("id", metavar="ID", help="job id")
+    cancel.add_argument("--reason", help="recorded in the job's history")
+
+    printers = commands.add_parser("printers", help="act on printers", description="printers")
+    printer_commands = printers.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    clear = command(
+        printer_commands,
+        "clear",
+        cmd_printers_clear,
+        "confirm a printer's plate is clear so it can take the next job",
+        parents=[client],
+    )
+    clear.add_argument("id", metavar="ID", help="printer id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script's ``main``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        if exc.code is None:
+            return EXIT_OK
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: _Handler = args.handler
+    try:
+        return handler(args, Console())
+    except ConfigError as exc:
+        _error(exc.message)
+        return EXIT_USAGE
+    except ClientError as exc:
+        _error(exc.message)
+        return EXIT_FAILURE
+    except _Exit as exc:
+        return exc.code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,552 @@
+"""Configuration: attrs classes read from TOML through one cattrs converter.
+
+Unknown keys are rejected and every error names the dotted key, e.g.
+``printers[2].nozzle_diameter: expected a number``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import enum
+import math
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import tomli_w
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from printfarmd.errors import ConfigError
+
+
+def _upper_materials(materials: Iterable[str]) -> tuple[str, ...]:
+    return tuple(material.strip().upper() for material in materials)
+
+
+def _lower(text: str) -> str:
+    return text.lower()
+
+
+class Synchronous(enum.StrEnum):
+    FULL = "FULL"
+    NORMAL = "NORMAL"
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 7125
+    api_key: str = ""
+    max_body_bytes: int = 1_048_576
+
+
+@attrs.frozen
+class StorageConfig:
+    data_dir: str = "data"
+    gcodes_dir: str = ""
+    synchronous: Synchronous = Synchronous.FULL
+
+
+@attrs.frozen
+class SchedulerConfig:
+    dispatch_paused: bool = False
+    cooldown_seconds: float = 0.0
+    max_retries: int = 3
+    retry_backoff: tuple[float, ...] = (60.0, 300.0, 1500.0)
+    max_priority: int = 100
+
+
+@attrs.frozen
+class SimulatorOptions:
+    speed: float = 1.0
+    failure_rate: float = 0.0
+    seed: int = 0
+    default_print_time: float = 600.0
+    report_interval: float = 5.0
+
+
+@attrs.frozen
+class PrinterConfig:
+    id: str
+    name: str = ""
+    driver: str = "simulator"
+    #: Upper-cased (and stripped) on construction, so "pla" and "PLA" are one material.
+    materials: tuple[str, ...] = attrs.field(default=(), converter=_upper_materials)
+    nozzle_diameter: float = 0.4
+    bed_size: tuple[float, float, float] = (220.0, 220.0, 250.0)
+    tags: tuple[str, ...] = ()
+    auto_clear: bool = False
+    simulator: SimulatorOptions = attrs.field(factory=SimulatorOptions)
+
+
+@attrs.frozen
+class LoggingConfig:
+    #: Lower-cased on construction; one of ``LOG_LEVELS``.
+    level: str = attrs.field(default="info", converter=_lower)
+    format: LogFormat = LogFormat.TEXT
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    storage: StorageConfig = attrs.field(factory=StorageConfig)
+    scheduler: SchedulerConfig = attrs.field(factory=SchedulerConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    printers: tuple[PrinterConfig, ...] = ()
+    #: Directory of the config file; relative paths in the file are resolved against it.
+    base_dir: Path = attrs.field(default=Path("."), metadata={"internal": True})
+
+    @property
+    def data_path(self) -> Path:
+        return (self.base_dir / self.storage.data_dir).resolve()
+
+    @property
+    def gcodes_path(self) -> Path:
+        if self.storage.gcodes_dir:
+            return (self.base_dir / self.storage.gcodes_dir).resolve()
+        return self.data_path / "gcodes"
+
+
+# --------------------------------------------------------------------------------------
+# Loading: TOML -> dict (tomllib) -> Config (one strict cattrs converter) -> semantic checks.
+
+#: Driver names a printer may use. Add a driver's name here when its module lands.
+KNOWN_DRIVERS: frozenset[str] = frozenset({"simulator"})
+#: Accepted values of ``logging.level`` (case-insensitive in the file).
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+#: A printer id appears in URLs, topics and log lines, so keep it to a safe alphabet.
+PRINTER_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_BODY_BYTES = 1024
+
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class _Invalid(ValueError):
+    """A value of the wrong shape; ``message`` is what the user reads after the key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _toml_type(value: object) -> str:
+    """The TOML name of a parsed value's type, for "expected X, got Y" messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, datetime.date | datetime.time):  # datetime is a date subclass
+        return "a date/time"
+    return type(value).__name__  # only reachable from Python callers, never from TOML
+
+
+def _expected(what: str, value: object) -> _Invalid:
+    return _Invalid(f"expected {what}, got {_toml_type(value)}")
+
+
+# What a value of each scalar type is called in messages: (one, many).
+_SCALAR_NAMES: dict[type, tuple[str, str]] = {
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("a string", "strings"),
+    bool: ("a boolean (true or false)", "booleans"),
+}
+
+
+def _structure_int(value: object, _: type) -> int:
+    # bool is an int subclass: `port = true` must not quietly become port 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _expected("an integer", value)
+    return value
+
+
+def _structure_float(value: object, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _expected("a number", value)
+    result = float(value)
+    # TOML allows inf and nan; no setting of ours means anything with them.
+    if not math.isfinite(result):
+        raise _Invalid(f"expected a finite number, got {value}")
+    return result
+
+
+def _structure_str(value: object, _: type) -> str:
+    if not isinstance(value, str):
+        raise _expected("a string", value)
+    return value
+
+
+def _structure_bool(value: object, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise _expected("a boolean (true or false)", value)
+    return value
+
+
+def _is_str_enum(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, enum.StrEnum)
+
+
+def _enum_hook(cls: type[enum.StrEnum]) -> Callable[[object, type], enum.StrEnum]:
+    """Match a string to a member's value, ignoring case (``synchronous = "full"`` is fine)."""
+    by_folded = {member.value.casefold(): member for member in cls}
+    choices = ", ".join(member.value for member in cls)
+
+    def structure(value: object, _: type) -> enum.StrEnum:
+        if not isinstance(value, str):
+            raise _expected(f"one of {choices}", value)
+        try:
+            return by_folded[value.casefold()]
+        except KeyError:
+            raise _Invalid(f"expected one of {choices}, got {_quote(value)}") from None
+
+    return structure
+
+
+def _is_tuple(tp: Any) -> bool:
+    return typing.get_origin(tp) is tuple
+
+
+def _tuple_hook(tp: Any, converter: cattrs.Converter) -> Callable[[object, type], tuple[Any, ...]]:
+    """Structure a TOML array into ``tuple[X, ...]`` or a fixed ``tuple[X, Y, Z]``.
+
+    Only real arrays are accepted: cattrs would otherwise happily turn the string
+    ``"PLA"`` into ``("P", "L", "A")``. Element errors carry the index as a note, so
+    they read ``printers[0].bed_size[1]: ...``.
+    """
+    args = typing.get_args(tp)
+    fixed: int | None
+    if len(args) == 2 and args[1] is Ellipsis:
+        fixed, element_types = None, [args[0]]
+    else:
+        fixed, element_types = len(args), list(args)
+    plural = _SCALAR_NAMES.get(element_types[0], ("", "values"))[1]
+
+    def structure(value: object, _: type) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _expected("an array", value)
+        if fixed is not None and len(value) != fixed:
+            raise _Invalid(f"expected an array of {fixed} {plural}, got {len(value)} items")
+        result: list[Any] = []
+        errors: list[Exception] = []
+        for index, item in enumerate(value):
+            element_type = element_types[index] if fixed is not None else element_types[0]
+            try:
+                result.append(converter.structure(item, element_type))
+            except Exception as exc:
+                exc.add_note(IterableValidationNote(f"index {index}", index, element_type))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError("invalid array", errors, tp)
+        return tuple(result)
+
+    return structure
+
+
+def _internal_overrides(cls: type) -> dict[str, Any]:
+    """Fields marked ``metadata={"internal": True}`` are never read from or written to TOML."""
+    return {
+        field.name: override(omit=True)
+        for field in attrs.fields(cls)
+        if field.metadata.get("internal")
+    }
+
+
+def _attrs_structure_hook(cls: type, converter: cattrs.Converter) -> Callable[[object, type], Any]:
+    inner: Callable[[Mapping[str, Any], Any], Any] = make_dict_structure_fn(
+        cls, converter, **_internal_overrides(cls)
+    )
+
+    def structure(value: object, _: type) -> Any:
+        if not isinstance(value, dict):
+            raise _expected("a table", value)
+        return inner(value, cls)
+
+    return structure
+
+
+def _attrs_unstructure_hook(cls: type, converter: cattrs.Converter) -> Callable[[Any], Any]:
+    return make_dict_unstructure_fn(cls, converter, **_internal_overrides(cls))
+
+
+def _tuple_unstructure_hook(tp: Any, converter: cattrs.Converter) -> Callable[[Any], list[Any]]:
+    # TOML has arrays, not tuples: emit lists so the data is TOML-native and round-trips.
+    def unstructure(value: tuple[Any, ...]) -> list[Any]:
+        return [converter.unstructure(item) for item in value]
+
+    return unstructure
+
+
+def _enum_value(member: enum.StrEnum) -> str:
+    return member.value
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook(bool, _structure_bool)
+    converter.register_structure_hook_factory(_is_str_enum, _enum_hook)
+    converter.register_structure_hook_factory(_is_tuple, _tuple_hook)
+    converter.register_structure_hook_factory(attrs.has, _attrs_structure_hook)
+    converter.register_unstructure_hook_factory(attrs.has, _attrs_unstructure_hook)
+    converter.register_unstructure_hook_factory(_is_tuple, _tuple_unstructure_hook)
+    converter.register_unstructure_hook(enum.StrEnum, _enum_value)
+    return converter
+
+
+#: The one converter between TOML data and the config classes.
+CONVERTER = _make_converter()
+
+
+def _quote(text: str) -> str:
+    """Quote as TOML would (a basic string); used for keys and values in messages."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _join(path: str, key: str) -> str:
+    part = key if _BARE_KEY_RE.fullmatch(key) else _quote(key)
+    return f"{path}.{part}" if path else part
+
+
+def _settable_names(cls: type) -> list[str]:
+    return [field.name for field in attrs.fields(cls) if not field.metadata.get("internal")]
+
+
+def _error_lines(exc: BaseException, path: str) -> Iterator[str]:
+    """Walk cattrs' exception groups and their notes into ``dotted.key: message`` lines."""
+    if isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        for sub, attribute_note in with_notes:
+            yield from _error_lines(sub, _join(path, attribute_note.name))
+        for sub in without:
+            yield from _error_lines(sub, path)
+    elif isinstance(exc, IterableValidationError):
+        with_index, without = exc.group_exceptions()
+        for sub, index_note in with_index:
+            yield from _error_lines(sub, f"{path}[{index_note.index}]")
+        for sub in without:
+            yield from _error_lines(sub, path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        allowed = _settable_names(exc.cl)
+        for key in sorted(exc.extra_fields):
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            yield f"{_join(path, key)}: unknown key{hint}"
+    elif isinstance(exc, KeyError):
+        yield f"{path}: required"
+    elif isinstance(exc, _Invalid):
+        yield f"{path or '(top level)'}: {exc.message}"
+    else:
+        yield f"{path or '(top level)'}: invalid value ({exc})"
+
+
+def _normalize(config: Config) -> Config:
+    """Fill in derived defaults: a printer's ``name`` is its ``id`` when left empty."""
+    printers = tuple(
+        attrs.evolve(printer, name=printer.name.strip() or printer.id)
+        for printer in config.printers
+    )
+    return attrs.evolve(config, printers=printers)
+
+
+def _semantic_errors(config: Config) -> list[str]:
+    errors: list[str] = []
+
+    def check(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            errors.append(f"{key}: {message}")
+
+    server = config.server
+    check(bool(server.host.strip()), "server.host", "must not be empty")
+    check(
+        0 <= server.port <= 65535,
+        "server.port",
+        f"must be between 0 and 65535 (0 picks a free port), got {server.port}",
+    )
+    check(
+        server.max_body_bytes >= MIN_BODY_BYTES,
+        "server.max_body_bytes",
+        f"must be at least {MIN_BODY_BYTES}, got {server.max_body_bytes}",
+    )
+    check(bool(config.storage.data_dir.strip()), "storage.data_dir", "must not be empty")
+
+    scheduler = config.scheduler
+    check(scheduler.cooldown_seconds >= 0, "scheduler.cooldown_seconds", "must be >= 0")
+    check(scheduler.max_retries >= 0, "scheduler.max_retries", "must be >= 0")
+    check(bool(scheduler.retry_backoff), "scheduler.retry_backoff", "must not be empty")
+    for index, delay in enumerate(scheduler.retry_backoff):
+        check(delay >= 0, f"scheduler.retry_backoff[{index}]", "must be >= 0")
+    check(scheduler.max_priority >= 1, "scheduler.max_priority", "must be >= 1")
+
+    check(
+        config.logging.level in LOG_LEVELS,
+        "logging.level",
+        f"expected one of {', '.join(LOG_LEVELS)}, got {_quote(config.logging.level)}",
+    )
+
+    first_index: dict[str, int] = {}
+    for index, printer in enumerate(config.printers):
+        key = f"printers[{index}]"
+        if PRINTER_ID_RE.fullmatch(printer.id) is None:
+            errors.append(
+                f"{key}.id: must be 1 to 64 characters from A-Z a-z 0-9 _ . -, "
+                f"got {_quote(printer.id)}"
+            )
+        elif printer.id in first_index:
+            errors.append(
+                f"{key}.id: duplicate printer id {_quote(printer.id)} "
+                f"(also printers[{first_index[printer.id]}])"
+            )
+        else:
+            first_index[printer.id] = index
+        check(
+            printer.driver in KNOWN_DRIVERS,
+            f"{key}.driver",
+            f"unknown driver {_quote(printer.driver)} (known: {', '.join(sorted(KNOWN_DRIVERS))})",
+        )
+        for sub, material in enumerate(printer.materials):
+            check(bool(material), f"{key}.materials[{sub}]", "must not be empty")
+        check(printer.nozzle_diameter > 0, f"{key}.nozzle_diameter", "must be > 0")
+        for sub, size in enumerate(printer.bed_size):
+            check(size > 0, f"{key}.bed_size[{sub}]", "must be > 0")
+        for sub, tag in enumerate(printer.tags):
+            check(bool(tag.strip()), f"{key}.tags[{sub}]", "must not be empty")
+        simulator = printer.simulator
+        check(simulator.speed > 0, f"{key}.simulator.speed", "must be > 0")
+        check(
+            0 <= simulator.failure_rate <= 1,
+            f"{key}.simulator.failure_rate",
+            "must be between 0 and 1",
+        )
+        check(
+            simulator.default_print_time > 0, f"{key}.simulator.default_print_time", "must be > 0"
+        )
+        check(simulator.report_interval > 0, f"{key}.simulator.report_interval", "must be > 0")
+    return errors
+
+
+def validate_config(config: Config) -> None:
+    """Check the rules types cannot express (ranges, unique ids, known drivers).
+
+    Raises ``ConfigError`` listing every problem, one ``dotted.key: message`` per line.
+    """
+    errors = _semantic_errors(config)
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def config_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path(".")) -> Config:
+    """Structure parsed TOML into a validated ``Config`` whose ``base_dir`` is ``base_dir``.
+
+    Raises ``ConfigError`` naming the dotted key of every problem, one per line: wrong
+    types (no coercion: ``"3"`` is not a number, ``1.5`` not an integer, ``true`` neither),
+    unknown keys (``base_dir`` included: it is not a TOML key), missing required keys, then
+    the semantic rules of ``validate_config``.
+    """
+    try:
+        config = CONVERTER.structure(dict(data), Config)
+    except (ClassValidationError, _Invalid) as exc:
+        raise ConfigError("\n".join(_error_lines(exc, ""))) from exc
+    config = attrs.evolve(_normalize(config), base_dir=base_dir)
+    validate_config(config)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read, structure and validate the TOML file at ``path``.
+
+    ``base_dir`` becomes the file's (absolute) folder, so relative paths in the file are
+    relative to the file, not to the working directory. Raises ``ConfigError``: missing or
+    unreadable file, TOML syntax error (with line and column), or the errors of
+    ``config_from_dict``.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file is a directory: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line L, column C)".
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(data, base_dir=path.absolute().parent)
+
+
+def dump_config(config: Config) -> str:
+    """The TOML text of ``config`` (every settable key; ``base_dir`` is not written).
+
+    ``config_from_dict(tomllib.loads(dump_config(c)))`` equals ``c`` up to ``base_dir``.
+    """
+    return tomli_w.dumps(CONVERTER.unstructure(config, Config))
+
+
+def starter_config(api_key: str) -> dict[str, Any]:
+    """The TOML data ``printfarmd init`` writes: defaults, ``api_key``, two simulated printers."""
+    config = Config(
+        server=ServerConfig(api_key=api_key),
+        printers=(
+            PrinterConfig(id="sim-1", name="Simulated printer 1", materials=("PLA",)),
+            PrinterConfig(id="sim-2", name="Simulated printer 2", materials=("PLA", "PETG")),
+        ),
+    )
+    data: dict[str, Any] = CONVERTER.unstructure(config, Config)
+    return data
+
+
+def _field_paths(cls: type, prefix: str) -> Iterator[str]:
+    hints = typing.get_type_hints(cls)
+    for field in attrs.fields(cls):
+        if field.metadata.get("internal"):
+            continue
+        tp = hints[field.name]
+        key = f"{prefix}{field.name}"
+        args = typing.get_args(tp)
+        if attrs.has(tp):
+            yield from _field_paths(tp, f"{key}.")
+        elif _is_tuple(tp) and args and attrs.has(args[0]):
+            yield from _field_paths(args[0], f"{key}[].")
+        else:
+            yield key
+
+
+def config_field_paths() -> list[str]:
+    """Every dotted key a user can set, e.g. ``server.port``, ``printers[].simulator.speed``.
+
+    Derived from the attrs classes, so a new field shows up here (and in the tests that
+    check it is documented) without anyone remembering to list it.
+    """
+    return list(_field_paths(Config, ""))

@@ -1,0 +1,1 @@
+"""Pure, synchronous domain logic: no trio, no sqlite, no quart imports."""

@@ -1,0 +1,127 @@
+"""The daemon: start-up order, signals, graceful shutdown.
+
+Start order: store (integrity check, migrations) -> bus -> scheduler (rebuild the queue,
+start drivers, reconcile in-flight jobs) -> HTTP server. Each piece is started with
+``nursery.start`` and reports ready only when it is. SIGTERM/SIGINT: stop accepting
+connections, end streams, let in-flight requests finish (at most ``GRACE`` seconds),
+then cancel everything; a commit in progress always completes first.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+
+import attrs
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from printfarmd.api.app import create_app
+from printfarmd.api.context import Services
+from printfarmd.config import Config
+from printfarmd.drivers import make_driver
+from printfarmd.errors import DatabaseDamaged
+from printfarmd.logs import setup_logging
+from printfarmd.services.bus import Bus
+from printfarmd.services.scheduler import Scheduler
+from printfarmd.store import open_store
+
+log = logging.getLogger("printfarmd")
+
+GRACE = 3.0
+DB_NAME = "printfarmd.db"
+EXIT_DAMAGED_DB = 3
+
+
+@attrs.frozen
+class Running:
+    """What ``run`` reports when ready."""
+
+    urls: tuple[str, ...]
+    services: Services
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def run(
+    config: Config,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the farm until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    Raises ``DatabaseDamaged`` before serving anything if the database is damaged.
+    """
+    stop = stop if stop is not None else trio.Event()
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    config.gcodes_path.mkdir(parents=True, exist_ok=True)
+    async with open_store(config.data_path / DB_NAME, config.storage.synchronous.value) as store:
+        bus = Bus()
+        drivers = {p.id: make_driver(p) for p in config.printers}
+        scheduler = Scheduler(config=config, store=store, bus=bus, drivers=drivers)
+        svc = Services(config=config, store=store, bus=bus, scheduler=scheduler)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, stop)
+            await nursery.start(scheduler.run)
+            hconf = HyperConfig()
+            hconf.bind = [_bind(config.server.host, config.server.port)]
+            hconf.accesslog = None
+            hconf.errorlog = logging.getLogger("hypercorn.error")
+            hconf.graceful_timeout = GRACE
+            http_stop = trio.Event()
+            http_done = trio.Event()
+
+            async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                try:
+                    await hypercorn_serve(
+                        create_app(svc),
+                        hconf,
+                        shutdown_trigger=http_stop.wait,
+                        task_status=task_status,
+                    )
+                finally:
+                    http_done.set()
+
+            binds = await nursery.start(serve_http)
+            urls = tuple(binds)
+            log.info("printfarmd ready", extra={"urls": ",".join(urls), "printers": len(drivers)})
+            task_status.started(Running(urls, svc))
+            await stop.wait()
+            log.info("shutting down")
+            bus.close()
+            http_stop.set()
+            with trio.move_on_after(GRACE):
+                await http_done.wait()
+            await scheduler.flush_progress()
+            nursery.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            stop.set()
+
+
+def serve(config: Config, *, log_format: str | None = None) -> int:
+    """Run the daemon in the foreground; returns the process exit status."""
+    setup_logging(config.logging.level, log_format or config.logging.format.value)
+    try:
+        trio.run(functools.partial(run, config))
+    except DatabaseDamaged as exc:
+        log.critical("refusing to start: %s", exc.message)
+        print(
+            f"error: {exc.message}\nThe database was left untouched. Restore a backup "
+            "(see docs/operations.md) or move the file away to start empty.",
+            file=sys.stderr,
+        )
+        return EXIT_DAMAGED_DB
+    except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled as a stop signal
+        return 0
+    return 0

@@ -1,0 +1,1 @@
+"""Long-lived trio services: scheduler, bus (and later watchdog, notifier, files)."""

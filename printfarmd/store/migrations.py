@@ -1,0 +1,78 @@
+"""Versioned schema steps, applied in order inside one transaction each.
+
+``PRAGMA user_version`` records how many steps have run. Steps are append-only:
+never edit a released step, add a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, the event log, idempotency keys, settings, printer memory.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        filename TEXT NOT NULL,
+        state TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        front INTEGER NOT NULL DEFAULT 0,
+        copies INTEGER NOT NULL,
+        copy_index INTEGER NOT NULL,
+        group_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        material TEXT,
+        nozzle_diameter REAL,
+        required_tags TEXT NOT NULL,
+        min_bed TEXT,
+        sku TEXT,
+        estimated_time REAL,
+        printer_id TEXT,
+        retry_count INTEGER NOT NULL,
+        failed_printers TEXT NOT NULL,
+        progress REAL NOT NULL,
+        eta REAL,
+        retry_at REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        queued_at REAL,
+        started_at REAL,
+        finished_at REAL,
+        last_error TEXT,
+        tracking TEXT,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX jobs_state ON jobs (state);
+    CREATE INDEX jobs_created ON jobs (created_at);
+    -- A printer holds at most one active job: the database itself refuses a second.
+    CREATE UNIQUE INDEX jobs_one_active_per_printer ON jobs (printer_id)
+        WHERE state IN ('printing', 'post_process');
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        type TEXT NOT NULL,
+        at REAL NOT NULL,
+        job_id TEXT REFERENCES jobs (id),
+        printer_id TEXT,
+        from_state TEXT,
+        to_state TEXT,
+        reason TEXT,
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_job ON events (job_id, seq);
+    CREATE TABLE idempotency_keys (
+        key TEXT PRIMARY KEY,
+        request_hash TEXT NOT NULL,
+        job_ids TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE printers (
+        id TEXT PRIMARY KEY,
+        plate_clear INTEGER NOT NULL,
+        maintenance INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+)
