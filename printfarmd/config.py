@@ -207,24 +207,15 @@ def _structure_bool(value: object, _: type) -> bool:
     return value
 
 
-def _is_str_enum(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, enum.StrEnum)
-
-
-def _enum_hook(cls: type[enum.StrEnum]) -> Callable[[object, type], enum.StrEnum]:
+def _structure_enum(value: object, cls: type[enum.StrEnum]) -> enum.StrEnum:
     """Match a string to a member's value, ignoring case (``synchronous = "full"`` is fine)."""
-    by_folded = {member.value.casefold(): member for member in cls}
     choices = ", ".join(member.value for member in cls)
-
-    def structure(value: object, _: type) -> enum.StrEnum:
-        if not isinstance(value, str):
-            raise _expected(f"one of {choices}", value)
-        try:
-            return by_folded[value.casefold()]
-        except KeyError:
-            raise _Invalid(f"expected one of {choices}, got {_quote(value)}") from None
-
-    return structure
+    if not isinstance(value, str):
+        raise _expected(f"one of {choices}", value)
+    for member in cls:
+        if member.value.casefold() == value.casefold():
+            return member
+    raise _Invalid(f"expected one of {choices}, got {_quote(value)}")
 
 
 def _is_tuple(tp: Any) -> bool:
@@ -311,7 +302,9 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, _structure_float)
     converter.register_structure_hook(str, _structure_str)
     converter.register_structure_hook(bool, _structure_bool)
-    converter.register_structure_hook_factory(_is_str_enum, _enum_hook)
+    # Registered on the StrEnum base, which singledispatch prefers to ``str`` for
+    # subclasses: a StrEnum field must not fall through to the plain string hook.
+    converter.register_structure_hook(enum.StrEnum, _structure_enum)
     converter.register_structure_hook_factory(_is_tuple, _tuple_hook)
     converter.register_structure_hook_factory(attrs.has, _attrs_structure_hook)
     converter.register_unstructure_hook_factory(attrs.has, _attrs_unstructure_hook)

@@ -325,18 +325,20 @@ class Scheduler:
         request: the original jobs are returned and nothing new is stored. The same key
         with a different request is a ``Conflict``. Validation failures store nothing.
         """
-        if idempotency_key is not None:
-            while (pending := self._idempotency_inflight.get(idempotency_key)) is not None:
-                await pending.wait()
+        if idempotency_key is None:
+            return await self._submit_new(request, None), True
+        # One request per key at a time: later ones wait, then replay the first's result.
+        while (pending := self._idempotency_inflight.get(idempotency_key)) is not None:
+            await pending.wait()
+        done = self._idempotency_inflight[idempotency_key] = trio.Event()
+        try:
             found = await self.store.find_idempotency_key(idempotency_key)
             if found is not None:
                 return await self._replay_idempotent(request, found)
-            self._idempotency_inflight[idempotency_key] = trio.Event()
-        try:
             return await self._submit_new(request, idempotency_key), True
         finally:
-            if idempotency_key is not None:
-                self._idempotency_inflight.pop(idempotency_key).set()
+            del self._idempotency_inflight[idempotency_key]
+            done.set()
 
     async def _replay_idempotent(
         self, request: JobRequest, found: tuple[str, list[str]]

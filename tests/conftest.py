@@ -1,0 +1,216 @@
+"""Shared test fixtures: farms built in code, the daemon in-process on a real socket,
+and the daemon as a subprocess (for end-to-end, crash and CLI tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import tomli_w
+import trio
+
+from printfarmd.config import (
+    Config,
+    PrinterConfig,
+    SchedulerConfig,
+    ServerConfig,
+    SimulatorOptions,
+    StorageConfig,
+)
+from printfarmd.daemon import Running, run
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_GCODES = REPO / "demo" / "gcodes"
+API_KEY = "test-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sim_printer(pid: str, materials: tuple[str, ...] = ("PLA",), **kw: Any) -> PrinterConfig:
+    speed = kw.pop("speed", 600.0)
+    failure_rate = kw.pop("failure_rate", 0.0)
+    return PrinterConfig(
+        id=pid,
+        name=kw.pop("name", pid),
+        materials=materials,
+        simulator=SimulatorOptions(speed=speed, failure_rate=failure_rate, report_interval=5.0),
+        **kw,
+    )
+
+
+def make_config(
+    tmp: Path,
+    printers: tuple[PrinterConfig, ...] = (),
+    *,
+    gcodes: Path | None = None,
+    port: int = 0,
+    **sched: Any,
+) -> Config:
+    """A farm in ``tmp`` (data dir) with the demo G-code files copied into its gcodes folder."""
+    gdir = gcodes or tmp / "gcodes"
+    if gcodes is None and not gdir.exists():
+        shutil.copytree(DEMO_GCODES, gdir)
+    return Config(
+        server=ServerConfig(host="127.0.0.1", port=port, api_key=API_KEY),
+        storage=StorageConfig(data_dir=str(tmp / "data"), gcodes_dir=str(gdir)),
+        scheduler=SchedulerConfig(**sched),
+        printers=printers or (sim_printer("p1"),),
+        base_dir=tmp,
+    )
+
+
+def config_dict(config: Config) -> dict[str, Any]:
+    """The TOML document for ``config`` (what a user would write)."""
+
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if x is not None and k != "base_dir"}
+        if isinstance(v, list | tuple):
+            return [strip(x) for x in v]
+        if hasattr(v, "value"):
+            return v.value
+        return v
+
+    return strip(attrs.asdict(config, retain_collection_types=False))  # type: ignore[no-any-return]
+
+
+def write_config(config: Config, path: Path) -> Path:
+    path.write_text(tomli_w.dumps(config_dict(config)))
+    return path
+
+
+@attrs.define
+class LiveFarm:
+    """An in-process daemon serving on a real loopback socket."""
+
+    running: Running
+    client: httpx.AsyncClient
+    stop: trio.Event
+
+    @property
+    def url(self) -> str:
+        return self.running.urls[0]
+
+    @property
+    def scheduler(self) -> Any:
+        return self.running.services.scheduler
+
+    async def wait_for(self, predicate: Any, timeout: float = 20.0, poll: float = 0.05) -> None:
+        with trio.fail_after(timeout):
+            while not await predicate():
+                await trio.sleep(poll)
+
+
+@contextlib.asynccontextmanager
+async def live_farm(config: Config) -> AsyncIterator[LiveFarm]:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def runner(*, task_status: trio.TaskStatus[Running]) -> None:
+            await run(config, stop=stop, task_status=task_status)
+
+        running: Running = await nursery.start(runner)
+        async with httpx.AsyncClient(
+            base_url=running.urls[0], headers={"X-Api-Key": API_KEY}, timeout=10.0
+        ) as client:
+            try:
+                yield LiveFarm(running, client, stop)
+            finally:
+                stop.set()
+
+
+@pytest.fixture
+async def farm(tmp_path: Path) -> AsyncIterator[LiveFarm]:
+    """A one-printer farm, dispatch paused (tests drive it explicitly)."""
+    printers = (
+        sim_printer("p1", ("PLA",)),
+        sim_printer("p2", ("PLA", "PETG")),
+        sim_printer("p3", ("PETG",), nozzle_diameter=0.6),
+    )
+    async with live_farm(make_config(tmp_path, printers, dispatch_paused=True)) as f:
+        yield f
+
+
+# ---------------------------------------------------------------- subprocess daemon
+
+
+@attrs.define
+class DaemonProcess:
+    """``printfarmd serve`` as a child process; stderr goes to a log file."""
+
+    config_path: Path
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "printfarmd", "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            cwd=REPO,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/api/health", timeout=1.0).json().get("status") == "ok":
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon did not become ready:\n{self.log()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=15)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-Api-Key": API_KEY}, timeout=10.0)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[DaemonProcess] = []
+
+    def make(config: Config) -> DaemonProcess:
+        port = free_port()
+        cfg = attrs.evolve(config, server=attrs.evolve(config.server, port=port))
+        path = write_config(cfg, tmp_path / f"farm-{len(started)}.toml")
+        d = DaemonProcess(path, port, tmp_path / f"daemon-{len(started)}.log")
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(timeout=10)
