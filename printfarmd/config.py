@@ -104,12 +104,20 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class DemoConfig:
+    #: G-code files (relative to the gcodes folder) submitted once, on the first start
+    #: with an empty database, so a demo farm starts printing at once.
+    jobs: tuple[str, ...] = ()
+
+
+@attrs.frozen
 class Config:
     server: ServerConfig = attrs.field(factory=ServerConfig)
     storage: StorageConfig = attrs.field(factory=StorageConfig)
     scheduler: SchedulerConfig = attrs.field(factory=SchedulerConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     printers: tuple[PrinterConfig, ...] = ()
+    demo: DemoConfig = attrs.field(factory=DemoConfig)
     #: Directory of the config file; relative paths in the file are resolved against it.
     base_dir: Path = attrs.field(default=Path("."), metadata={"internal": True})
 
@@ -169,12 +177,12 @@ def _expected(what: str, value: object) -> _Invalid:
     return _Invalid(f"expected {what}, got {_toml_type(value)}")
 
 
-# What a value of each scalar type is called in messages: (one, many).
-_SCALAR_NAMES: dict[type, tuple[str, str]] = {
-    int: ("an integer", "integers"),
-    float: ("a number", "numbers"),
-    str: ("a string", "strings"),
-    bool: ("a boolean (true or false)", "booleans"),
+# What several values of a scalar type are called in messages ("an array of 3 numbers").
+_PLURAL_NAMES: dict[type, str] = {
+    int: "integers",
+    float: "numbers",
+    str: "strings",
+    bool: "booleans",
 }
 
 
@@ -235,7 +243,7 @@ def _tuple_hook(tp: Any, converter: cattrs.Converter) -> Callable[[object, type]
         fixed, element_types = None, [args[0]]
     else:
         fixed, element_types = len(args), list(args)
-    plural = _SCALAR_NAMES.get(element_types[0], ("", "values"))[1]
+    plural = _PLURAL_NAMES.get(element_types[0], "values")
 
     def structure(value: object, _: type) -> tuple[Any, ...]:
         if not isinstance(value, list):

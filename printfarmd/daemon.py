@@ -23,11 +23,11 @@ from printfarmd.api.app import create_app
 from printfarmd.api.context import Services
 from printfarmd.config import Config
 from printfarmd.drivers import make_driver
-from printfarmd.errors import DatabaseDamaged
+from printfarmd.errors import DatabaseDamaged, FarmError
 from printfarmd.logs import setup_logging
 from printfarmd.services.bus import Bus
-from printfarmd.services.scheduler import Scheduler
-from printfarmd.store import open_store
+from printfarmd.services.scheduler import JobRequest, Scheduler
+from printfarmd.store import Store, open_store
 
 log = logging.getLogger("printfarmd")
 
@@ -69,6 +69,7 @@ async def run(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, stop)
             await nursery.start(scheduler.run)
+            await _submit_demo_jobs(config, scheduler, store)
             hconf = HyperConfig()
             hconf.bind = [_bind(config.server.host, config.server.port)]
             hconf.accesslog = None
@@ -101,6 +102,17 @@ async def run(
             await scheduler.flush_progress()
             nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+async def _submit_demo_jobs(config: Config, scheduler: Scheduler, store: Store) -> None:
+    """Submit ``[demo] jobs`` once: only when the database has never held a job."""
+    if not config.demo.jobs or await store.max_position() > 0:
+        return
+    for filename in config.demo.jobs:
+        try:
+            await scheduler.submit(JobRequest(filename=filename, source="demo"))
+        except FarmError as exc:
+            log.error("demo job not submitted", extra={"file": filename, "reason": exc.message})
 
 
 async def _watch_signals(stop: trio.Event) -> None:

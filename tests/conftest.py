@@ -18,7 +18,6 @@ from typing import Any
 import attrs
 import httpx
 import pytest
-import tomli_w
 import trio
 
 from printfarmd.config import (
@@ -28,6 +27,7 @@ from printfarmd.config import (
     ServerConfig,
     SimulatorOptions,
     StorageConfig,
+    dump_config,
 )
 from printfarmd.daemon import Running, run
 
@@ -75,23 +75,9 @@ def make_config(
     )
 
 
-def config_dict(config: Config) -> dict[str, Any]:
-    """The TOML document for ``config`` (what a user would write)."""
-
-    def strip(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if x is not None and k != "base_dir"}
-        if isinstance(v, list | tuple):
-            return [strip(x) for x in v]
-        if hasattr(v, "value"):
-            return v.value
-        return v
-
-    return strip(attrs.asdict(config, retain_collection_types=False))  # type: ignore[no-any-return]
-
-
 def write_config(config: Config, path: Path) -> Path:
-    path.write_text(tomli_w.dumps(config_dict(config)))
+    """Write ``config`` as the TOML a user would write (absolute paths, so base_dir is moot)."""
+    path.write_text(dump_config(config))
     return path
 
 
@@ -111,10 +97,30 @@ class LiveFarm:
     def scheduler(self) -> Any:
         return self.running.services.scheduler
 
-    async def wait_for(self, predicate: Any, timeout: float = 20.0, poll: float = 0.05) -> None:
-        with trio.fail_after(timeout):
-            while not await predicate():
+    async def wait_for(self, predicate: Any, within: float = 20.0, poll: float = 0.05) -> None:
+        """Poll ``predicate`` (an async callable) over the API until it holds."""
+        with trio.fail_after(within):
+            while not await predicate():  # noqa: ASYNC110 - polling the daemon over HTTP
                 await trio.sleep(poll)
+
+
+async def raw_http(url: str, head: bytes, body: bytes = b"", read_limit: int = 1 << 20) -> bytes:
+    """Send raw bytes to the daemon at ``url`` and return what it answers (until it closes
+    or ``read_limit`` bytes). For requests httpx will not send or cannot send cleanly."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(head + body)
+        data = b""
+        with trio.move_on_after(5):
+            while len(data) < read_limit:
+                chunk = await stream.receive_some()
+                if not chunk:
+                    break
+                data += chunk
+                if b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1].endswith(b"}"):
+                    break
+        return data
 
 
 @contextlib.asynccontextmanager

@@ -7,6 +7,7 @@ API's documented shapes and records what it was sent.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -26,7 +27,7 @@ import attrs
 import pytest
 
 from printfarmd import __version__
-from printfarmd.cli import main
+from printfarmd.cli import build_parser, main
 from printfarmd.cli_client import ClientError, Endpoint, FarmClient, resolve_endpoint, url_for
 from printfarmd.config import Config
 from printfarmd.errors import DatabaseDamaged
@@ -597,3 +598,21 @@ def test_resolve_endpoint_default_config_lookup(tmp_path: Path) -> None:
 )
 def test_url_for(host: str, url: str) -> None:
     assert url_for(host, 7125) == url
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, prefix: str = "") -> Iterator[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _leaf_commands(sub, f"{prefix}{name} ")
+            return
+    yield prefix.strip()
+
+
+def test_every_command_is_documented() -> None:
+    doc = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    commands = list(_leaf_commands(build_parser()))
+    assert "jobs add" in commands and "serve" in commands
+    for command in commands:
+        assert f"## {command}\n" in doc, f"docs/cli.md has no section for {command!r}"
+        assert f"printfarmd {command}" in doc, f"docs/cli.md has no example of {command!r}"
