@@ -146,7 +146,7 @@ def _event_from_row(row: Sequence[Any]) -> Event:
     )
 
 
-def _append_event(conn: sqlite3.Connection, ev: NewEvent) -> Event:
+def _append_event(conn: sqlite3.Connection, ev: NewEvent, data_json: str | None = None) -> Event:
     cur = conn.execute(
         _INSERT_EVENT,
         (
@@ -157,7 +157,7 @@ def _append_event(conn: sqlite3.Connection, ev: NewEvent) -> Event:
             ev.from_state,
             ev.to_state,
             ev.reason,
-            _json(dict(ev.data)),
+            data_json if data_json is not None else _json(dict(ev.data)),
         ),
     )
     seq = cur.lastrowid
@@ -218,6 +218,7 @@ def open_database(path: Path, synchronous: str = "FULL") -> tuple[sqlite3.Connec
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     existed = path.exists() and path.stat().st_size > 0
+    conn: sqlite3.Connection | None = None
     try:
         conn = _connect(path, synchronous)
         if existed:
@@ -228,6 +229,7 @@ def open_database(path: Path, synchronous: str = "FULL") -> tuple[sqlite3.Connec
                 raise DatabaseDamaged(f"database {path.name} failed its integrity check: {detail}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
+            conn.close()
             raise DatabaseDamaged(f"could not switch {path.name} to WAL (got {mode})")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
@@ -255,6 +257,8 @@ def open_database(path: Path, synchronous: str = "FULL") -> tuple[sqlite3.Connec
             conn.close()
             raise DatabaseDamaged(f"database {path.name} has {len(bad_fk)} dangling references")
     except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
         raise DatabaseDamaged(f"database {path.name} cannot be opened: {exc}") from None
     if not existed:
         _fsync_dir(path.parent)
@@ -352,12 +356,16 @@ class Store:
                 conn.execute("SAVEPOINT unit")
                 try:
                     unit.result = unit.fn(conn)
-                except FarmError as exc:
-                    conn.execute("ROLLBACK TO SAVEPOINT unit")
-                    unit.error = exc
+                except sqlite3.OperationalError:
+                    raise  # disk full, I/O, lock: the whole transaction is lost
                 except sqlite3.IntegrityError as exc:
                     conn.execute("ROLLBACK TO SAVEPOINT unit")
                     unit.error = map_sqlite_error(exc)
+                except Exception as exc:
+                    # A FarmError, or a bug in one unit: only that unit fails, its caller
+                    # gets the exception, and the writer keeps serving everyone else.
+                    conn.execute("ROLLBACK TO SAVEPOINT unit")
+                    unit.error = exc
                 else:
                     ok.append(unit)
                 conn.execute("RELEASE SAVEPOINT unit")
@@ -405,7 +413,8 @@ class Store:
         """
         job_rows = [_job_to_row(j) for j in jobs]
         printer_rows = [(pid, int(m.plate_clear), int(m.maintenance), now) for pid, m in printers]
-        new_events = list(events)
+        # Encode before the writer sees it: a bad payload fails this caller, here.
+        new_events = [(ev, _json(dict(ev.data))) for ev in events]
 
         def unit(conn: sqlite3.Connection) -> list[Event]:
             if job_rows:
@@ -425,7 +434,7 @@ class Store:
                     "VALUES (?, ?, ?, ?)",
                     (key, digest, _json(list(ids)), at),
                 )
-            return [_append_event(conn, ev) for ev in new_events]
+            return [_append_event(conn, ev, data) for ev, data in new_events]
 
         return await self._write(unit)
 
