@@ -11,8 +11,10 @@ import argparse
 import json
 import os
 import secrets
+import sqlite3
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,33 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
         return EXIT_FAILURE
 
 
+def cmd_simulate_moonraker(args: argparse.Namespace, out: Console) -> int:
+    """Run one simulated Moonraker printer on 127.0.0.1 until Ctrl-C."""
+    import functools
+
+    import trio
+
+    from printfarmd.drivers.moonraker_sim import serve_forever
+
+    def ready(url: str) -> None:
+        out.print(f"simulated Moonraker printer at {url} (Ctrl-C stops it)", highlight=False)
+
+    try:
+        trio.run(
+            functools.partial(
+                serve_forever,
+                args.port,
+                print_time=args.print_time,
+                api_key=args.api_key or "",
+                ready=ready,
+            )
+        )
+    except OSError as exc:
+        _error(f"cannot listen on port {args.port}: {exc.strerror or exc}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def _leaves(group: BaseExceptionGroup[Any]) -> Iterable[BaseException]:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
@@ -194,6 +223,28 @@ def cmd_check_config(args: argparse.Namespace, out: Console) -> int:
     """Load and validate a config; ``ok: N printers`` or the errors (exit 2)."""
     config = load_config(args.file if args.file is not None else default_config_path())
     out.print(f"ok: {_plural(len(config.printers), 'printer')}", markup=False, highlight=False)
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace, out: Console) -> int:
+    """Copy the database with SQLite's online backup API (safe while the daemon runs)."""
+    from printfarmd.daemon import DB_NAME
+    from printfarmd.store.store import backup_database
+
+    config = load_config(args.config if args.config is not None else default_config_path())
+    source = config.data_path / DB_NAME
+    if not source.exists():
+        _error(f"no database at {source}")
+        return EXIT_FAILURE
+    dest: Path = args.output or (
+        config.data_path / "backups" / time.strftime("manual-%Y%m%dT%H%M%SZ.db", time.gmtime())
+    )
+    try:
+        backup_database(source, dest)
+    except (FarmError, sqlite3.Error, OSError) as exc:
+        _error(f"backup failed: {getattr(exc, 'message', exc)}")
+        return EXIT_FAILURE
+    out.print(f"backup written: {dest}", markup=False, highlight=False)
     return EXIT_OK
 
 
@@ -417,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = command(commands, "check-config", cmd_check_config, "validate a config file")
     check.add_argument("file", nargs="?", type=Path, metavar="FILE", help=_CONFIG_HELP)
 
+    backup = command(
+        commands, "backup", cmd_backup, "copy the database now (online, SQLite backup API)"
+    )
+    backup.add_argument("--config", type=Path, help=_CONFIG_HELP)
+    backup.add_argument("--output", type=Path, help="where to write it (default: data/backups/)")
+
     # Options shared by every command that talks to a running daemon.
     client = argparse.ArgumentParser(add_help=False)
     where = client.add_argument_group("where the daemon is")
@@ -479,6 +536,22 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[client],
     )
     clear.add_argument("id", metavar="ID", help="printer id")
+
+    simulate = commands.add_parser(
+        "simulate", help="run a simulated printer", description="simulate"
+    )
+    simulate_commands = simulate.add_subparsers(title="kinds", metavar="KIND", required=True)
+    moonraker = command(
+        simulate_commands,
+        "moonraker",
+        cmd_simulate_moonraker,
+        "a Klipper printer speaking Moonraker's API, on 127.0.0.1",
+    )
+    moonraker.add_argument("--port", type=_integer, default=7126, help="port (default 7126)")
+    moonraker.add_argument(
+        "--print-time", type=float, default=60.0, metavar="S", help="seconds per print"
+    )
+    moonraker.add_argument("--api-key", help="require this X-Api-Key (default: none)")
     return parser
 
 

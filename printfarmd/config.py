@@ -9,10 +9,12 @@ from __future__ import annotations
 import datetime
 import difflib
 import enum
+import ipaddress
 import math
 import re
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,19 @@ class ServerConfig:
     port: int = 7125
     api_key: str = ""
     max_body_bytes: int = 1_048_576
+    #: Seconds between heartbeat comments on an idle event stream (SSE).
+    sse_heartbeat: float = 15.0
+    #: Messages buffered per event-stream client before a client that does not read
+    #: is dropped.
+    sse_buffer: int = 1024
+    #: Largest file upload (``POST /api/files``, ``POST /server/files/upload``), in bytes.
+    max_upload_bytes: int = 536_870_912
+    #: An upload is refused (507) if it would leave less free disk than this, in bytes.
+    upload_min_free_bytes: int = 67_108_864
+    #: Moonraker-style trusted client networks (CIDR): requests from them need no key.
+    trusted_clients: tuple[str, ...] = ()
+    #: Origins allowed by CORS (exact ``scheme://host[:port]``); empty = CORS off.
+    cors_domains: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -62,6 +77,18 @@ class StorageConfig:
     data_dir: str = "data"
     gcodes_dir: str = ""
     synchronous: Synchronous = Synchronous.FULL
+    #: Seconds between online backups into ``<data_dir>/backups`` (0 = no periodic backups).
+    backup_interval: float = 3600.0
+    #: How many backup files to keep (the oldest are removed).
+    backup_keep: int = 5
+
+
+@attrs.frozen
+class WatchdogConfig:
+    #: Seconds between sweeps for stuck jobs.
+    interval: float = 300.0
+    #: A printing job with no progress for this many seconds is stuck.
+    stale_threshold: float = 900.0
 
 
 @attrs.frozen
@@ -83,6 +110,29 @@ class SimulatorOptions:
 
 
 @attrs.frozen
+class MoonrakerOptions:
+    """How to reach a Klipper printer's Moonraker (``driver = "moonraker"``)."""
+
+    #: Base URL of the printer's Moonraker, e.g. ``http://voron.local:7125``.
+    url: str = ""
+    #: Sent as ``X-Api-Key`` when not empty.
+    api_key: str = ""
+    #: Seconds any one call (connect, request, answer) may take.
+    timeout: float = 10.0
+    #: Seconds a G-code upload may take.
+    upload_timeout: float = 300.0
+    #: Seconds between liveness/status polls on an open connection.
+    heartbeat: float = 5.0
+    #: Consecutive failed calls/connects after which the printer is reported offline.
+    offline_after: int = 3
+    #: Reconnect backoff: first delay and cap (seconds), doubling in between.
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    #: Camera snapshot URL (absolute, or relative to ``url``); empty = no camera.
+    snapshot_url: str = ""
+
+
+@attrs.frozen
 class PrinterConfig:
     id: str
     name: str = ""
@@ -94,6 +144,7 @@ class PrinterConfig:
     tags: tuple[str, ...] = ()
     auto_clear: bool = False
     simulator: SimulatorOptions = attrs.field(factory=SimulatorOptions)
+    moonraker: MoonrakerOptions = attrs.field(factory=MoonrakerOptions)
 
 
 @attrs.frozen
@@ -111,13 +162,41 @@ class DemoConfig:
 
 
 @attrs.frozen
+class NotifyConfig:
+    """Escalation channels: who hears of a job that failed for good (docs/notifications.md).
+
+    A channel is on when its target is set: ``webhook_urls``, ``email_to`` (with
+    ``smtp_host`` and ``email_from``), ``mqtt_topic``.
+    """
+
+    webhook_urls: tuple[str, ...] = ()
+    #: HMAC-SHA256 key of the X-Printfarmd-Signature header; empty = unsigned.
+    webhook_secret: str = ""
+    webhook_timeout: float = 10.0
+    #: Seconds to wait after failed attempt 1, 2, ...; the last value repeats.
+    retry_backoff: tuple[float, ...] = (10.0, 60.0, 300.0, 900.0)
+    max_attempts: int = 5
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_starttls: bool = True
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_timeout: float = 30.0
+    email_from: str = ""
+    email_to: tuple[str, ...] = ()
+    mqtt_topic: str = ""
+
+
+@attrs.frozen
 class Config:
     server: ServerConfig = attrs.field(factory=ServerConfig)
     storage: StorageConfig = attrs.field(factory=StorageConfig)
     scheduler: SchedulerConfig = attrs.field(factory=SchedulerConfig)
+    watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     printers: tuple[PrinterConfig, ...] = ()
     demo: DemoConfig = attrs.field(factory=DemoConfig)
+    notify: NotifyConfig = attrs.field(factory=NotifyConfig)
     #: Directory of the config file; relative paths in the file are resolved against it.
     base_dir: Path = attrs.field(default=Path("."), metadata={"internal": True})
 
@@ -136,7 +215,7 @@ class Config:
 # Loading: TOML -> dict (tomllib) -> Config (one strict cattrs converter) -> semantic checks.
 
 #: Driver names a printer may use. Add a driver's name here when its module lands.
-KNOWN_DRIVERS: frozenset[str] = frozenset({"simulator"})
+KNOWN_DRIVERS: frozenset[str] = frozenset({"simulator", "moonraker"})
 #: Accepted values of ``logging.level`` (case-insensitive in the file).
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 #: A printer id appears in URLs, topics and log lines, so keep it to a safe alphabet.
@@ -377,6 +456,43 @@ def _normalize(config: Config) -> Config:
     return attrs.evolve(config, printers=printers)
 
 
+def _notify_errors(notify: NotifyConfig) -> list[str]:
+    """Range and consistency rules of ``[notify]`` (URLs, addresses, retry policy)."""
+    errors: list[str] = []
+    for index, url in enumerate(notify.webhook_urls):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            errors.append(
+                f"notify.webhook_urls[{index}]: expected an http:// or https:// URL with a host"
+            )
+    if notify.webhook_timeout <= 0:
+        errors.append("notify.webhook_timeout: must be > 0")
+    if not notify.retry_backoff:
+        errors.append("notify.retry_backoff: must not be empty")
+    for index, delay in enumerate(notify.retry_backoff):
+        if delay < 0:
+            errors.append(f"notify.retry_backoff[{index}]: must be >= 0")
+    if notify.max_attempts < 1:
+        errors.append("notify.max_attempts: must be >= 1")
+    if not 1 <= notify.smtp_port <= 65535:
+        errors.append(f"notify.smtp_port: must be between 1 and 65535, got {notify.smtp_port}")
+    if notify.smtp_timeout <= 0:
+        errors.append("notify.smtp_timeout: must be > 0")
+    for index, address in enumerate(notify.email_to):
+        if "@" not in address or any(c in address for c in " ,\r\n"):
+            errors.append(f"notify.email_to[{index}]: not an email address: {_quote(address)}")
+    if notify.email_to:
+        if not notify.smtp_host.strip():
+            errors.append("notify.smtp_host: required when notify.email_to is set")
+        if "@" not in notify.email_from:
+            errors.append("notify.email_from: an email address is required when email_to is set")
+    if notify.smtp_password and not notify.smtp_username:
+        errors.append("notify.smtp_username: required when notify.smtp_password is set")
+    if any(c in notify.mqtt_topic for c in "+#\0"):
+        errors.append("notify.mqtt_topic: must not contain the wildcards + or #")
+    return errors
+
+
 def _semantic_errors(config: Config) -> list[str]:
     errors: list[str] = []
 
@@ -396,7 +512,26 @@ def _semantic_errors(config: Config) -> list[str]:
         "server.max_body_bytes",
         f"must be at least {MIN_BODY_BYTES}, got {server.max_body_bytes}",
     )
+    check(server.sse_heartbeat > 0, "server.sse_heartbeat", "must be > 0")
+    check(server.sse_buffer >= 1, "server.sse_buffer", "must be >= 1")
+    check(server.max_upload_bytes >= 1024, "server.max_upload_bytes", "must be >= 1024")
+    check(server.upload_min_free_bytes >= 0, "server.upload_min_free_bytes", "must be >= 0")
+    for i, cidr in enumerate(server.trusted_clients):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            check(False, f"server.trusted_clients[{i}]", "must be an IP address or CIDR network")
+    for i, origin in enumerate(server.cors_domains):
+        check(
+            origin.startswith(("http://", "https://")) and "*" not in origin,
+            f"server.cors_domains[{i}]",
+            "must be an exact http:// or https:// origin (no wildcards)",
+        )
     check(bool(config.storage.data_dir.strip()), "storage.data_dir", "must not be empty")
+    check(config.storage.backup_interval >= 0, "storage.backup_interval", "must be >= 0")
+    check(config.storage.backup_keep >= 1, "storage.backup_keep", "must be >= 1")
+    check(config.watchdog.interval > 0, "watchdog.interval", "must be > 0")
+    check(config.watchdog.stale_threshold > 0, "watchdog.stale_threshold", "must be > 0")
 
     scheduler = config.scheduler
     check(scheduler.cooldown_seconds >= 0, "scheduler.cooldown_seconds", "must be >= 0")
@@ -405,6 +540,7 @@ def _semantic_errors(config: Config) -> list[str]:
     for index, delay in enumerate(scheduler.retry_backoff):
         check(delay >= 0, f"scheduler.retry_backoff[{index}]", "must be >= 0")
     check(scheduler.max_priority >= 1, "scheduler.max_priority", "must be >= 1")
+    errors.extend(_notify_errors(config.notify))
 
     check(
         config.logging.level in LOG_LEVELS,
@@ -450,6 +586,22 @@ def _semantic_errors(config: Config) -> list[str]:
             simulator.default_print_time > 0, f"{key}.simulator.default_print_time", "must be > 0"
         )
         check(simulator.report_interval > 0, f"{key}.simulator.report_interval", "must be > 0")
+        errors.extend(_moonraker_errors(printer, key))
+    return errors
+
+
+def _moonraker_errors(printer: PrinterConfig, key: str) -> list[str]:
+    """Problems with ``printers[i].moonraker`` (the URL only matters for that driver)."""
+    opts, key = printer.moonraker, f"{key}.moonraker"
+    errors = [
+        f"{key}.{name}: must be > 0"
+        for name in ("timeout", "upload_timeout", "heartbeat", "backoff_initial", "backoff_max")
+        if not getattr(opts, name) > 0
+    ]
+    if opts.offline_after < 1:
+        errors.append(f"{key}.offline_after: must be >= 1")
+    if printer.driver == "moonraker" and not re.match(r"https?://[^/\s]+", opts.url):
+        errors.append(f"{key}.url: expected an http:// or https:// URL, got {_quote(opts.url)}")
     return errors
 
 

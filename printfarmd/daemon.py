@@ -1,6 +1,7 @@
 """The daemon: start-up order, signals, graceful shutdown.
 
-Start order: store (integrity check, migrations) -> bus -> scheduler (rebuild the queue,
+Start order: store (integrity check, migrations) -> bus -> notifier (resumes pending
+escalation deliveries) -> scheduler (rebuild the queue,
 start drivers, reconcile in-flight jobs) -> HTTP server. Each piece is started with
 ``nursery.start`` and reports ready only when it is. SIGTERM/SIGINT: stop accepting
 connections, end streams, let in-flight requests finish (at most ``GRACE`` seconds),
@@ -25,8 +26,11 @@ from printfarmd.config import Config
 from printfarmd.drivers import make_driver
 from printfarmd.errors import DatabaseDamaged, FarmError
 from printfarmd.logs import setup_logging
+from printfarmd.services.backups import Backups
 from printfarmd.services.bus import Bus
+from printfarmd.services.notifier import Notifier
 from printfarmd.services.scheduler import JobRequest, Scheduler
+from printfarmd.services.watchdog import Watchdog
 from printfarmd.store import Store, open_store
 
 log = logging.getLogger("printfarmd")
@@ -65,10 +69,22 @@ async def run(
         bus = Bus()
         drivers = {p.id: make_driver(p) for p in config.printers}
         scheduler = Scheduler(config=config, store=store, bus=bus, drivers=drivers)
+        notifier = Notifier(config=config.notify, store=store)
+        scheduler.escalate = notifier.escalate
         svc = Services(config=config, store=store, bus=bus, scheduler=scheduler)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, stop)
+            # Before the scheduler: its start-up reconciliation may already escalate.
+            await nursery.start(notifier.run)
             await nursery.start(scheduler.run)
+            await nursery.start(Watchdog(scheduler, config.watchdog).run)
+            backups = Backups(
+                store,
+                config.data_path / "backups",
+                config.storage.backup_interval,
+                config.storage.backup_keep,
+            )
+            await nursery.start(backups.run)
             await _submit_demo_jobs(config, scheduler, store)
             hconf = HyperConfig()
             hconf.bind = [_bind(config.server.host, config.server.port)]
@@ -95,6 +111,7 @@ async def run(
             task_status.started(Running(urls, svc))
             await stop.wait()
             log.info("shutting down")
+            svc.stopping.set()  # requests still arriving get 503, never a lost 2xx
             bus.close()
             http_stop.set()
             with trio.move_on_after(GRACE):

@@ -103,6 +103,8 @@ class Job:
     last_error: str | None = None
     tracking: str | None = None
     source: str = "api"
+    #: Progress (0..100) a retry may resume from, where the printer can resume.
+    resume_progress: float = 0.0
 
     @property
     def sort_key(self) -> tuple[int, int, int]:

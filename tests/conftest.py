@@ -164,6 +164,8 @@ class DaemonProcess:
     port: int
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: Extra environment for the child (fault hooks, faketime).
+    env: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def url(self) -> str:
@@ -176,7 +178,7 @@ class DaemonProcess:
             stdout=log,
             stderr=log,
             cwd=REPO,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **self.env},
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from quart import Response, request
+from quart import Response, has_request_context, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from printfarmd.api import errors, jobs, openapi, orchestrator, printers
-from printfarmd.api.auth import PUBLIC_ROUTES, key_matches
+from printfarmd.api import (
+    dashboard,
+    errors,
+    events,
+    jobs,
+    moonraker,
+    notifications,
+    openapi,
+    orchestrator,
+    printers,
+)
+from printfarmd.api.auth import PUBLIC_ROUTES, OneshotTokens, request_allowed
 from printfarmd.api.context import APP_KEY, Services
+from printfarmd.errors import ShuttingDown
 
 
 def create_app(svc: Services) -> QuartTrio:
@@ -18,6 +29,17 @@ def create_app(svc: Services) -> QuartTrio:
     app.config["PROPAGATE_EXCEPTIONS"] = False
     for bp in (jobs.bp, printers.bp, orchestrator.bp, openapi.bp):
         app.register_blueprint(bp)
+    app.register_blueprint(notifications.bp)
+    events.install(app)  # SSE routes and the stream guard
+    app.register_blueprint(dashboard.bp)
+    tokens = OneshotTokens()
+    moonraker.install(app, svc, tokens)  # Moonraker facade (issue 3); before the auth hook
+
+    @app.before_request
+    async def refuse_while_stopping() -> Response | None:
+        if svc.stopping.is_set():
+            return errors.to_response(ShuttingDown("printfarmd is shutting down: retry shortly"))
+        return None
 
     @app.before_request
     async def authenticate() -> Response | None:
@@ -26,8 +48,17 @@ def create_app(svc: Services) -> QuartTrio:
             return None
         if request.method == "HEAD" and rule is not None and ("GET", rule.rule) in PUBLIC_ROUTES:
             return None
-        if key_matches(request.headers.get("X-Api-Key"), svc.config.server.api_key):
+        if request_allowed(
+            api_key=request.headers.get("X-Api-Key"),
+            peer=request.remote_addr,
+            oneshot=request.args.get("token"),
+            expected_key=svc.config.server.api_key,
+            trusted=svc.config.server.trusted_clients,
+            tokens=tokens,
+        ):
             return None
+        if moonraker.is_facade_path(request.path):
+            return errors.rpc_response(errors.RpcError(401, "Unauthorized"))
         return errors.error_response(401, "unauthorized", "missing or wrong X-Api-Key header")
 
     @app.after_request
@@ -38,6 +69,8 @@ def create_app(svc: Services) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
+        if has_request_context() and moonraker.is_facade_path(request.path):
+            return errors.rpc_response(exc)
         return errors.to_response(exc)
 
     @app.errorhandler(Exception)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+import trio
 from quart import current_app
 
 from printfarmd.config import Config
@@ -19,6 +20,8 @@ class Services:
     store: Store
     bus: Bus
     scheduler: Scheduler
+    #: Set when the daemon begins to stop: new requests are refused with 503.
+    stopping: trio.Event = attrs.field(factory=trio.Event)
 
 
 def services() -> Services:

@@ -151,6 +151,24 @@ SCHEMAS: dict[str, Any] = {
             "cooldown_seconds": {"type": "number", "minimum": 0},
         },
     },
+    "Notification": {
+        "type": "object",
+        "required": ["id", "channel", "target", "status", "attempts", "created_at"],
+        "properties": {
+            "id": {"type": "string", "description": "also sent as X-Printfarmd-Delivery"},
+            "channel": {"type": "string", "enum": ["webhook", "email", "mqtt"]},
+            "target": {"type": "string", "description": "where it goes, without secrets"},
+            "job_id": _NULLABLE_STR,
+            "event": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "last_error": _NULLABLE_STR,
+            "created_at": _TS,
+            "updated_at": _TS,
+            "delivered_at": _TS,
+            "next_attempt_at": _TS,
+        },
+    },
     "Event": {
         "type": "object",
         "required": ["seq", "type", "at"],
@@ -206,6 +224,13 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_SSE_OK = {
+    "200": {
+        "description": "text/event-stream: id = event seq, event = type, data = Event JSON",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+_TEXT_OK = {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}
 _PRINTER_ID = {"name": "printer_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -405,6 +430,82 @@ PATHS: dict[str, Any] = {
             },
         )
     },
+    "/api/files": {
+        "get": _op(
+            "List the G-code files in the gcodes folder",
+            {
+                "200": {
+                    "description": "OK",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["files"],
+                                "properties": {
+                                    "files": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["path", "size", "modified"],
+                                            "properties": {
+                                                "path": {"type": "string"},
+                                                "size": {"type": "integer"},
+                                                "modified": {"type": "number"},
+                                            },
+                                        },
+                                    }
+                                },
+                            }
+                        }
+                    },
+                }
+            },
+        ),
+        "post": _op(
+            "Upload a G-code file (multipart: file, optional path, optional checksum)",
+            {
+                "201": {
+                    "description": "Stored",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file"],
+                                "properties": {
+                                    "file": {
+                                        "type": "object",
+                                        "required": ["path", "size", "sha256", "modified"],
+                                        "properties": {
+                                            "path": {"type": "string"},
+                                            "size": {"type": "integer"},
+                                            "sha256": {"type": "string"},
+                                            "modified": {"type": "number"},
+                                        },
+                                    }
+                                },
+                            }
+                        }
+                    },
+                }
+            },
+            requestBody={
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file"],
+                            "properties": {
+                                "file": {"type": "string", "format": "binary"},
+                                "path": {"type": "string"},
+                                "checksum": {"type": "string", "description": "sha256 hex"},
+                            },
+                        }
+                    }
+                },
+            },
+        ),
+    },
     "/api/orchestrator/status": {"get": _op("Queue health", _ok("QueueStatus"))},
     "/api/orchestrator/pause": {"post": _op("Pause dispatching", _ok("QueueStatus"))},
     "/api/orchestrator/resume": {"post": _op("Resume dispatching", _ok("QueueStatus"))},
@@ -441,7 +542,46 @@ PATHS: dict[str, Any] = {
             },
         ),
     },
-    "/api/events": {
+    "/api/notifications": {
+        "get": _op(
+            "The notification delivery log, newest first",
+            {
+                "200": {
+                    "description": "OK",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "notifications": {
+                                        "type": "array",
+                                        "items": _ref("Notification"),
+                                    },
+                                    "total": {"type": "integer"},
+                                },
+                            }
+                        }
+                    },
+                }
+            },
+            parameters=[
+                _q("job", {"type": "string"}, "only this job"),
+                _q(
+                    "status",
+                    {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                    "only this status",
+                ),
+                _q(
+                    "channel",
+                    {"type": "string", "enum": ["webhook", "email", "mqtt"]},
+                    "only this channel",
+                ),
+                _q("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size"),
+                _q("offset", {"type": "integer", "minimum": 0}, "page start"),
+            ],
+        )
+    },
+    "/api/events/history": {
         "get": _op(
             "The event log, oldest first",
             {
@@ -466,6 +606,34 @@ PATHS: dict[str, Any] = {
             ],
         )
     },
+    "/api/events": {
+        "get": _op(
+            "Live stream (SSE) of every committed event; replays from Last-Event-ID",
+            _SSE_OK,
+            parameters=[
+                _q("job", {"type": "string"}, "only this job"),
+                _q("printer", {"type": "string"}, "only this printer"),
+                _q("type", {"type": "string"}, "comma-separated event types (and progress)"),
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0},
+                    "description": "replay every event with a larger seq first",
+                },
+            ],
+        )
+    },
+    "/api/jobs/{job_id}/stream": {
+        "get": _op(
+            "Live stream (SSE) of one job: its state at once, then every change, until final",
+            _SSE_OK,
+            parameters=[_JOB_ID],
+        )
+    },
+    "/dashboard": {"get": _op("The operator dashboard (public page, no data)", _TEXT_OK)},
+    "/dashboard/dashboard.js": {"get": _op("The dashboard's script (public)", _TEXT_OK)},
+    "/dashboard/dashboard.css": {"get": _op("The dashboard's stylesheet (public)", _TEXT_OK)},
 }
 
 DOCUMENT: dict[str, Any] = {

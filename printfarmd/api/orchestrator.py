@@ -115,9 +115,10 @@ async def put_config() -> Response:
     return json_response(_settings_body())
 
 
-@bp.get("/api/events")
+@bp.get("/api/events/history")
 async def events() -> Response:
-    """The event log as JSON pages (``after`` = last seq seen)."""
+    """The event log as JSON pages (``after`` = last seq seen). ``GET /api/events`` is the
+    live stream (``api/events.py``)."""
     args = request.args
     try:
         after = int(args.get("after", "0"))

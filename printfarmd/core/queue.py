@@ -113,6 +113,12 @@ class JobQueue:
         entries = sorted(self._entries.values(), key=lambda e: e.item)
         return [e.job for e in entries]
 
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever the queue's content may have changed (a cache key): every
+        push bumps the serial, every removal shrinks the size."""
+        return (self._serial, len(self._entries))
+
     def max_front(self) -> int:
         """The highest ``front`` of any job ever pushed (0 if none): a high-water mark.
 

@@ -13,4 +13,8 @@ def make_driver(printer: PrinterConfig) -> PrinterDriver:
         from printfarmd.drivers.simulator import SimulatedPrinter
 
         return SimulatedPrinter(printer.id, printer.simulator)
+    if printer.driver == "moonraker":
+        from printfarmd.drivers.moonraker import MoonrakerDriver
+
+        return MoonrakerDriver(printer.id, printer.moonraker)
     raise ValueError(f"unknown driver {printer.driver!r}")

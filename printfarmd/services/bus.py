@@ -40,11 +40,19 @@ class BusStatistics:
 
 @attrs.define(eq=False)
 class Subscription:
-    """One subscriber: iterate ``receive_channel``; it ends if the subscriber is dropped."""
+    """One subscriber: iterate ``receive_channel``; it ends if the subscriber is dropped.
+
+    ``on_end`` (optional) is called, synchronously and at most once, when the *bus*
+    ends the subscription: ``on_end(True)`` when it drops a subscriber that fell a full
+    buffer behind, ``on_end(False)`` at ``close()`` (shutdown). It is not called when the
+    subscriber unsubscribes itself. A stream whose writer may be blocked uses it to
+    abort the connection instead of waiting for a reader that is not reading.
+    """
 
     receive_channel: trio.MemoryReceiveChannel[Message]
     _send: trio.MemorySendChannel[Message]
     accepts: Callable[[Message], bool]
+    on_end: Callable[[bool], None] | None = None
     dropped: bool = False
 
 
@@ -54,31 +62,52 @@ class Bus:
         self._subs: set[Subscription] = set()
         self._published = 0
         self._dropped = 0
+        self._closed = False
 
     def statistics(self) -> BusStatistics:
         return BusStatistics(len(self._subs), self._published, self._dropped)
 
     def subscribe(
-        self, accepts: Callable[[Message], bool] = lambda _m: True, buffer_size: int | None = None
+        self,
+        accepts: Callable[[Message], bool] = lambda _m: True,
+        buffer_size: int | None = None,
+        on_end: Callable[[bool], None] | None = None,
     ) -> Subscription:
-        """A new subscription receiving every later message ``accepts`` lets through."""
+        """A new subscription receiving every later message ``accepts`` lets through.
+
+        After ``close()`` the subscription is born ended (its channel is already closed),
+        so a stream opened during shutdown finishes at once.
+        """
         send, recv = trio.open_memory_channel[Message](buffer_size or self._buffer_size)
-        sub = Subscription(recv, send, accepts)
-        self._subs.add(sub)
+        sub = Subscription(recv, send, accepts, on_end)
+        if self._closed:
+            send.close()
+        else:
+            self._subs.add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
         sub._send.close()
 
+    def _end(self, sub: Subscription, dropped: bool) -> None:
+        self.unsubscribe(sub)
+        callback, sub.on_end = sub.on_end, None
+        if callback is not None:
+            callback(dropped)
+
     @contextlib.contextmanager
     def subscribed(
-        self, accepts: Callable[[Message], bool] = lambda _m: True, buffer_size: int | None = None
+        self,
+        accepts: Callable[[Message], bool] = lambda _m: True,
+        buffer_size: int | None = None,
+        on_end: Callable[[bool], None] | None = None,
     ) -> Iterator[Subscription]:
-        sub = self.subscribe(accepts, buffer_size)
+        sub = self.subscribe(accepts, buffer_size, on_end)
         try:
             yield sub
         finally:
+            sub.on_end = None
             self.unsubscribe(sub)
 
     def publish(self, message: Message) -> None:
@@ -92,12 +121,14 @@ class Bus:
             except trio.WouldBlock:
                 sub.dropped = True
                 self._dropped += 1
-                self.unsubscribe(sub)
+                self._end(sub, dropped=True)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # The subscriber went away without unsubscribing.
                 self.unsubscribe(sub)
 
     def close(self) -> None:
-        """End every subscription (used at shutdown so streams finish promptly)."""
+        """End every subscription (used at shutdown so streams finish promptly); later
+        subscriptions are born ended."""
+        self._closed = True
         for sub in list(self._subs):
-            self.unsubscribe(sub)
+            self._end(sub, dropped=False)

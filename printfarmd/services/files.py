@@ -7,16 +7,36 @@ the filesystem): call it through ``trio.to_thread.run_sync`` from async code.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
 import os
+import re
+import secrets
+import shutil
 import unicodedata
+from collections.abc import AsyncIterable
 from pathlib import Path, PurePosixPath
+from typing import Any
+
+import attrs
+import trio
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from printfarmd.core import gcode_meta
-from printfarmd.errors import BadRequest, ValidationFailed
+from printfarmd.errors import (
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    StorageFull,
+    ValidationFailed,
+)
 
 GCODE_SUFFIXES = frozenset({".gcode", ".g", ".gco", ".nc"})
 MAX_NAME_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
 def check_relative_name(name: str) -> PurePosixPath:
@@ -50,6 +70,13 @@ def check_relative_name(name: str) -> PurePosixPath:
     return PurePosixPath(name)
 
 
+def check_no_percent_escapes(name: str) -> None:
+    """Refuse ``%xx`` in a name that was already decoded: a double-encoding attempt (S1)
+    or a client bug; either way the name would not mean what it looks like."""
+    if _PERCENT_ESCAPE.search(name):
+        raise BadRequest("filename: percent-encoded sequences are not allowed")
+
+
 def resolve_gcode(root: Path, name: str) -> Path:
     """The real path of G-code file ``name`` under ``root``. Blocking.
 
@@ -62,6 +89,7 @@ def resolve_gcode(root: Path, name: str) -> Path:
         raise ValidationFailed(
             f"filename: not a G-code file (allowed: {allowed})", field="filename"
         )
+    check_no_percent_escapes(name)
     real_root = root.resolve()
     try:
         candidate = (real_root / rel).resolve(strict=False)
@@ -90,3 +118,250 @@ def read_meta(path: Path) -> gcode_meta.GcodeMeta:
             fh.seek(max(size - gcode_meta.HEAD_TAIL_BYTES, gcode_meta.HEAD_TAIL_BYTES))
             tail = fh.read()
     return gcode_meta.parse(head, tail)
+
+
+# ---------------------------------------------------------------- generic containment
+
+
+def resolve_in(root: Path, name: str, *, must_exist: bool = True) -> Path:
+    """The real path of ``name`` (any file type) under ``root``. Blocking.
+
+    The same rules as ``resolve_gcode`` (``check_relative_name``, then containment after
+    every symlink is resolved), without the G-code suffix rule. Raises ``BadRequest``
+    for an illegal or escaping name, ``NotFound`` if ``must_exist`` and it is missing.
+    """
+    rel = check_relative_name(name)
+    check_no_percent_escapes(name)
+    real_root = root.resolve()
+    try:
+        candidate = (real_root / rel).resolve(strict=False)
+    except (OSError, RuntimeError, ValueError):
+        raise BadRequest("filename: cannot be resolved") from None
+    if not candidate.is_relative_to(real_root) or candidate == real_root:
+        raise BadRequest("filename: must stay inside its folder")
+    if must_exist and not os.path.exists(candidate):
+        raise NotFound(f"file {name} not found")
+    return candidate
+
+
+@attrs.frozen
+class StoredFile:
+    """A file in a storage root: ``path`` relative to the root, POSIX separators."""
+
+    path: str
+    size: int
+    modified: float
+    sha256: str = ""
+
+
+def list_gcodes(root: Path) -> list[StoredFile]:
+    """Every G-code file under ``root`` (recursively), hidden files and folders skipped,
+    symlinks that leave ``root`` skipped. Sorted by path. Blocking."""
+    out: list[StoredFile] = []
+    real_root = root.resolve()
+    if not real_root.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(real_root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in filenames:
+            if fname.startswith(".") or PurePosixPath(fname).suffix.lower() not in GCODE_SUFFIXES:
+                continue
+            full = Path(dirpath) / fname
+            try:
+                real = full.resolve()
+                st = real.stat()
+            except (OSError, RuntimeError):
+                continue
+            if not real.is_relative_to(real_root) or not os.path.isfile(real):
+                continue
+            out.append(StoredFile(full.relative_to(real_root).as_posix(), st.st_size, st.st_mtime))
+    out.sort(key=lambda f: f.path)
+    return out
+
+
+# ---------------------------------------------------------------- streaming upload
+
+#: Form fields an upload may carry; any other field is ignored, never interpreted.
+UPLOAD_FIELDS = frozenset({"file", "path", "root", "checksum", "print"})
+MAX_FIELD_BYTES = 4096
+
+
+@attrs.frozen
+class UploadResult:
+    stored: StoredFile
+    #: The declared text fields that came with the file (``path``, ``checksum``, ...).
+    fields: dict[str, str]
+
+
+def _boundary(content_type: str) -> bytes:
+    ctype, params = parse_options_header(content_type or "")
+    if ctype != b"multipart/form-data" or not params.get(b"boundary"):
+        raise BadRequest("upload: expected a multipart/form-data body with a boundary")
+    return params[b"boundary"]
+
+
+class _FormSink:
+    """Collects multipart events; the file part's bytes are handed back per chunk."""
+
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+        self._field = b""
+        self._value = b""
+        self.name = ""
+        self.filename: str | None = None
+        self.fields: dict[str, str] = {}
+        self.file_seen = False
+        self.in_file = False
+        self.file_done = False
+        self.file_chunks: list[bytes] = []
+        self.complete = False
+        self._text = bytearray()
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._hfield,
+            "on_header_value": self._hvalue,
+            "on_header_end": self._hend,
+            "on_headers_finished": self._hdone,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_end": self._all_done,
+        }
+
+    def _begin(self) -> None:
+        self.headers = {}
+        self._field = self._value = b""
+        self.name, self.filename = "", None
+        self._text = bytearray()
+
+    def _hfield(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _hvalue(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _hend(self) -> None:
+        self.headers[self._field.lower()] = self._value
+        self._field = self._value = b""
+
+    def _hdone(self) -> None:
+        _disp, params = parse_options_header(self.headers.get(b"content-disposition", b""))
+        self.name = params.get(b"name", b"").decode("utf-8", "replace")
+        raw = params.get(b"filename")
+        self.filename = None if raw is None else raw.decode("utf-8", "replace")
+        if self.name == "file":
+            if self.file_seen:
+                raise BadRequest("upload: more than one file part")
+            if not self.filename:
+                raise BadRequest("upload: the file part has no filename")
+            self.file_seen = self.in_file = True
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self.in_file:
+            self.file_chunks.append(data[start:end])
+        elif self.name in UPLOAD_FIELDS:
+            self._text += data[start:end]
+            if len(self._text) > MAX_FIELD_BYTES:
+                raise BadRequest(f"upload: field {self.name} is too long")
+
+    def _end(self) -> None:
+        if self.in_file:
+            self.in_file = False
+            self.file_done = True
+        elif self.name in UPLOAD_FIELDS and self.name not in self.fields:
+            self.fields[self.name] = self._text.decode("utf-8", "replace")
+
+    def _all_done(self) -> None:
+        self.complete = True
+
+
+async def receive_upload(
+    root: Path,
+    content_type: str,
+    chunks: AsyncIterable[bytes],
+    *,
+    max_bytes: int,
+    min_free_bytes: int,
+    subdir_field: str = "path",
+) -> UploadResult:
+    """Stream a multipart upload into ``root``; return what was stored.
+
+    Only the declared fields (``UPLOAD_FIELDS``) are read. The file part goes to a
+    server-chosen hidden temp file in ``root`` while the SHA-256 and size are computed;
+    more than ``max_bytes`` -> ``PayloadTooLarge`` (413) as soon as it is seen; a
+    ``checksum`` field that differs -> ``ValidationFailed`` (422); less than
+    ``min_free_bytes`` left on the disk -> ``StorageFull`` (507). On success the temp
+    file is fsynced, renamed to ``<path>/<filename>`` (both checked by ``resolve_in``)
+    and the folder fsynced. On any failure the temp file is removed. A checkpoint.
+    """
+    sink = _FormSink()
+    parser = MultipartParser(_boundary(content_type), sink.callbacks())  # type: ignore[arg-type]
+    real_root = await trio.to_thread.run_sync(_ready_root, root)
+    tmp = real_root / f".upload-{secrets.token_hex(8)}.part"
+    digest = hashlib.sha256()
+    size = 0
+    fh = await trio.open_file(tmp, "xb")
+    try:
+        try:
+            async for chunk in chunks:
+                parser.write(chunk)
+                for piece in sink.file_chunks:
+                    size += len(piece)
+                    if size > max_bytes:
+                        raise PayloadTooLarge(f"upload: the file is larger than {max_bytes} bytes")
+                    digest.update(piece)
+                    await fh.write(piece)
+                sink.file_chunks.clear()
+                if sink.complete:
+                    break
+            parser.finalize()
+        except MultipartParseError:
+            raise BadRequest("upload: malformed multipart body") from None
+        if not sink.file_done or sink.filename is None:
+            raise BadRequest("upload: no complete file part named 'file'")
+        usage = await trio.to_thread.run_sync(shutil.disk_usage, real_root)
+        if usage.free < min_free_bytes:
+            raise StorageFull("upload: not enough free disk space")
+        sha = digest.hexdigest()
+        want = sink.fields.get("checksum", "").strip().lower()
+        if want and not hmac.compare_digest(want, sha):
+            raise ValidationFailed("upload: checksum mismatch", field="checksum")
+        subdir = sink.fields.get(subdir_field, "").rstrip("/")
+        rel = f"{subdir}/{sink.filename}" if subdir else sink.filename
+        check_relative_name(rel)
+        if PurePosixPath(rel).suffix.lower() not in GCODE_SUFFIXES:
+            allowed = ", ".join(sorted(GCODE_SUFFIXES))
+            raise BadRequest(f"upload: not a G-code file (allowed: {allowed})")
+        await fh.flush()
+        await trio.to_thread.run_sync(os.fsync, fh.fileno())
+        await fh.aclose()
+        dest = await trio.to_thread.run_sync(_place, real_root, rel, tmp)
+        stored = StoredFile(dest.relative_to(real_root).as_posix(), size, dest.stat().st_mtime, sha)
+        return UploadResult(stored, dict(sink.fields))
+    finally:
+        await fh.aclose()
+        with contextlib.suppress(FileNotFoundError):
+            await trio.to_thread.run_sync(tmp.unlink)
+
+
+def _ready_root(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    return root.resolve()
+
+
+def _place(real_root: Path, rel: str, tmp: Path) -> Path:
+    """Move the finished temp file to ``rel`` (containment-checked) and fsync its folder."""
+    dest = resolve_in(real_root, rel, must_exist=False)
+    if dest.is_dir():
+        raise BadRequest("upload: a folder of that name exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # The folder we just made may itself be a symlink target: check again after mkdir.
+    dest = resolve_in(real_root, rel, must_exist=False)
+    os.replace(tmp, dest)
+    fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return dest

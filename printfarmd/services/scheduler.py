@@ -26,9 +26,11 @@ import attrs
 import orjson
 import trio
 
+from printfarmd import faults
 from printfarmd.config import Config
 from printfarmd.core import retry as retry_rules
 from printfarmd.core import routing
+from printfarmd.core import watchdog as watchdog_rules
 from printfarmd.core.jobs import transition
 from printfarmd.core.queue import JobQueue
 from printfarmd.drivers.base import (
@@ -144,10 +146,17 @@ class Scheduler:
         self._timer_seq = itertools.count()
         self._timer_kick = trio.Event()
         self._dirty_progress: set[str] = set()
+        #: trio time of each printing job's last progress (or start): the watchdog's input.
+        self._last_progress: dict[str, float] = {}
+        #: Printing jobs whose printer reports them paused (never "stuck").
+        self._paused_jobs: set[str] = set()
         self._idempotency_inflight: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._send_events, self._recv_events = trio.open_memory_channel[DriverEvent](1024)
         self.ready = False
+        #: Called (after commit, never blocking) when a job fails for good: retries spent.
+        #: The daemon wires the notifier here.
+        self.escalate: Callable[[Job], None] | None = None
 
     # ================================================================ lifecycle
 
@@ -165,6 +174,7 @@ class Scheduler:
             nursery.start_soon(self._progress_flush_loop)
             self.ready = True
             self._kick()
+            log.info("printer drivers started", extra={"printers": len(self.printers)})
             task_status.started()
 
     async def _restore(self) -> None:
@@ -188,6 +198,10 @@ class Scheduler:
             self.jobs[job.id] = job
             if job.state is JobState.QUEUED:
                 self.queue.push(job)
+            if job.state is JobState.PRINTING:
+                # A fresh window after a restart: an unreachable printer gets the whole
+                # stale threshold to report before the watchdog acts.
+                self._last_progress[job.id] = trio.current_time()
             slot = self.printers.get(job.printer_id or "")
             if job.state in (JobState.PRINTING, JobState.POST_PROCESS) and slot is not None:
                 slot.current_job = job.id
@@ -261,10 +275,27 @@ class Scheduler:
             self._apply(job)
         for ev in stored:
             self.bus.publish(ev)
+            if ev.type == "job.transition":
+                log.info(
+                    "job state changed",
+                    extra={
+                        "job": ev.job_id,
+                        "printer": ev.printer_id,
+                        "state": ev.to_state,
+                        "from_state": ev.from_state,
+                        "reason": ev.reason,
+                    },
+                )
         return stored
 
     def _apply(self, job: Job) -> None:
         old = self.jobs.get(job.id)
+        if job.state is JobState.PRINTING:
+            if old is None or old.state is not JobState.PRINTING:
+                self._last_progress[job.id] = trio.current_time()
+        else:
+            self._last_progress.pop(job.id, None)
+            self._paused_jobs.discard(job.id)
         if job.state is JobState.QUEUED:
             self.queue.push(job)
         elif job.id in self.queue:
@@ -400,6 +431,7 @@ class Scheduler:
             else None
         )
         stored = await self.store.save(jobs, events, idempotency=idem, now=now)
+        faults.point("job-created")  # committed, not yet acknowledged (test F14)
         for job in jobs:
             self._apply(job)
         for ev in stored:
@@ -728,6 +760,7 @@ class Scheduler:
             path=str(self.config.gcodes_path / job.filename),
             estimated_time=job.estimated_time,
             material=job.material,
+            resume_progress=job.resume_progress,
         )
         try:
             await slot.driver.start_job(spec)
@@ -769,7 +802,11 @@ class Scheduler:
         if job is None or job.state is not JobState.PRINTING:
             return  # already handled (a repeated report, or a cancel won the race)
         now = self._wall()
-        new = retry_rules.fail(job, reason, printer_id, self.settings.policy, now)
+        # A print that failed on its own restarts from the beginning next time.
+        new = attrs.evolve(
+            retry_rules.fail(job, reason, printer_id, self.settings.policy, now),
+            resume_progress=0.0,
+        )
         touched: list[PrinterSlot] = []
         slot = self.printers.get(printer_id or "")
         if slot is not None and slot.current_job == job_id and slot.confirmed:
@@ -777,7 +814,7 @@ class Scheduler:
             slot.plate_clear = False
             touched.append(slot)
         await self._commit(
-            [new], [self._transition_event(job, new, JobEvent.FAIL, reason)], touched
+            [new], [self._transition_event(job, new, JobEvent.FAIL, new.last_error)], touched
         )
         if slot is not None and not slot.plate_clear and slot.config.auto_clear:
             self._add_timer(self.settings.cooldown_seconds, "autoclear", slot.id)
@@ -788,6 +825,8 @@ class Scheduler:
                 extra={"job": job_id, "printer": printer_id, "reason": reason},
             )
         else:
+            if self.escalate is not None:
+                self.escalate(new)
             log.error(
                 "job failed for good",
                 extra={"job": job_id, "printer": printer_id, "reason": reason},
@@ -837,6 +876,63 @@ class Scheduler:
                     if job is None or job.state is not JobState.PRINTING:
                         await self._clear_plate_locked(slot, "auto_clear")
 
+    # ================================================================ watchdog
+
+    async def watchdog_sweep(self, stale_threshold: float) -> list[str]:
+        """Requeue (or, with retries spent, fail) printing jobs with no progress for
+        ``stale_threshold`` seconds of trio time. Returns the ids acted on.
+
+        Each job's transitions (FAILED, then QUEUED) and its printer's plate flag are one
+        transaction: a crash leaves the job either still assigned or requeued once.
+        """
+        acted: list[tuple[Job, PrinterSlot | None]] = []
+        async with self._lock:
+            stuck = watchdog_rules.find_stuck(
+                self._last_progress, self._paused_jobs, trio.current_time(), stale_threshold
+            )
+            if stuck:
+                log.warning("watchdog found stale jobs", extra={"count": len(stuck)})
+            for item in stuck:
+                job = self.jobs.get(item.job_id)
+                if job is None or job.state is not JobState.PRINTING:
+                    continue
+                now = self._wall()
+                steps = watchdog_rules.requeue_or_fail(
+                    job, item.idle_for, self.settings.policy, now
+                )
+                events, prev = [], job
+                for event, nxt in steps:
+                    events.append(self._transition_event(prev, nxt, event, nxt.last_error))
+                    prev = nxt
+                slot = self.printers.get(job.printer_id or "")
+                touched = []
+                if slot is not None:
+                    # Whatever the hung printer did, its plate is not known to be clear.
+                    slot.plate_clear = False
+                    touched.append(slot)
+                faults.point("watchdog-before-commit")
+                await self._commit([prev], events, touched)
+                faults.point("watchdog-after-commit")
+                acted.append((prev, slot))
+                if prev.state is JobState.QUEUED:
+                    log.info(
+                        "job requeued by watchdog",
+                        extra={"job": job.id, "printer": job.printer_id, "reason": prev.last_error},
+                    )
+                else:
+                    log.warning(
+                        "job marked as error by watchdog",
+                        extra={"job": job.id, "printer": job.printer_id, "reason": prev.last_error},
+                    )
+                    if self.escalate is not None:
+                        self.escalate(prev)
+        for job, slot in acted:
+            if slot is not None:
+                if slot.config.auto_clear:
+                    self._add_timer(self.settings.cooldown_seconds, "autoclear", slot.id)
+                await self._call_driver(slot, "cancel", slot.driver.cancel_job(job.id))
+        return [job.id for job, _ in acted]
+
     # ================================================================ driver reports
 
     async def _driver_event_loop(self) -> None:
@@ -883,6 +979,12 @@ class Scheduler:
                 PrinterState.PAUSED,
             ):
                 slot.confirmed = True
+                if report.state is PrinterState.PAUSED:
+                    self._paused_jobs.add(job.id)
+                else:
+                    self._paused_jobs.discard(job.id)
+                if report.progress > job.progress or report.state is PrinterState.PAUSED:
+                    self._last_progress[job.id] = trio.current_time()
                 now = self._wall()
                 eta = (
                     now + report.remaining
@@ -948,6 +1050,109 @@ class Scheduler:
             except FarmError as exc:
                 log.warning("progress not saved", extra={"reason": exc.message})
                 self._dirty_progress |= dirty
+
+    # ================================================================ Moonraker facade commands
+    # (issue 3) The facade's queue is the farm's QUEUED jobs in dispatch order.
+
+    @property
+    def dispatching(self) -> bool:
+        """True while some job is being handed to a printer (the facade's ``loading``)."""
+        return any(s.dispatching for s in self.printers.values())
+
+    async def _new_queued_job(self, filename: str, source: str, now: float) -> Job:
+        """A fresh (uncommitted) job for ``filename``, validated like a REST submission."""
+        path = await trio.to_thread.run_sync(files.resolve_gcode, self.config.gcodes_path, filename)
+        meta = await trio.to_thread.run_sync(files.read_meta, path)
+        jid = new_job_id()
+        job = Job(
+            id=jid,
+            filename=filename,
+            name=filename.rsplit("/", 1)[-1],
+            group_id=jid,
+            material=(meta.filament_type or "").upper() or None,
+            nozzle_diameter=meta.nozzle_diameter,
+            estimated_time=meta.estimated_time,
+            created_at=now,
+            updated_at=now,
+            source=source,
+        )
+        self._check_some_printer_can(job)
+        return job
+
+    async def enqueue_files(
+        self, filenames: Sequence[str], *, reset: bool = False, source: str = "moonraker"
+    ) -> None:
+        """Queue one job per filename, in order, in ONE commit; nothing is stored if any
+        file is missing or illegal (the error of the first bad one is raised).
+
+        With ``reset`` the listed files become the whole queue, in the listed order: each
+        entry takes the first not-yet-matched queued job with that filename (keeping its
+        id, priority and history), extra entries become new jobs, and queued jobs not
+        listed are cancelled. The order is imposed with ``front`` values (listed order,
+        ahead of anything queued later by priority only).
+        """
+        now = self._wall()
+        fresh: dict[int, Job] = {}
+        async with self._lock:
+            matched: dict[int, Job] = {}
+            if reset:
+                pool: dict[str, list[Job]] = {}
+                for job in self.queue.ordered():
+                    pool.setdefault(job.filename, []).append(job)
+                for i, name in enumerate(filenames):
+                    if pool.get(name):
+                        matched[i] = pool[name].pop(0)
+                leftover = [j for js in pool.values() for j in js]
+            else:
+                leftover = []
+            for i, name in enumerate(filenames):
+                if i not in matched:
+                    fresh[i] = await self._new_queued_job(name, source, now)
+            jobs: list[Job] = []
+            events: list[NewEvent] = []
+            top = self.queue.max_front() + len(filenames) if reset else 0
+            for i in range(len(filenames)):
+                if i in matched:
+                    old = matched[i]
+                    new = attrs.evolve(old, front=top - i, updated_at=now)
+                    jobs.append(new)
+                    events.append(
+                        NewEvent("job.jumped", now, job_id=new.id, data={"reorder": True})
+                    )
+                    continue
+                job = attrs.evolve(fresh[i], position=self._next_position, front=max(top - i, 0))
+                self._next_position += 1
+                events.append(self._transition_event(None, job, None, None))
+                for event, nxt in self._pipeline_steps(job, now):
+                    events.append(self._transition_event(job, nxt, event, None))
+                    job = nxt
+                jobs.append(job)
+            for old in leftover:
+                new = transition(old, JobEvent.CANCEL, now, last_error=None)
+                jobs.append(new)
+                events.append(
+                    self._transition_event(old, new, JobEvent.CANCEL, "removed from the queue")
+                )
+            if events:
+                await self._commit(jobs, events)
+
+    async def cancel_queued(self, job_ids: Sequence[str], reason: str) -> list[str]:
+        """Cancel the listed jobs that are QUEUED, in one commit; others are ignored.
+        Returns the ids cancelled."""
+        async with self._lock:
+            now = self._wall()
+            jobs: list[Job] = []
+            events: list[NewEvent] = []
+            for jid in dict.fromkeys(job_ids):
+                old = self.queue.get(jid)
+                if old is None:
+                    continue
+                new = transition(old, JobEvent.CANCEL, now, last_error=None)
+                jobs.append(new)
+                events.append(self._transition_event(old, new, JobEvent.CANCEL, reason))
+            if events:
+                await self._commit(jobs, events)
+            return [j.id for j in jobs]
 
 
 _PIPELINE_FROM = frozenset(

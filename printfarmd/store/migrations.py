@@ -75,4 +75,31 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 2: where a retried print may resume (the watchdog records the last position).
+    """
+    ALTER TABLE jobs ADD COLUMN resume_progress REAL NOT NULL DEFAULT 0;
+    """,
+    # 3: the notification delivery log (escalations: webhook, email, MQTT).
+    # No foreign key to jobs: the log outlives whatever may one day purge old jobs.
+    """
+    CREATE TABLE notifications (
+        id TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        address TEXT NOT NULL,
+        job_id TEXT,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        delivered_at REAL,
+        next_attempt_at REAL
+    );
+    CREATE INDEX notifications_created ON notifications (created_at);
+    CREATE INDEX notifications_job ON notifications (job_id);
+    CREATE INDEX notifications_pending ON notifications (status) WHERE status = 'pending';
+    """,
 )

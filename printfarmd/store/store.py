@@ -19,10 +19,12 @@ The interface speaks domain operations and returns ``models`` values, never rows
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -31,9 +33,12 @@ import orjson
 import sqlite_utils
 import trio
 
+from printfarmd.core.notify import Channel, Delivery, DeliveryStatus
 from printfarmd.errors import DatabaseDamaged, FarmError, StorageBusy, StorageFull
 from printfarmd.models import TERMINAL_STATES, Event, Job, JobState
 from printfarmd.store.migrations import MIGRATIONS
+
+log = logging.getLogger("printfarmd.store")
 
 T = TypeVar("T")
 
@@ -209,6 +214,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def backup_database(src: Path | sqlite3.Connection, dest: Path) -> None:
+    """Online copy of the database through SQLite's backup API. Blocking.
+
+    Safe while the daemon runs (WAL readers never block the writer). Writes a temp file,
+    fsyncs it, checks it (``quick_check``), then renames it over ``dest`` and fsyncs the
+    folder, so ``dest`` is always a whole, sound database. Raises ``DatabaseDamaged``
+    if the copy fails its check.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True) if isinstance(src, Path) else src
+    try:
+        target = sqlite3.connect(tmp)
+        try:
+            source.backup(target)
+            ok = target.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+        finally:
+            target.close()
+    finally:
+        if isinstance(src, Path):
+            source.close()
+    if not ok:
+        tmp.unlink(missing_ok=True)
+        raise DatabaseDamaged(f"the backup of {dest.name} failed its integrity check")
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+
+
 def open_database(path: Path, synchronous: str = "FULL") -> tuple[sqlite3.Connection, int]:
     """Open (or create) the database file, check it, migrate it. Blocking.
 
@@ -238,6 +273,9 @@ def open_database(path: Path, synchronous: str = "FULL") -> tuple[sqlite3.Connec
                 f"database {path.name} has schema version {version}, newer than this "
                 f"printfarmd knows ({len(MIGRATIONS)}); refusing to run an older version on it"
             )
+        if existed and version < len(MIGRATIONS):
+            # Reliability rule: a copy before the schema changes.
+            backup_database(conn, path.parent / "backups" / f"pre-migration-v{version}.db")
         applied = 0
         for step, sql in enumerate(MIGRATIONS[version:], start=version + 1):
             # executescript() commits first; run the step's statements in our own
@@ -628,25 +666,125 @@ class Store:
         return await self._read(q)
 
     async def backup_to(self, dest: Path) -> None:
-        """Online backup through SQLite's backup API: temp file, fsync, rename."""
-
-        def q(conn: sqlite3.Connection) -> None:
-            tmp = dest.with_name(dest.name + ".tmp")
-            target = sqlite3.connect(tmp)
-            try:
-                conn.backup(target)
-            finally:
-                target.close()
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
-
-        await self._read(q)
+        """Online backup (see ``backup_database``) from the reader connection."""
+        await self._read(lambda conn: backup_database(conn, dest))
 
     async def tables(self) -> list[str]:
         """Table names (for diagnostics and tests)."""
         return await self._read(lambda conn: list(sqlite_utils.Database(conn).table_names()))
+
+    # ------------------------------------------------------------------ notifications
+
+    async def add_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        """Record new deliveries (normally ``pending``) in one transaction."""
+        rows = [_delivery_to_row(d) for d in deliveries]
+
+        def unit(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                f"INSERT INTO notifications ({_DELIVERY_COLUMNS}) "
+                f"VALUES ({', '.join('?' for _ in _DELIVERY_FIELDS)})",
+                rows,
+            )
+
+        await self._write(unit)
+
+    async def update_delivery(self, delivery: Delivery) -> None:
+        """Store the outcome of an attempt: status, attempts, error and times."""
+        d = delivery
+
+        def unit(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE notifications SET status = ?, attempts = ?, last_error = ?, "
+                "updated_at = ?, delivered_at = ?, next_attempt_at = ? WHERE id = ?",
+                (
+                    d.status.value,
+                    d.attempts,
+                    d.last_error,
+                    d.updated_at,
+                    d.delivered_at,
+                    d.next_attempt_at,
+                    d.id,
+                ),
+            )
+
+        await self._write(unit)
+
+    async def list_deliveries(
+        self,
+        *,
+        job_id: str | None = None,
+        status: str | None = None,
+        channel: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Delivery], int]:
+        """A page of the delivery log, newest first, and the total matching the filters."""
+        where: list[str] = []
+        params: list[object] = []
+        for col, value in (("job_id", job_id), ("status", status), ("channel", channel)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                params.append(value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+
+        def q(conn: sqlite3.Connection) -> tuple[list[Delivery], int]:
+            count = f"SELECT COUNT(*) FROM notifications {clause}"
+            total = conn.execute(count, params).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM notifications {clause} "
+                "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+            return [_delivery_from_row(r) for r in rows], total
+
+        return await self._read(q)
+
+    async def pending_deliveries(self) -> list[Delivery]:
+        """Every delivery still ``pending`` (to resume after a restart), oldest first."""
+
+        def q(conn: sqlite3.Connection) -> list[Delivery]:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM notifications WHERE status = 'pending' "
+                "ORDER BY created_at, rowid"
+            ).fetchall()
+            return [_delivery_from_row(r) for r in rows]
+
+        return await self._read(q)
+
+    async def unnotified_failures(self, since: float, error_prefix: str) -> list[Job]:
+        """Jobs failed for good (``failed``, no retry scheduled, ``last_error`` starting
+        with ``error_prefix``) last updated at or after ``since`` that have no delivery
+        recorded: escalations a crash lost between the job's commit and the notifier's."""
+        pattern = error_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+        def q(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'failed' AND retry_at IS NULL "
+                "AND last_error LIKE ? ESCAPE '\\' AND updated_at >= ? AND NOT EXISTS "
+                "(SELECT 1 FROM notifications n WHERE n.job_id = jobs.id) ORDER BY updated_at",
+                (pattern + "%", since),
+            ).fetchall()
+            return [_job_from_row(r) for r in rows]
+
+        return await self._read(q)
+
+
+_DELIVERY_FIELDS = tuple(f.name for f in attrs.fields(Delivery))
+_DELIVERY_COLUMNS = ", ".join(_DELIVERY_FIELDS)
+
+
+def _delivery_to_row(d: Delivery) -> tuple[object, ...]:
+    return tuple(
+        value.value if isinstance(value, StrEnum) else value
+        for value in (getattr(d, name) for name in _DELIVERY_FIELDS)
+    )
+
+
+def _delivery_from_row(row: Sequence[Any]) -> Delivery:
+    values = dict(zip(_DELIVERY_FIELDS, row, strict=True))
+    values["channel"] = Channel(values["channel"])
+    values["status"] = DeliveryStatus(values["status"])
+    return Delivery(**values)
 
 
 @contextlib.asynccontextmanager
@@ -655,7 +793,8 @@ async def open_store(path: Path, synchronous: str = "FULL") -> AsyncIterator[Sto
 
     Raises ``DatabaseDamaged`` (before yielding) if the file is damaged.
     """
-    writer, _ = await trio.to_thread.run_sync(open_database, path, synchronous)
+    writer, applied = await trio.to_thread.run_sync(open_database, path, synchronous)
+    log.info("database migrations applied", extra={"applied": applied, "db": str(path)})
     try:
         reader = await trio.to_thread.run_sync(_connect, path, synchronous)
     except BaseException:

@@ -1,0 +1,516 @@
+"""Benchmark: time from process start to first HTTP 200, and idle RSS.
+
+Usage: ``.venv/bin/python bench/bench_startup.py [--runs 5] [--jobs 100000] [--idle 3] [--json]``
+
+Bytecode is precompiled first (``python -m compileall -q printfarmd``), so no run pays
+for compiling. Each run spawns a fresh process (``time.perf_counter`` just before
+``Popen``), polls ``GET /api/health`` every 5 ms (a new loopback connection per poll)
+until it answers 200 with ``{"status": "ok"}``, waits ``--idle`` seconds, reads
+``VmRSS`` (and the peak, ``VmHWM``) from ``/proc/<pid>/status``, then stops it with
+SIGTERM (the time to exit is reported too). Medians of ``--runs`` runs per case.
+
+Cases (all with 20 simulated printers, ``dispatch_paused = true`` so nothing prints,
+periodic backups off):
+
+- A: an empty database (schema created by one earlier, unmeasured start);
+- B: ``--jobs`` jobs already in the database, 4 events each. Built without REST: one
+  start to create and migrate the schema, SIGTERM, then a bulk insert with plain
+  ``sqlite3`` of rows made by ``printfarmd.models.Job`` + ``store._job_to_row`` (the
+  store's own column list and SQL). State mix: 70% shipped, 15% cancelled, 5% ready,
+  10% queued; the 4 events are each job's first four transitions (created, validated,
+  sliced, queued). WAL checkpointed after the load, as on a farm that has run a while.
+
+Baselines, same run:
+
+- ``python -c pass``: spawn to exit, and its RSS as it exits (the child reads its own
+  ``/proc/self/status``);
+- ``python -c "import printfarmd.cli, printfarmd.daemon"``: the same (the import share
+  of the daemon's start-up and memory);
+- ``http.server``: a minimal stdlib process (no third-party import) that serves
+  ``200 {"status": "ok"}`` on ``/api/health``, timed and measured exactly like the daemon;
+- bare stack: a one-route quart-trio app on hypercorn (the daemon's framework, nothing of
+  printfarmd) answering the same probe, measured the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    API_KEY,
+    DB_NAME,
+    REPO,
+    Daemon,
+    farm_config,
+    free_port,
+    jsonable,
+    machine,
+    median,
+    ratio,
+    rss_kb,
+    table,
+    wait_http_ok,
+)
+
+from printfarmd.models import Job, JobState
+from printfarmd.store.store import _INSERT_EVENT, _JOB_COLUMNS, _JOB_FIELDS, _job_to_row
+
+PRINTERS = 20
+POLL = 0.005
+#: (state, share) of the jobs in case B. Only ``queued`` and ``ready`` are open jobs.
+STATE_MIX: tuple[tuple[JobState, float], ...] = (
+    (JobState.SHIPPED, 0.70),
+    (JobState.CANCELLED, 0.15),
+    (JobState.READY, 0.05),
+    (JobState.QUEUED, 0.10),
+)
+FILES = (
+    ("benchy_pla.gcode", "PLA", 2900.0),
+    ("calibration_cube_pla.gcode", "PLA", 1100.0),
+    ("keychain_any.gcode", None, 600.0),
+    ("phone_stand_petg.gcode", "PETG", 5400.0),
+    ("vase_large_petg.gcode", "PETG", 14400.0),
+)
+
+HTTP_SERVER_BASELINE = """
+import http.server, sys
+BODY = b'{"status": "ok"}'
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+BARE_STACK_BASELINE = """
+import sys
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+app = QuartTrio("bare")
+@app.get("/api/health")
+async def health():
+    return {"status": "ok"}
+config = Config()
+config.bind = [f"127.0.0.1:{sys.argv[1]}"]
+config.accesslog = None
+trio.run(serve, app, config)
+"""
+
+
+# ------------------------------------------------------------------------- measuring
+
+
+#: Appended to a ``-c`` program: the child reports its own memory on its way out.
+#: (``wait4``'s ``ru_maxrss`` cannot be used: Linux carries the forking parent's RSS
+#: peak across ``exec``, so every child would "peak" at this bench's own size.)
+REPORT_RSS = (
+    "\nimport sys as _s\n"
+    "_s.stdout.write(''.join(line for line in open('/proc/self/status')"
+    " if line.startswith(('VmRSS', 'VmHWM'))))\n"
+    # Skip interpreter teardown (~0.2 s after the daemon's imports): measure the imports.
+    "_s.stdout.flush()\nimport os as _o\n_o._exit(0)\n"
+)
+
+
+def spawn_to_exit(code: str) -> dict[str, float]:
+    """Seconds from spawn to the end of ``python -c code`` (``os._exit``: no interpreter
+    teardown), and its RSS at that point."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", code + REPORT_RSS],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"python -c {code!r} exited with {proc.returncode}: {proc.stderr!r}")
+    mem = {
+        k: int(v.split()[0]) for k, v in (ln.split(":") for ln in proc.stdout.decode().splitlines())
+    }
+    return {"seconds": elapsed, "rss_kb": mem["VmRSS"], "peak_rss_kb": mem["VmHWM"]}
+
+
+def server_run(program: str, folder: Path, idle: float) -> dict[str, float]:
+    """Spawn ``python -c program PORT`` and measure it like the daemon."""
+    port = free_port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program, str(port)],
+        cwd=folder,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready = wait_http_ok(port, proc=proc, poll=POLL) - t0
+        time.sleep(idle)
+        mem = rss_kb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return {"seconds": ready, "rss_kb": mem["VmRSS"], "peak_rss_kb": mem["VmHWM"]}
+
+
+def daemon_run(
+    folder: Path, data_dir: Path, idle: float, index: int, check: Callable[[int], None] | None
+) -> dict[str, float]:
+    config = farm_config(folder, printers=PRINTERS, port=free_port(), data_dir=data_dir)
+    with Daemon(config, folder / f"run-{index}.toml", folder / f"run-{index}.log") as d:
+        ready = d.start(poll=POLL)
+        time.sleep(idle)
+        mem = rss_kb(d.pid)
+        if check is not None:
+            check(d.port)
+        t0 = time.perf_counter()
+        status = d.stop()
+        stop = time.perf_counter() - t0
+    if status != 0:
+        raise RuntimeError(f"daemon exited with {status} after SIGTERM:\n{d.log()}")
+    return {"seconds": ready, "rss_kb": mem["VmRSS"], "peak_rss_kb": mem["VmHWM"], "stop_s": stop}
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs": runs}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        out[key] = median(values)
+        out[f"{key}_min"] = min(values)
+        out[f"{key}_max"] = max(values)
+    return out
+
+
+# ------------------------------------------------------------------------- case B data
+
+
+def make_jobs(n: int, seed: int, printer_ids: Sequence[str]) -> tuple[list[Job], dict[str, int]]:
+    """``n`` valid jobs in the STATE_MIX proportions, oldest first; terminal ones carry
+    the printer, start and finish times they would have had."""
+    rng = random.Random(seed)
+    states = [s for s, share in STATE_MIX for _ in range(round(share * n))]
+    states = (states + [JobState.QUEUED] * n)[:n]
+    rng.shuffle(states)
+    # Queued jobs are the newest: move them to the end (creation order).
+    states.sort(key=lambda s: s is JobState.QUEUED)
+    now = time.time()
+    span = 365 * 86400.0
+    ids: set[str] = set()
+    jobs: list[Job] = []
+    counts: dict[str, int] = {}
+    for i, state in enumerate(states):
+        jid = f"{rng.getrandbits(64):016X}"
+        while jid in ids:
+            jid = f"{rng.getrandbits(64):016X}"
+        ids.add(jid)
+        filename, material, estimate = FILES[i % len(FILES)]
+        created = now - span + span * i / n
+        queued_at = created + 1.0
+        fields: dict[str, Any] = {}
+        if state is JobState.QUEUED:
+            fields = {"updated_at": queued_at}
+        elif state is JobState.CANCELLED and rng.random() < 0.5:
+            # Cancelled while still queued: never reached a printer.
+            fields = {"updated_at": queued_at + 60.0, "finished_at": queued_at + 60.0}
+        else:
+            started = queued_at + rng.uniform(60.0, 7200.0)
+            finished = started + estimate
+            fields = {
+                "printer_id": rng.choice(printer_ids),
+                "started_at": started,
+                "finished_at": finished,
+                "updated_at": finished + (3600.0 if state is JobState.SHIPPED else 0.0),
+                "progress": 100.0 if state is not JobState.CANCELLED else 42.0,
+            }
+        jobs.append(
+            Job(
+                id=jid,
+                filename=filename,
+                state=state,
+                priority=rng.choice((0, 0, 0, 0, 1, 5)),
+                position=i + 1,
+                group_id=jid,
+                name=filename,
+                material=material,
+                estimated_time=estimate,
+                created_at=created,
+                queued_at=queued_at,
+                source="api",
+                **fields,
+            )
+        )
+        counts[state.value] = counts.get(state.value, 0) + 1
+    return jobs, counts
+
+
+def creation_events(job: Job) -> list[tuple[object, ...]]:
+    """A job's first four transitions, as ``_INSERT_EVENT`` rows."""
+    steps = (
+        (None, "created", "create"),
+        ("created", "validated", "validate"),
+        ("validated", "sliced", "slice"),
+        ("sliced", "queued", "enqueue"),
+    )
+    return [
+        (
+            "job.transition",
+            job.created_at if to_state != "queued" else job.queued_at,
+            job.id,
+            None,
+            from_state,
+            to_state,
+            None,
+            f'{{"event":"{event}","retry_count":0}}',
+        )
+        for from_state, to_state, event in steps
+    ]
+
+
+def build_case_b(folder: Path, n: int, seed: int) -> dict[str, Any]:
+    """Start the daemon once (schema), stop it, bulk-insert ``n`` jobs into its file."""
+    data = folder / "data"
+    config = farm_config(folder, printers=PRINTERS, port=free_port(), data_dir=data)
+    with Daemon(config, folder / "build.toml", folder / "build.log") as d:
+        first_start = d.start(poll=POLL)
+        d.stop()
+    printer_ids = [p.id for p in config.printers]
+    t0 = time.perf_counter()
+    jobs, counts = make_jobs(n, seed, printer_ids)
+    conn = sqlite3.connect(data / DB_NAME, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous = OFF")  # a bulk load; checkpointed and fsynced below
+        conn.execute("BEGIN")
+        marks = ", ".join("?" for _ in _JOB_FIELDS)
+        conn.executemany(
+            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({marks})", (_job_to_row(j) for j in jobs)
+        )
+        conn.executemany(_INSERT_EVENT, (row for j in jobs for row in creation_events(j)))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        stored = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        events = conn.execute("SELECT COUNT(*) FROM events WHERE job_id IS NOT NULL").fetchone()[0]
+    finally:
+        conn.close()
+    with open(data / DB_NAME, "rb+") as fh:
+        os.fsync(fh.fileno())
+    size = (data / DB_NAME).stat().st_size
+    return {
+        "jobs": stored,
+        "job_events": events,
+        "states": counts,
+        "open_jobs": counts.get("queued", 0) + counts.get("ready", 0),
+        "db_mb": round(size / 1e6, 1),
+        "build_s": round(time.perf_counter() - t0, 1),
+        "first_start_s": round(first_start, 3),
+        "data_dir": data,
+    }
+
+
+# ------------------------------------------------------------------------- main
+
+
+def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    compiled = subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "printfarmd"], cwd=REPO, check=False
+    )
+    if compiled.returncode != 0:
+        raise RuntimeError("compileall failed")
+    results: dict[str, Any] = {"machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        root = Path(tmp)
+        folder_a, folder_b = root / "a", root / "b"
+        folder_a.mkdir()
+        folder_b.mkdir()
+
+        # Case A's database: created by one unmeasured start, then empty of jobs.
+        data_a = folder_a / "data"
+        config_a = farm_config(folder_a, printers=PRINTERS, port=free_port(), data_dir=data_a)
+        with Daemon(config_a, folder_a / "schema.toml", folder_a / "schema.log") as d:
+            d.start(poll=POLL)
+            d.stop()
+
+        built = build_case_b(folder_b, n, seed)
+        expected_queued = built["states"].get("queued", 0)
+
+        checked: dict[str, bool] = {"b": False}
+
+        def check_b_once(port: int) -> None:
+            if not checked["b"]:
+                check_b_keyed(port, expected_queued)
+                checked["b"] = True
+
+        cases: dict[str, list[dict[str, float]]] = {
+            "python_pass": [],
+            "import_printfarmd": [],
+            "http_server": [],
+            "bare_stack": [],
+            "A": [],
+            "B": [],
+        }
+        # Interleave the cases run by run, so a burst of noise hits them all alike.
+        for i in range(runs):
+            cases["python_pass"].append(spawn_to_exit("pass"))
+            cases["import_printfarmd"].append(
+                spawn_to_exit("import printfarmd.cli, printfarmd.daemon")
+            )
+            cases["http_server"].append(server_run(HTTP_SERVER_BASELINE, root, idle))
+            cases["bare_stack"].append(server_run(BARE_STACK_BASELINE, root, idle))
+            cases["A"].append(daemon_run(folder_a, data_a, idle, i, None))
+            cases["B"].append(daemon_run(folder_b, built["data_dir"], idle, i, check_b_once))
+
+    summary = {name: summarize(r) for name, r in cases.items()}
+    built = {k: v for k, v in built.items() if k != "data_dir"}
+    results.update(
+        {
+            "bench": "startup",
+            "bytecode_precompiled": True,
+            "runs": runs,
+            "idle_s": idle,
+            "poll_ms": POLL * 1000,
+            "printers": PRINTERS,
+            "case_b_data": built,
+            "case_b_state_mix": {s.value: share for s, share in STATE_MIX},
+            "cases": summary,
+            "ratios": {
+                f"{case}_over_{base}": {
+                    "time_to_200": ratio(summary[case]["seconds"], summary[base]["seconds"]),
+                    "idle_rss": ratio(summary[case]["rss_kb"], summary[base]["rss_kb"]),
+                }
+                for case in ("A", "B")
+                for base in ("http_server", "bare_stack")
+            }
+            | {
+                "B_over_A": {
+                    "time_to_200": ratio(summary["B"]["seconds"], summary["A"]["seconds"]),
+                    "idle_rss": ratio(summary["B"]["rss_kb"], summary["A"]["rss_kb"]),
+                }
+            },
+            "seconds": round(time.perf_counter() - t_start, 1),
+            "loadavg_1m_end": round(os.getloadavg()[0], 2),
+        }
+    )
+    return results
+
+
+def check_b_keyed(port: int, expected_queued: int) -> None:
+    """Case B sanity: the daemon rebuilt a queue of exactly the queued jobs inserted."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30.0)
+    try:
+        conn.request("GET", "/api/orchestrator/status", headers={"X-Api-Key": API_KEY})
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+    finally:
+        conn.close()
+    if resp.status != 200 or body.get("queue_depth") != expected_queued:
+        raise RuntimeError(f"case B: status {resp.status} {body}, expected {expected_queued}")
+
+
+def mb(kb: float) -> str:
+    return f"{kb / 1024:.1f}"
+
+
+def print_report(r: dict[str, Any]) -> None:
+    m, c, b = r["machine"], r["cases"], r["case_b_data"]
+    print(
+        f"bench_startup: {r['runs']} runs per case, medians (min..max); bytecode precompiled "
+        f"(python -m compileall -q printfarmd); poll every {r['poll_ms']:.0f} ms; RSS read "
+        f"{r['idle_s']:g} s after ready"
+    )
+    print(
+        f"Python {m['python']}, {m['cpus']} CPUs, load {m['loadavg_1m']} at start, "
+        f"{r['loadavg_1m_end']} at end; {r['printers']} simulated printers, dispatch paused"
+    )
+    mix = ", ".join(
+        f"{int(share * 100)}% {state}" for state, share in r["case_b_state_mix"].items()
+    )
+    print(
+        f"case B database: {b['jobs']:,} jobs ({mix}), {b['job_events']:,} job events "
+        f"(4 per job), {b['db_mb']} MB; {b['open_jobs']:,} open jobs (queued + ready) are "
+        f"loaded into memory at start; bulk load took {b['build_s']} s"
+    )
+    print()
+    rows = []
+    labels = {
+        "python_pass": "python -c pass (to end; RSS at end)",
+        "import_printfarmd": "import printfarmd.cli+daemon (to end)",
+        "http_server": "stdlib http.server baseline",
+        "bare_stack": "bare quart-trio + hypercorn app",
+        "A": "A: printfarmd, 20 printers, empty db",
+        "B": f"B: printfarmd, 20 printers, {b['jobs']:,} jobs",
+    }
+    for key, label in labels.items():
+        s = c[key]
+        rows.append(
+            [
+                label,
+                f"{s['seconds'] * 1000:.0f}",
+                f"{s['seconds_min'] * 1000:.0f}..{s['seconds_max'] * 1000:.0f}",
+                mb(s["rss_kb"]),
+                mb(s["peak_rss_kb"]),
+                f"{s['stop_s'] * 1000:.0f}" if "stop_s" in s else "",
+            ]
+        )
+    print(
+        table(
+            ["case", "to 200 ms", "min..max", "idle RSS MB", "peak RSS MB", "SIGTERM->exit ms"],
+            rows,
+        )
+    )
+    print()
+    rr = r["ratios"]
+    rows = [
+        [name.replace("_over_", " / ").replace("http_server", "http.server")
+         .replace("bare_stack", "bare stack"),
+         f"{v['time_to_200']:.2f}x", f"{v['idle_rss']:.2f}x"]
+        for name, v in rr.items()
+    ]  # fmt: skip
+    print(table(["ratio", "time to 200", "idle RSS"], rows))
+    print(
+        f"\n(first start ever, creating the schema, case B's farm: {b['first_start_s'] * 1000:.0f}"
+        f" ms, one run; whole bench {r['seconds']} s)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=5, help="runs per case (default 5)")
+    parser.add_argument("--jobs", type=int, default=100_000, help="case B jobs (default 100000)")
+    parser.add_argument("--idle", type=float, default=3.0, help="s after ready before RSS (3)")
+    parser.add_argument("--seed", type=int, default=1, help="random seed for case B (1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.jobs < 1 or args.idle < 0:
+        parser.error("--runs and --jobs must be positive, --idle not negative")
+    result = bench(args.runs, args.jobs, args.idle, args.seed)
+    if args.json:
+        print(json.dumps(jsonable(result), indent=2, allow_nan=False))
+    else:
+        print_report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

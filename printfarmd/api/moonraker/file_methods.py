@@ -1,0 +1,207 @@
+"""``server.files.*``: the gcodes root (the farm's G-code folder) and a ``config`` root.
+
+Every path goes through ``services.files`` (``check_relative_name`` / ``resolve_in`` /
+``resolve_gcode``): one containment check for every entry point.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from printfarmd.api.errors import RpcError
+from printfarmd.api.moonraker.args import Args
+from printfarmd.api.moonraker.rpc import Caller, method
+from printfarmd.errors import BadRequest, NotFound, ValidationFailed
+from printfarmd.services import files
+
+PERMS = "rw"
+
+
+def split_root(caller: Caller, path: str) -> tuple[str, Path, str]:
+    """``"gcodes/sub/a.gcode"`` -> ("gcodes", root folder, "sub/a.gcode"). 400 if unknown."""
+    if not isinstance(path, str):
+        raise RpcError(400, "Invalid path")
+    root_name, _, rest = path.strip("/").partition("/")
+    roots = caller.facade.roots()
+    if root_name not in roots:
+        raise RpcError(400, f"Invalid root path ({_safe(root_name)})")
+    return root_name, roots[root_name], rest
+
+
+def _safe(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii")[:200]
+
+
+def resolve(root: Path, rel: str, *, must_exist: bool = True) -> Path:
+    """``rel`` under ``root``, contained; facade errors (400 bad name, 404 missing). Blocking."""
+    try:
+        return files.resolve_in(root, rel, must_exist=must_exist)
+    except NotFound:
+        raise RpcError(404, f"File {_safe(rel)} does not exist") from None
+    except BadRequest as exc:
+        raise RpcError(400, f"Invalid path {_safe(rel)}: {exc.message}") from None
+
+
+def _walk(root: Path, gcodes_only: bool) -> list[dict[str, Any]]:
+    if gcodes_only:
+        return [
+            {"path": f.path, "modified": f.modified, "size": f.size, "permissions": PERMS}
+            for f in files.list_gcodes(root)
+        ]
+    out: list[dict[str, Any]] = []
+    real = root.resolve()
+    if not real.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(real):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            full = Path(dirpath) / name
+            try:
+                if not full.resolve().is_relative_to(real):
+                    continue
+                st = full.stat()
+            except (OSError, RuntimeError):
+                continue
+            rel = full.relative_to(real).as_posix()
+            out.append(
+                {"path": rel, "modified": st.st_mtime, "size": st.st_size, "permissions": PERMS}
+            )
+    return sorted(out, key=lambda f: str(f["path"]))
+
+
+@method("server.files.roots", ("GET", "/server/files/roots"))
+async def roots(caller: Caller, args: Args) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "path": str(path), "permissions": PERMS}
+        for name, path in caller.facade.roots().items()
+    ]
+
+
+@method("server.files.list", ("GET", "/server/files/list"))
+async def file_list(caller: Caller, args: Args) -> list[dict[str, Any]]:
+    root_name = args.get_str("root", "gcodes")
+    roots_ = caller.facade.roots()
+    if root_name not in roots_:
+        raise RpcError(400, f"Invalid root path ({_safe(root_name)})")
+    await trio.to_thread.run_sync(_mkdir, roots_[root_name])
+    return await trio.to_thread.run_sync(_walk, roots_[root_name], root_name == "gcodes")
+
+
+def _mkdir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _directory(root_name: str, root: Path, rel: str, extended: bool) -> dict[str, Any]:
+    _mkdir(root)
+    folder = resolve(root, rel) if rel else root.resolve()
+    if not folder.is_dir():
+        raise RpcError(400, f"Directory {_safe(rel)} does not exist")
+    real_root = root.resolve()
+    dirs: list[dict[str, Any]] = []
+    out_files: list[dict[str, Any]] = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        try:
+            real = Path(entry.path).resolve()
+            st = real.stat()
+        except (OSError, RuntimeError):
+            continue
+        if not real.is_relative_to(real_root):
+            continue
+        if real.is_dir():
+            dirs.append(
+                {"dirname": entry.name, "modified": st.st_mtime, "size": 0, "permissions": PERMS}
+            )
+        elif root_name != "gcodes" or Path(entry.name).suffix.lower() in files.GCODE_SUFFIXES:
+            out_files.append(
+                {
+                    "filename": entry.name,
+                    "modified": st.st_mtime,
+                    "size": st.st_size,
+                    "permissions": PERMS,
+                }
+            )
+    usage = shutil.disk_usage(real_root)
+    return {
+        "dirs": dirs,
+        "files": out_files,
+        "disk_usage": {"total": usage.total, "used": usage.used, "free": usage.free},
+        "root_info": {"name": root_name, "permissions": PERMS},
+    }
+
+
+@method("server.files.get_directory", ("GET", "/server/files/directory"))
+async def get_directory(caller: Caller, args: Args) -> dict[str, Any]:
+    path = args.get_str("path", "gcodes")
+    extended = args.get_bool("extended", False)
+    root_name, root, rel = split_root(caller, path)
+    return await trio.to_thread.run_sync(_directory, root_name, root, rel, extended)
+
+
+def _metadata(root: Path, name: str) -> dict[str, Any]:
+    try:
+        path = files.resolve_gcode(root, name)
+    except ValidationFailed:
+        raise RpcError(404, f"Metadata not available for <{_safe(name)}>") from None
+    except BadRequest as exc:
+        raise RpcError(400, f"Invalid filename {_safe(name)}: {exc.message}") from None
+    st = path.stat()
+    meta = files.read_meta(path)
+    out: dict[str, Any] = {
+        "filename": name,
+        "size": st.st_size,
+        "modified": st.st_mtime,
+        "print_start_time": None,
+        "job_id": None,
+        "thumbnails": [],
+    }
+    if meta.estimated_time is not None:
+        out["estimated_time"] = meta.estimated_time
+    if meta.filament_type is not None:
+        out["filament_type"] = meta.filament_type
+    if meta.nozzle_diameter is not None:
+        out["nozzle_diameter"] = meta.nozzle_diameter
+    return out
+
+
+@method("server.files.metadata", ("GET", "/server/files/metadata"))
+async def metadata(caller: Caller, args: Args) -> dict[str, Any]:
+    name = args.get_str("filename")
+    return await trio.to_thread.run_sync(_metadata, caller.facade.gcodes_root, name)
+
+
+def _delete(root: Path, rel: str) -> Path:
+    if not rel:
+        raise RpcError(400, "Invalid path")
+    # The full path must resolve inside the root (a symlink out of it is refused), and
+    # what is removed is the entry itself: a (contained) symlink is unlinked, not followed.
+    resolve(root, rel, must_exist=False)
+    parent_rel, _, leaf = rel.rpartition("/")
+    parent = resolve(root, parent_rel) if parent_rel else root.resolve()
+    target = parent / leaf
+    if not os.path.lexists(target):
+        raise RpcError(404, f"File {_safe(rel)} does not exist")
+    if target.is_dir() and not target.is_symlink():
+        raise RpcError(400, f"{_safe(rel)} is a directory")
+    target.unlink()
+    return target
+
+
+@method("server.files.delete_file", ("DELETE", "/server/files/delete_file"))
+async def delete_file(caller: Caller, args: Args) -> dict[str, Any]:
+    path = args.get_str("path")
+    root_name, root, rel = split_root(caller, path)
+    try:
+        await trio.to_thread.run_sync(_delete, root, rel)
+    except BadRequest as exc:
+        raise RpcError(400, f"Invalid path {_safe(rel)}: {exc.message}") from None
+    item = {"path": rel, "root": root_name, "size": 0, "modified": 0.0, "permissions": ""}
+    result = {"item": item, "action": "delete_file"}
+    caller.facade.notify_filelist(result)
+    return result

@@ -1,0 +1,126 @@
+"""The facade's method table and its JSON-RPC 2.0 dispatcher (pure of transport).
+
+A method is registered once with its JSON-RPC name and its HTTP route; the HTTP
+routes, ``POST /server/jsonrpc`` and the websocket all call ``call_method``, so the
+three give the same results. Handlers return plain JSON-able values or ``Raw``
+(pre-encoded JSON, spliced in unchanged so hot results are not re-encoded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import orjson
+
+from printfarmd.api import errors
+from printfarmd.api.moonraker.args import Args
+
+if TYPE_CHECKING:
+    from printfarmd.api.moonraker.facade import Facade
+
+
+@attrs.frozen
+class Raw:
+    """An already-encoded JSON value."""
+
+    data: bytes
+
+
+@attrs.define
+class Caller:
+    """Who is calling: the facade, the peer address, and the websocket connection (if any)."""
+
+    facade: Facade
+    peer: str | None
+    connection: Any = None
+
+
+Handler = Callable[[Caller, Args], Awaitable[Any]]
+
+
+@attrs.frozen
+class Method:
+    name: str
+    handler: Handler
+    #: (verb, path) of the HTTP route, or None for websocket/JSON-RPC only methods.
+    http: tuple[str, str] | None
+    #: Allowed on a websocket that has not authenticated yet.
+    public: bool = False
+
+
+METHODS: dict[str, Method] = {}
+
+
+def method(
+    name: str, http: tuple[str, str] | None = None, *, public: bool = False
+) -> Callable[[Handler], Handler]:
+    """Register ``handler`` as JSON-RPC method ``name`` (and HTTP route ``http``)."""
+
+    def register(handler: Handler) -> Handler:
+        METHODS[name] = Method(name, handler, http, public)
+        return handler
+
+    return register
+
+
+def encode(value: Any) -> bytes:
+    return value.data if isinstance(value, Raw) else orjson.dumps(value)
+
+
+async def call_method(caller: Caller, name: str, args: Args) -> Any:
+    """Run method ``name``; raises ``RpcError``/``FarmError`` like the handler does."""
+    m = METHODS.get(name)
+    if m is None:
+        raise errors.RpcError(404, "Method not found")
+    return await m.handler(caller, args)
+
+
+def _response(result: bytes, rid: bytes) -> bytes:
+    return b'{"jsonrpc":"2.0","result":' + result + b',"id":' + rid + b"}"
+
+
+def _error(code: int, message: str, rid: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": rid}
+
+
+async def _one(caller: Caller, req: Any, authorized: Callable[[str], bool]) -> bytes | None:
+    if not isinstance(req, dict):
+        return orjson.dumps(_error(-32600, "Invalid Request", None))
+    rid = req.get("id")
+    has_id = "id" in req and rid is not None
+    if req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str):
+        return orjson.dumps(_error(-32600, "Invalid Request", rid))
+    name: str = req["method"]
+    params = req.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        return orjson.dumps(_error(-32602, "Invalid params:", rid)) if has_id else None
+    try:
+        if not authorized(name):
+            raise errors.RpcError(401, "Unauthorized")
+        result = await call_method(caller, name, Args(params))
+    except Exception as exc:
+        code, message = errors.rpc_error(exc, websocket=True)
+        return orjson.dumps(_error(code, message, rid)) if has_id else None
+    if not has_id:
+        return None
+    return _response(encode(result), orjson.dumps(rid))
+
+
+async def dispatch(
+    caller: Caller, raw: bytes | str, authorized: Callable[[str], bool]
+) -> bytes | None:
+    """Answer one JSON-RPC frame (a request or a batch); None if nothing to send back."""
+    try:
+        req = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return orjson.dumps(_error(-32700, "Parse error", None))
+    if isinstance(req, list):
+        if not req:
+            return orjson.dumps(_error(-32600, "Invalid Request", None))
+        out = [r for r in [await _one(caller, item, authorized) for item in req] if r]
+        return b"[" + b",".join(out) + b"]" if out else None
+    return await _one(caller, req, authorized)

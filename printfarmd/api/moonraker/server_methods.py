@@ -1,0 +1,372 @@
+"""``server.*`` (info, config, identify, webcams, database), ``machine.*``, ``access.*``
+and the ``printer.*`` answers of the farm's virtual printer (see docs/moonraker-compat.md).
+
+The farm presents itself as one Klipper printer that is always ``ready`` and in
+``standby``: the real printing happens on the farm's printers, which this API does not
+expose one by one. That keeps Mainsail's dashboard queue visible and its Start enabled.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import time
+from typing import Any
+
+from printfarmd import __version__
+from printfarmd.api.auth import key_matches
+from printfarmd.api.errors import RpcError
+from printfarmd.api.moonraker.args import Args
+from printfarmd.api.moonraker.facade import MOONRAKER_VERSION
+from printfarmd.api.moonraker.rpc import Caller, method
+
+#: Components we implement (and only those: clients call more APIs per component).
+COMPONENTS = (
+    "database",
+    "file_manager",
+    "job_queue",
+    "machine",
+    "webcam",
+    "data_store",
+    "klippy_apis",
+)
+MAX_NAMESPACE = 64
+MAX_DB_VALUE_BYTES = 256 * 1024
+
+
+@method("server.info", ("GET", "/server/info"))
+async def server_info(caller: Caller, args: Args) -> dict[str, Any]:
+    return {
+        "klippy_connected": True,
+        "klippy_state": "ready",
+        "components": list(COMPONENTS),
+        "failed_components": [],
+        "registered_directories": list(caller.facade.roots()),
+        "warnings": [],
+        "websocket_count": len(caller.facade.connections),
+        "moonraker_version": MOONRAKER_VERSION,
+        "missing_klippy_requirements": [],
+        "api_version": [1, 5, 0],
+        "api_version_string": "1.5.0",
+    }
+
+
+@method("server.config", ("GET", "/server/config"))
+async def server_config(caller: Caller, args: Args) -> dict[str, Any]:
+    server = caller.facade.svc.config.server
+    cfg = {
+        "server": {
+            "host": server.host,
+            "port": server.port,
+            "ssl_port": 7130,
+            "max_upload_size": server.max_upload_bytes // (1024 * 1024),
+        },
+        "file_manager": {"queue_gcode_uploads": True, "enable_object_processing": False},
+        "job_queue": {
+            "load_on_startup": not caller.facade.svc.config.scheduler.dispatch_paused,
+            "automatic_transition": True,
+            "job_transition_delay": 0.0,
+            "job_transition_gcode": "",
+        },
+    }
+    return {"config": cfg, "orig": cfg, "files": []}
+
+
+@method("server.connection.identify", public=True)
+async def identify(caller: Caller, args: Args) -> dict[str, Any]:
+    conn = caller.connection
+    if conn is None:
+        raise RpcError(400, "identify is only available over the websocket")
+    for key in ("client_name", "version", "type", "url"):
+        value = args.get(key, "")
+        if not isinstance(value, str) or len(value) > 256:
+            raise RpcError(400, f"Invalid Type for argument: {key}, expected str")
+    if not conn.authenticated:
+        api_key = args.get("api_key", None)
+        token = args.get("access_token", None)
+        expected = caller.facade.svc.config.server.api_key
+        if (isinstance(api_key, str) and key_matches(api_key, expected)) or (
+            isinstance(token, str)
+            and (key_matches(token, expected) or caller.facade.tokens.redeem(token, caller.peer))
+        ):
+            conn.authenticated = True
+        else:
+            raise RpcError(401, "Unauthorized")
+    conn.client_name = str(args.get("client_name", ""))
+    return {"connection_id": conn.id}
+
+
+@method("server.websocket.id")
+@method("server.connection.id")
+async def connection_id(caller: Caller, args: Args) -> dict[str, Any]:
+    conn = caller.connection
+    return {"websocket_id": conn.id if conn else None}
+
+
+@method("server.webcams.list", ("GET", "/server/webcams/list"))
+async def webcams(caller: Caller, args: Args) -> dict[str, Any]:
+    return {"webcams": []}
+
+
+@method("server.gcode_store", ("GET", "/server/gcode_store"))
+async def gcode_store(caller: Caller, args: Args) -> dict[str, Any]:
+    return {"gcode_store": []}
+
+
+@method("server.temperature_store", ("GET", "/server/temperature_store"))
+async def temperature_store(caller: Caller, args: Args) -> dict[str, Any]:
+    return {}
+
+
+# ---------------------------------------------------------------- machine
+
+
+@method("machine.system_info", ("GET", "/machine/system_info"))
+async def system_info(caller: Caller, args: Args) -> dict[str, Any]:
+    return {
+        "system_info": {
+            "python": {"version": list(sys.version_info[:5]), "version_string": sys.version},
+            "cpu_info": {
+                "cpu_count": os.cpu_count(),
+                "bits": platform.architecture()[0],
+                "processor": platform.machine(),
+                "cpu_desc": "",
+                "serial_number": "",
+                "hardware_desc": "",
+                "model": "",
+                "total_memory": None,
+                "memory_units": "kB",
+            },
+            "sd_info": {},
+            "distribution": {"name": platform.system(), "id": "", "version": platform.release()},
+            "available_services": [],
+            "instance_ids": {"moonraker": "printfarmd", "klipper": "printfarmd"},
+            "service_state": {},
+            "virtualization": {"virt_type": "none", "virt_identifier": "none"},
+            "network": {},
+            "canbus": {},
+        }
+    }
+
+
+@method("machine.proc_stats", ("GET", "/machine/proc_stats"))
+async def proc_stats(caller: Caller, args: Args) -> dict[str, Any]:
+    now = time.time()
+    uptime = _uptime() or now - caller.facade.started
+    return {
+        "moonraker_stats": [
+            {"time": now, "cpu_usage": 0.0, "memory": _rss_kib(), "mem_units": "kB"}
+        ],
+        "throttled_state": {"bits": 0, "flags": []},
+        "cpu_temp": None,
+        "network": {},
+        "system_cpu_usage": {},
+        "system_memory": {},
+        "system_uptime": uptime,
+        "websocket_connections": len(caller.facade.connections),
+    }
+
+
+def _uptime() -> float | None:
+    try:
+        with open("/proc/uptime") as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _rss_kib() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+# ---------------------------------------------------------------- access
+
+
+@method("access.oneshot_token", ("GET", "/access/oneshot_token"))
+async def oneshot_token(caller: Caller, args: Args) -> str:
+    return caller.facade.tokens.issue(caller.peer or "")
+
+
+@method("access.info", ("GET", "/access/info"), public=True)
+async def access_info(caller: Caller, args: Args) -> dict[str, Any]:
+    from printfarmd.api.auth import peer_is_trusted
+
+    return {
+        "default_source": "moonraker",
+        "available_sources": ["moonraker"],
+        "login_required": False,
+        "trusted": peer_is_trusted(caller.peer, caller.facade.svc.config.server.trusted_clients),
+    }
+
+
+# ---------------------------------------------------------------- virtual printer
+
+
+def _printer_status() -> dict[str, dict[str, Any]]:
+    return {
+        "webhooks": {"state": "ready", "state_message": "printfarmd farm queue"},
+        "print_stats": {
+            "filename": "",
+            "total_duration": 0.0,
+            "print_duration": 0.0,
+            "filament_used": 0.0,
+            "state": "standby",
+            "message": "",
+            "info": {"total_layer": None, "current_layer": None},
+        },
+        "virtual_sdcard": {
+            "file_path": None,
+            "progress": 0.0,
+            "is_active": False,
+            "file_position": 0,
+            "file_size": 0,
+        },
+        "display_status": {"progress": 0.0, "message": None},
+        "gcode": {"commands": {}},
+    }
+
+
+@method("printer.info", ("GET", "/printer/info"))
+async def printer_info(caller: Caller, args: Args) -> dict[str, Any]:
+    return {
+        "state": "ready",
+        "state_message": "printfarmd farm queue (virtual printer)",
+        "hostname": socket.gethostname(),
+        "software_version": f"printfarmd-{__version__}",
+        "cpu_info": "",
+        "app": "printfarmd",
+        "klipper_path": "",
+        "python_path": "",
+        "log_file": "",
+        "config_file": "",
+    }
+
+
+@method("printer.objects.list", ("GET", "/printer/objects/list"))
+async def objects_list(caller: Caller, args: Args) -> dict[str, Any]:
+    return {"objects": [k for k in _printer_status() if k != "gcode"]}
+
+
+def _select(args: Args) -> dict[str, Any]:
+    wanted = args.get("objects", {})
+    if not isinstance(wanted, dict):
+        raise RpcError(400, "Invalid Type for argument: objects, expected dict")
+    status = _printer_status()
+    out: dict[str, Any] = {}
+    for name, fields in wanted.items():
+        if name not in status:
+            continue
+        obj = status[name]
+        if isinstance(fields, list):
+            obj = {k: v for k, v in obj.items() if k in fields}
+        out[name] = obj
+    return {"eventtime": time.monotonic(), "status": out}
+
+
+@method("printer.objects.query", ("POST", "/printer/objects/query"))
+async def objects_query(caller: Caller, args: Args) -> dict[str, Any]:
+    return _select(args)
+
+
+@method("printer.objects.subscribe", ("POST", "/printer/objects/subscribe"))
+async def objects_subscribe(caller: Caller, args: Args) -> dict[str, Any]:
+    # The virtual printer never changes, so there is nothing to push later.
+    return _select(args)
+
+
+# ---------------------------------------------------------------- database
+
+
+def _namespace(args: Args) -> str:
+    ns = args.get_str("namespace")
+    if not ns or len(ns) > MAX_NAMESPACE or not ns.isprintable():
+        raise RpcError(400, "Invalid namespace")
+    return str(ns)
+
+
+def _key_path(args: Args, required: bool) -> list[str] | None:
+    key = args.get("key", None)
+    if key is None:
+        if required:
+            raise RpcError(400, "No data for argument: key")
+        return None
+    if isinstance(key, list) and all(isinstance(k, str) and k for k in key):
+        return list(key)
+    if isinstance(key, str) and key and all(key.split(".")):
+        return key.split(".")
+    raise RpcError(400, f"Invalid key: {str(key)[:100]}")
+
+
+def _dig(value: Any, path: list[str], ns: str) -> Any:
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            raise RpcError(404, f"Key '{'.'.join(path)}' in namespace '{ns}' not found")
+        value = value[part]
+    return value
+
+
+@method("server.database.list", ("GET", "/server/database/list"))
+async def db_list(caller: Caller, args: Args) -> dict[str, Any]:
+    return {"namespaces": sorted(await caller.facade.database()), "backups": []}
+
+
+@method("server.database.get_item", ("GET", "/server/database/item"))
+async def db_get(caller: Caller, args: Args) -> dict[str, Any]:
+    ns = _namespace(args)
+    path = _key_path(args, required=False)
+    db = await caller.facade.database()
+    if ns not in db:
+        raise RpcError(404, f"Namespace {ns} not found")
+    value = db[ns] if path is None else _dig(db[ns], path, ns)
+    return {"namespace": ns, "key": args.get("key", None), "value": value}
+
+
+@method("server.database.post_item", ("POST", "/server/database/item"))
+async def db_post(caller: Caller, args: Args) -> dict[str, Any]:
+    import copy
+
+    import orjson
+
+    ns = _namespace(args)
+    path = _key_path(args, required=True)
+    assert path is not None
+    value = args.get("value")
+    if len(orjson.dumps(value)) > MAX_DB_VALUE_BYTES:
+        raise RpcError(413, "Value too large")
+    async with caller.facade.db_lock:
+        db = await caller.facade.database()
+        data = copy.deepcopy(db.get(ns, {}))
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+        await caller.facade.save_namespace(ns, data)
+    return {"namespace": ns, "key": args.get("key"), "value": value}
+
+
+@method("server.database.delete_item", ("DELETE", "/server/database/item"))
+async def db_delete(caller: Caller, args: Args) -> dict[str, Any]:
+    import copy
+
+    ns = _namespace(args)
+    path = _key_path(args, required=True)
+    assert path is not None
+    async with caller.facade.db_lock:
+        db = await caller.facade.database()
+        if ns not in db:
+            raise RpcError(404, f"Namespace {ns} not found")
+        data = copy.deepcopy(db[ns])
+        parent = _dig(data, path[:-1], ns)
+        if not isinstance(parent, dict) or path[-1] not in parent:
+            raise RpcError(404, f"Key '{'.'.join(path)}' in namespace '{ns}' not found")
+        value = parent.pop(path[-1])
+        await caller.facade.save_namespace(ns, data)
+    return {"namespace": ns, "key": args.get("key"), "value": value}

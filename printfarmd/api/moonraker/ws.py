@@ -1,0 +1,204 @@
+"""``/websocket``: JSON-RPC 2.0 over text frames, plus job-queue notifications.
+
+Auth comes from the upgrade request (``X-Api-Key``, a trusted peer, or a one-shot
+``?token=``) or later from ``server.connection.identify``; until then every method but
+identify answers -32602 ``"Unauthorized"`` and no notification is pushed.
+
+Order: requests are answered one at a time, and a notification waits until no request
+is being answered, so a client always gets the response before the notification its
+change caused. Responses and notifications share one outgoing channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+from quart import Response, websocket
+
+from printfarmd.api.auth import request_allowed
+from printfarmd.api.moonraker import rpc
+from printfarmd.api.moonraker.facade import Facade
+from printfarmd.models import Event
+from printfarmd.services.bus import Message
+
+log = logging.getLogger("printfarmd.api.moonraker")
+
+OUT_BUFFER = 512
+MAX_FRAME = 1 << 20
+
+QUEUE_EVENT_TYPES = frozenset(
+    {
+        "job.transition",
+        "job.jumped",
+        "job.reprioritized",
+        "orchestrator.paused",
+        "orchestrator.resumed",
+    }
+)
+
+
+@attrs.define(eq=False)
+class Connection:
+    id: int
+    peer: str | None
+    authenticated: bool
+    send_channel: trio.MemorySendChannel[bytes]
+    cancel: trio.CancelScope
+    client_name: str = ""
+    busy: bool = False
+    idle: trio.Event = attrs.field(factory=trio.Event)
+
+    def push(self, frame: bytes) -> None:
+        """Queue a notification if this client is authenticated; close it if it lags."""
+        if not self.authenticated:
+            return
+        try:
+            self.send_channel.send_nowait(frame)
+        except trio.WouldBlock:
+            self.cancel.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+def is_queue_event(msg: Message) -> bool:
+    return isinstance(msg, Event) and msg.type in QUEUE_EVENT_TYPES
+
+
+def queue_actions(events: list[Event]) -> list[str]:
+    """Moonraker's ``notify_job_queue_changed`` actions for a run of committed events."""
+    actions: list[str] = []
+    for ev in events:
+        if ev.type == "job.transition":
+            if ev.to_state == "queued" and ev.from_state != "queued":
+                action = "jobs_added"
+            elif ev.from_state == "queued" and ev.to_state == "printing":
+                action = "job_loaded"
+            elif ev.from_state == "queued":
+                action = "jobs_removed"
+            else:
+                continue
+        elif ev.type in ("orchestrator.paused", "orchestrator.resumed"):
+            action = "state_changed"
+        else:
+            action = "jobs_added"  # the order changed: clients refresh from updated_queue
+        if action not in actions:
+            actions.append(action)
+    return actions
+
+
+async def _forward(
+    facade: Facade, conn: Connection, recv: trio.MemoryReceiveChannel[Message]
+) -> None:
+    async for first in recv:
+        batch = [first]
+        while True:
+            try:
+                batch.append(recv.receive_nowait())
+            except trio.WouldBlock:
+                break
+        while conn.busy:
+            await conn.idle.wait()
+        events = [m for m in batch if isinstance(m, Event)]
+        for action in queue_actions(events):
+            state = facade.queue_state()
+            queue = None if action == "state_changed" else facade.queued_jobs_json()
+            body = (
+                b'{"jsonrpc":"2.0","method":"notify_job_queue_changed","params":[{"action":"'
+                + action.encode()
+                + b'","updated_queue":'
+                + (queue if queue is not None else b"null")
+                + b',"queue_state":"'
+                + state.encode()
+                + b'"}]}'
+            )
+            conn.push(body)
+
+
+async def _write(recv: trio.MemoryReceiveChannel[bytes]) -> None:
+    async for frame in recv:
+        await websocket.send(frame.decode("utf-8"))
+
+
+async def serve(facade: Facade) -> Response | None:
+    """The websocket handler: a 403 response for a foreign Origin (before the upgrade is
+    accepted), else serve the connection until either side ends it."""
+    svc = facade.svc
+    server = svc.config.server
+    peer = websocket.remote_addr
+    authenticated = request_allowed(
+        api_key=websocket.headers.get("X-Api-Key"),
+        peer=peer,
+        oneshot=websocket.args.get("token"),
+        expected_key=server.api_key,
+        trusted=server.trusted_clients,
+        tokens=facade.tokens,
+    )
+    origin = websocket.headers.get("Origin")
+    if origin and not origin_allowed(origin, websocket.host, server.cors_domains):
+        # Cross-site websocket hijacking: a page elsewhere may not drive the farm.
+        return Response(
+            b'{"error":{"code":403,"message":"Forbidden origin"}}',
+            status=403,
+            content_type="application/json",
+        )
+    await websocket.accept()
+    send, recv = trio.open_memory_channel[bytes](OUT_BUFFER)
+    with trio.CancelScope() as scope:
+        conn = Connection(facade.next_connection_id(), peer, authenticated, send, scope)
+        caller = rpc.Caller(facade, peer, conn)
+
+        def authorized(name: str) -> bool:
+            m = rpc.METHODS.get(name)
+            return conn.authenticated or (m is not None and m.public)
+
+        facade.connections.add(conn)
+        try:
+            with svc.bus.subscribed(is_queue_event, buffer_size=1024) as sub:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_write, recv)
+
+                    async def forward_then_close() -> None:
+                        await _forward(facade, conn, sub.receive_channel)
+                        scope.cancel()  # bus closed (shutdown) or we were dropped
+
+                    nursery.start_soon(forward_then_close)
+                    while True:
+                        data: Any = await websocket.receive()
+                        if len(data) > MAX_FRAME:
+                            await send.send(notify_error_too_large())
+                            continue
+                        conn.busy = True
+                        try:
+                            reply = await rpc.dispatch(caller, data, authorized)
+                            if reply is not None:
+                                await send.send(reply)
+                        finally:
+                            conn.busy = False
+                            conn.idle.set()
+                            conn.idle = trio.Event()
+        finally:
+            facade.connections.discard(conn)
+            send.close()
+    if scope.cancelled_caught:
+        # We ended it (shutdown, or a client too slow to take its notifications): say so
+        # with a close frame rather than dropping the TCP connection.
+        with trio.move_on_after(1.0):
+            await websocket.close(1001, "going away")
+    return None
+
+
+def origin_allowed(origin: str, host: str, allowed: tuple[str, ...] | list[str]) -> bool:
+    """A browser Origin may open the websocket if it is allow-listed or names the same
+    host the request was sent to (ports may differ: Mainsail on :80, printfarmd on :7125)."""
+    if origin in allowed:
+        return True
+    origin_host = urlsplit(origin).hostname
+    return origin_host is not None and origin_host == urlsplit(f"//{host}").hostname
+
+
+def notify_error_too_large() -> bytes:
+    return b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":null}'
