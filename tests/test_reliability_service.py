@@ -65,12 +65,18 @@ class Core:
 
 @contextlib.asynccontextmanager
 async def farm_core(
-    tmp_path: Path, printers: tuple[Any, ...], watchdog: WatchdogConfig | None = None, **sched: Any
+    tmp_path: Path,
+    printers: tuple[Any, ...],
+    watchdog: WatchdogConfig | None = None,
+    prepare: Any = None,
+    **sched: Any,
 ) -> AsyncIterator[Core]:
     config = make_config(tmp_path, printers, **sched)
     config.data_path.mkdir(parents=True, exist_ok=True)
     async with open_store(config.data_path / "t.db") as store:
         drivers = {p.id: make_driver(p) for p in config.printers}
+        if prepare is not None:
+            prepare(drivers)
         scheduler = Scheduler(
             config=config,
             store=store,
@@ -263,3 +269,43 @@ async def test_watchdog_leaves_paused_and_progressing_prints_alone(
         for jid in (a.id, b.id):
             assert (await core.scheduler.get_job(jid)).state is JobState.PRINTING
             assert [t[0] for t in transitions(await core.events(jid))].count("failed") == 0
+
+
+async def test_restart_reconciles_printing_jobs_unreachable_printer_waits_then_fails(
+    tmp_path: Path, farm_clock: Any
+) -> None:
+    """Start-up reconciliation: a printer that answers idle -> failure path at once with the
+    reason; an unreachable one -> the job is kept for the stale threshold, then requeued."""
+    printers = (
+        sim_printer("answers", ("PLA",), speed=1.0),
+        sim_printer("silent", ("PLA",), speed=1.0),
+    )
+    async with farm_core(tmp_path, printers) as core:
+        a = (
+            await core.scheduler.submit(
+                JobRequest(filename="benchy_pla.gcode", estimated_time=7200.0)
+            )
+        )[0][0]
+        b = (
+            await core.scheduler.submit(
+                JobRequest(filename="benchy_pla.gcode", estimated_time=7200.0)
+            )
+        )[0][0]
+        a = await core.wait_state(a.id, JobState.PRINTING)
+        b = await core.wait_state(b.id, JobState.PRINTING)
+        on = {a.printer_id: a.id, b.printer_id: b.id}
+    # the daemon "restarts": fresh simulators (they forgot their jobs); one is unreachable
+    wd = WatchdogConfig(interval=30.0, stale_threshold=300.0)
+    async with farm_core(
+        tmp_path, printers, watchdog=wd, prepare=lambda d: d["silent"].set_offline(True)
+    ) as core:
+        lost = await core.scheduler.get_job(on["answers"])
+        assert lost.state in (JobState.FAILED, JobState.QUEUED, JobState.PRINTING)
+        reasons = [t[3] or "" for t in transitions(await core.events(lost.id)) if t[0] == "failed"]
+        assert reasons and "no longer has the job after a restart" in reasons[0]
+        kept = await core.scheduler.get_job(on["silent"])
+        assert kept.state is JobState.PRINTING  # unreachable: wait, do not guess
+        t0 = trio.current_time()
+        requeued = await core.wait_state(kept.id, JobState.FAILED, within=1_000)
+        assert 300 <= trio.current_time() - t0 <= 300 + 30 + 5
+        assert "watchdog: no progress" in (requeued.last_error or "")
