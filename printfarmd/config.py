@@ -133,6 +133,68 @@ class MoonrakerOptions:
 
 
 @attrs.frozen
+class MqttTopics:
+    """Topic templates of the MQTT job-handler protocol; ``{id}`` is a printer or robot id."""
+
+    printer_progress: str = "device/printer/{id}/progress"
+    #: The seed's spelling.
+    assignment: str = "device/printer/{id}/assignement"
+    command: str = "device/printer/{id}/command"
+    printers: str = "device/printers"
+    robot_progress: str = "device/robot/{id}/progress"
+
+
+@attrs.frozen
+class MqttDiscoveredDefaults:
+    """Capabilities given to MQTT printers that announce themselves without being listed."""
+
+    materials: tuple[str, ...] = attrs.field(default=("PLA",), converter=_upper_materials)
+    nozzle_diameter: float = 0.4
+    bed_size: tuple[float, float, float] = (220.0, 220.0, 250.0)
+    tags: tuple[str, ...] = ()
+    auto_clear: bool = False
+
+
+@attrs.frozen
+class MqttConfig:
+    """The one MQTT broker connection shared by every ``driver = "mqtt"`` printer."""
+
+    #: Broker host; empty = MQTT off.
+    host: str = ""
+    port: int = 1883
+    #: Stable client id (the broker keeps our subscriptions across reconnects).
+    client_id: str = "printfarmd"
+    username: str = ""
+    password: str = ""
+    #: Seconds between keepalive pings; a silent (half-open) link is dropped after ~2x.
+    keepalive: int = 30
+    tls: bool = False
+    #: CA bundle for TLS (empty = the system's); client certificate and key, if any.
+    ca_certs: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    tls_insecure: bool = False
+    #: Reconnect backoff: first delay and cap (seconds), doubling in between.
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    #: Register printers that report idle without being listed in ``[[printers]]``.
+    discover: bool = True
+    #: Seconds to wait at start for printers to announce themselves before dispatching.
+    discovery_window: float = 0.0
+    #: A printer silent for this many seconds is shown offline.
+    printer_timeout: float = 60.0
+    #: Seconds a printer has to confirm an assignment (by reporting it printing).
+    start_timeout: float = 30.0
+    #: Seconds between re-sends of an unconfirmed assignment or a pending plate announcement.
+    resend_interval: float = 5.0
+    #: ``modelUrl`` sent with assignments; ``{filename}`` is the G-code path in the gcodes
+    #: folder, e.g. ``http://farm.local:7125/server/files/gcodes/{filename}``.
+    model_url: str = "{filename}"
+    topics: MqttTopics = attrs.field(factory=MqttTopics)
+    discovered: MqttDiscoveredDefaults = attrs.field(factory=MqttDiscoveredDefaults)
+
+
+@attrs.frozen
 class PrinterConfig:
     id: str
     name: str = ""
@@ -197,6 +259,7 @@ class Config:
     printers: tuple[PrinterConfig, ...] = ()
     demo: DemoConfig = attrs.field(factory=DemoConfig)
     notify: NotifyConfig = attrs.field(factory=NotifyConfig)
+    mqtt: MqttConfig = attrs.field(factory=MqttConfig)
     #: Directory of the config file; relative paths in the file are resolved against it.
     base_dir: Path = attrs.field(default=Path("."), metadata={"internal": True})
 
@@ -215,7 +278,7 @@ class Config:
 # Loading: TOML -> dict (tomllib) -> Config (one strict cattrs converter) -> semantic checks.
 
 #: Driver names a printer may use. Add a driver's name here when its module lands.
-KNOWN_DRIVERS: frozenset[str] = frozenset({"simulator", "moonraker"})
+KNOWN_DRIVERS: frozenset[str] = frozenset({"simulator", "moonraker", "mqtt"})
 #: Accepted values of ``logging.level`` (case-insensitive in the file).
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 #: A printer id appears in URLs, topics and log lines, so keep it to a safe alphabet.
@@ -587,6 +650,36 @@ def _semantic_errors(config: Config) -> list[str]:
         )
         check(simulator.report_interval > 0, f"{key}.simulator.report_interval", "must be > 0")
         errors.extend(_moonraker_errors(printer, key))
+        if printer.driver == "mqtt" and not config.mqtt.host.strip():
+            errors.append(f'{key}.driver: "mqtt" needs a broker: set mqtt.host')
+    errors.extend(_mqtt_errors(config.mqtt))
+    return errors
+
+
+def _mqtt_errors(mqtt: MqttConfig) -> list[str]:
+    """Range rules of ``[mqtt]`` and its topic templates."""
+    errors = [
+        f"mqtt.{name}: must be > 0"
+        for name in (
+            "keepalive",
+            "backoff_initial",
+            "backoff_max",
+            "printer_timeout",
+            "start_timeout",
+            "resend_interval",
+        )
+        if not getattr(mqtt, name) > 0
+    ]
+    if not 1 <= mqtt.port <= 65535:
+        errors.append(f"mqtt.port: must be between 1 and 65535, got {mqtt.port}")
+    if mqtt.discovery_window < 0:
+        errors.append("mqtt.discovery_window: must be >= 0")
+    for name in ("printer_progress", "assignment", "command", "robot_progress"):
+        template = getattr(mqtt.topics, name)
+        if template.count("{id}") != 1 or any(c in template for c in "+#"):
+            errors.append(f"mqtt.topics.{name}: must contain {{id}} once and no wildcards")
+    if not mqtt.topics.printers or any(c in mqtt.topics.printers for c in "+#"):
+        errors.append("mqtt.topics.printers: must be a topic without wildcards")
     return errors
 
 

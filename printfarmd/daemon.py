@@ -24,6 +24,7 @@ from printfarmd.api.app import create_app
 from printfarmd.api.context import Services
 from printfarmd.config import Config
 from printfarmd.drivers import make_driver
+from printfarmd.drivers.mqtt import open_mqtt_hub
 from printfarmd.errors import DatabaseDamaged, FarmError
 from printfarmd.logs import setup_logging
 from printfarmd.services.backups import Backups
@@ -67,7 +68,9 @@ async def run(
     config.gcodes_path.mkdir(parents=True, exist_ok=True)
     async with open_store(config.data_path / DB_NAME, config.storage.synchronous.value) as store:
         bus = Bus()
-        drivers = {p.id: make_driver(p) for p in config.printers}
+        # One broker link for every MQTT printer (issue 4); None when MQTT is off.
+        mqtt_hub = open_mqtt_hub(config)
+        drivers = {p.id: make_driver(p, mqtt_hub=mqtt_hub) for p in config.printers}
         scheduler = Scheduler(config=config, store=store, bus=bus, drivers=drivers)
         notifier = Notifier(config=config.notify, store=store)
         scheduler.escalate = notifier.escalate
@@ -76,7 +79,12 @@ async def run(
             nursery.start_soon(_watch_signals, stop)
             # Before the scheduler: its start-up reconciliation may already escalate.
             await nursery.start(notifier.run)
+            if mqtt_hub is not None:
+                # Before the scheduler: its MQTT drivers are fed by the hub.
+                await nursery.start(mqtt_hub.run)
             await nursery.start(scheduler.run)
+            if mqtt_hub is not None:
+                mqtt_hub.set_add_printer(scheduler.add_printer)
             await nursery.start(Watchdog(scheduler, config.watchdog).run)
             backups = Backups(
                 store,

@@ -1,8 +1,10 @@
 """The one authentication decision for every HTTP route.
 
 A request is authenticated by the ``X-Api-Key`` header, compared in constant time
-(``hmac.compare_digest``). Routes that need no key are listed in ``PUBLIC_ROUTES``
-and nowhere else; a test enumerates the app's routes against it.
+(``hmac.compare_digest``), by a peer address in ``server.trusted_clients``, or by a
+one-shot ``?token=`` (``request_allowed``: REST, the Moonraker facade and its websocket
+all use it). Routes that need no key are listed in ``PUBLIC_ROUTES`` and nowhere else;
+a test enumerates the app's routes against it.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import orjson
 import trio
 
 from printfarmd import faults
-from printfarmd.config import Config
+from printfarmd.config import Config, PrinterConfig
 from printfarmd.core import retry as retry_rules
 from printfarmd.core import routing
 from printfarmd.core import watchdog as watchdog_rules
@@ -165,8 +165,11 @@ class Scheduler:
         await self._restore()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for slot in self.printers.values():
-                await nursery.start(slot.driver.run, self._send_events.clone())
+            # Start every driver at once: a printer that does not answer must not delay
+            # the others (or the HTTP server) by its connect timeout.
+            async with trio.open_nursery() as starting:
+                for slot in self.printers.values():
+                    starting.start_soon(nursery.start, slot.driver.run, self._send_events.clone())
             nursery.start_soon(self._driver_event_loop)
             await self._reconcile()
             nursery.start_soon(self._dispatch_loop)
@@ -1153,6 +1156,34 @@ class Scheduler:
             if events:
                 await self._commit(jobs, events)
             return [j.id for j in jobs]
+
+    # ================================================================ printers added at run time
+    # (issue 4: MQTT printers discovered on the broker; a config reload may reuse it.)
+
+    async def add_printer(self, config: PrinterConfig, driver: PrinterDriver) -> Printer:
+        """Start managing a printer that was not configured when the scheduler started.
+
+        Under the lock: creates its slot and restores its remembered plate and
+        maintenance flags from the store. Then (outside the lock, as the driver's first
+        report needs the lock) starts ``driver.run`` in the scheduler's nursery, waits
+        for it to report started, and kicks dispatch. Returns the printer's view.
+        Raises ``Conflict`` if the id is taken or the scheduler is not running.
+        """
+        if self._nursery is None:
+            raise Conflict("the scheduler is not running")
+        async with self._lock:
+            if config.id in self.printers:
+                raise Conflict(f"printer {config.id} already exists")
+            slot = PrinterSlot.from_config(config, driver)
+            memory = (await self.store.printer_memory()).get(config.id)
+            if memory is not None:
+                slot.plate_clear = memory.plate_clear
+                slot.maintenance = memory.maintenance
+            self.printers[config.id] = slot
+        await self._nursery.start(driver.run, self._send_events.clone())
+        log.info("printer added", extra={"printer": config.id, "driver": config.driver})
+        self._kick()
+        return slot.view()
 
 
 _PIPELINE_FROM = frozenset(
