@@ -124,7 +124,7 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
     from printfarmd.daemon import serve
 
     try:
-        return serve(config, log_format=args.log_format)
+        return serve(config, log_format=args.log_format, config_path=_config_path(args))
     except FarmError as exc:
         _error(exc.message)
         return EXIT_FAILURE
@@ -136,6 +136,39 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
         for leaf in _leaves(matched):
             _error(leaf.message if isinstance(leaf, FarmError) else str(leaf))
         return EXIT_FAILURE
+
+
+def cmd_simulate_mqtt(args: argparse.Namespace, out: Console) -> int:
+    """Run a fleet of simulated MQTT printers and robots against a broker until Ctrl-C."""
+    import trio
+
+    from printfarmd.drivers.mqtt_sim import FleetOptions, MqttFleet
+
+    host, sep, port_text = str(args.broker).rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        _error(f"--broker: expected HOST:PORT, got {args.broker!r}")
+        return EXIT_USAGE
+    if args.printers < 1 or args.robots < 1 or not args.speed > 0:
+        _error("--printers and --robots must be >= 1, --speed > 0")
+        return EXIT_USAGE
+    options = FleetOptions(
+        printers=args.printers, robots=args.robots, prefix=args.prefix, speed=args.speed
+    )
+    fleet = MqttFleet(host, int(port_text), options)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fleet.run)
+            ids = ", ".join(fleet.printers)
+            out.print(
+                f"simulated MQTT printers {ids} and {len(fleet.robots)} robot(s) on "
+                f"{host}:{port_text} (Ctrl-C stops them)",
+                markup=False,
+                highlight=False,
+            )
+
+    trio.run(main)
+    return EXIT_OK
 
 
 def cmd_simulate_moonraker(args: argparse.Namespace, out: Console) -> int:
@@ -224,6 +257,23 @@ def cmd_check_config(args: argparse.Namespace, out: Console) -> int:
     config = load_config(args.file if args.file is not None else default_config_path())
     out.print(f"ok: {_plural(len(config.printers), 'printer')}", markup=False, highlight=False)
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace, out: Console) -> int:
+    """Check config, database, disk, clock, printers and broker; 1 if anything is wrong."""
+    from printfarmd.doctor import diagnose  # issue 8
+
+    table = Table(title="printfarmd doctor")
+    for column in ("check", "", "detail"):
+        table.add_column(column)
+    problems = 0
+    for finding in diagnose(_config_path(args)):
+        problems += not finding.ok
+        mark = Text("ok", "green") if finding.ok else Text("PROBLEM", "bold red")
+        table.add_row(finding.check, mark, Text(finding.detail))
+    out.print(table)
+    out.print(f"{problems} problem(s) found" if problems else "no problems found", markup=False)
+    return EXIT_FAILURE if problems else EXIT_OK
 
 
 def cmd_backup(args: argparse.Namespace, out: Console) -> int:
@@ -467,6 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command(commands, "check-config", cmd_check_config, "validate a config file")
     check.add_argument("file", nargs="?", type=Path, metavar="FILE", help=_CONFIG_HELP)
+    doctor = command(
+        commands,
+        "doctor",
+        cmd_doctor,
+        "check config, database, disk, clock, printers and broker (exit 1 on problems)",
+    )
+    doctor.add_argument("--config", type=Path, help=_CONFIG_HELP)
 
     backup = command(
         commands, "backup", cmd_backup, "copy the database now (online, SQLite backup API)"
@@ -552,6 +609,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-time", type=float, default=60.0, metavar="S", help="seconds per print"
     )
     moonraker.add_argument("--api-key", help="require this X-Api-Key (default: none)")
+    mqtt = command(
+        simulate_commands,
+        "mqtt",
+        cmd_simulate_mqtt,
+        "MQTT printers and plate-clearing robots speaking the job-handler topics",
+    )
+    mqtt.add_argument("--printers", type=_integer, default=2, metavar="N", help="default 2")
+    mqtt.add_argument("--robots", type=_integer, default=1, metavar="N", help="default 1")
+    mqtt.add_argument(
+        "--broker", default="127.0.0.1:1883", metavar="HOST:PORT", help="default 127.0.0.1:1883"
+    )
+    mqtt.add_argument("--prefix", default="mqtt-", help="printer ids are PREFIX1.. (default mqtt-)")
+    mqtt.add_argument(
+        "--speed", type=float, default=60.0, help="times faster than estimatedTime (default 60)"
+    )
     return parser
 
 

@@ -70,6 +70,8 @@ class ServerConfig:
     trusted_clients: tuple[str, ...] = ()
     #: Origins allowed by CORS (exact ``scheme://host[:port]``); empty = CORS off.
     cors_domains: tuple[str, ...] = ()
+    #: Serve ``GET /metrics`` (Prometheus) without a key; off = behind the API key.
+    metrics_public: bool = False
 
 
 @attrs.frozen
@@ -224,6 +226,17 @@ class DemoConfig:
 
 
 @attrs.frozen
+class SlicerConfig:
+    """The slicing stage for STL/3MF jobs (docs/files.md); off while ``command`` is empty."""
+
+    #: argv of the slicer CLI; ``{input}`` and ``{output}`` are replaced by the model and
+    #: the G-code to write (put the printer profile in the arguments).
+    command: tuple[str, ...] = ()
+    #: Seconds a slice may take before the slicer is killed and the job fails.
+    timeout: float = 600.0
+
+
+@attrs.frozen
 class NotifyConfig:
     """Escalation channels: who hears of a job that failed for good (docs/notifications.md).
 
@@ -260,6 +273,7 @@ class Config:
     demo: DemoConfig = attrs.field(factory=DemoConfig)
     notify: NotifyConfig = attrs.field(factory=NotifyConfig)
     mqtt: MqttConfig = attrs.field(factory=MqttConfig)
+    slicer: SlicerConfig = attrs.field(factory=SlicerConfig)
     #: Directory of the config file; relative paths in the file are resolved against it.
     base_dir: Path = attrs.field(default=Path("."), metadata={"internal": True})
 
@@ -563,6 +577,7 @@ def _semantic_errors(config: Config) -> list[str]:
         if not ok:
             errors.append(f"{key}: {message}")
 
+    check(config.slicer.timeout > 0, "slicer.timeout", "must be > 0")  # issue 7
     server = config.server
     check(bool(server.host.strip()), "server.host", "must not be empty")
     check(

@@ -14,18 +14,20 @@ import functools
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import attrs
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from printfarmd import sdnotify
 from printfarmd.api.app import create_app
 from printfarmd.api.context import Services
-from printfarmd.config import Config
+from printfarmd.config import Config, load_config
 from printfarmd.drivers import make_driver
-from printfarmd.drivers.mqtt import open_mqtt_hub
-from printfarmd.errors import DatabaseDamaged, FarmError
+from printfarmd.drivers.mqtt import MqttHub, open_mqtt_hub
+from printfarmd.errors import ConfigError, DatabaseDamaged, FarmError
 from printfarmd.logs import setup_logging
 from printfarmd.services.backups import Backups
 from printfarmd.services.bus import Bus
@@ -57,9 +59,12 @@ async def run(
     config: Config,
     *,
     stop: trio.Event | None = None,
+    config_path: Path | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the farm until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    SIGHUP re-reads ``config_path`` (when given) and applies its printers (issue 8).
 
     Raises ``DatabaseDamaged`` before serving anything if the database is damaged.
     """
@@ -72,7 +77,9 @@ async def run(
         mqtt_hub = open_mqtt_hub(config)
         drivers = {p.id: make_driver(p, mqtt_hub=mqtt_hub) for p in config.printers}
         scheduler = Scheduler(config=config, store=store, bus=bus, drivers=drivers)
-        notifier = Notifier(config=config.notify, store=store)
+        notifier = Notifier(
+            config=config.notify, store=store, mqtt=mqtt_hub.events if mqtt_hub else None
+        )
         scheduler.escalate = notifier.escalate
         svc = Services(config=config, store=store, bus=bus, scheduler=scheduler)
         async with trio.open_nursery() as nursery:
@@ -83,6 +90,7 @@ async def run(
                 # Before the scheduler: its MQTT drivers are fed by the hub.
                 await nursery.start(mqtt_hub.run)
             await nursery.start(scheduler.run)
+            nursery.start_soon(_watch_reload, config_path, scheduler, mqtt_hub)
             if mqtt_hub is not None:
                 mqtt_hub.set_add_printer(scheduler.add_printer)
             await nursery.start(Watchdog(scheduler, config.watchdog).run)
@@ -117,7 +125,14 @@ async def run(
             urls = tuple(binds)
             log.info("printfarmd ready", extra={"urls": ",".join(urls), "printers": len(drivers)})
             task_status.started(Running(urls, svc))
+            # issue 8: systemd Type=notify. READY only now that the port accepts; the
+            # watchdog ping runs on this loop, so a wedged loop stops pinging.
+            sdnotify.notify("READY=1")
+            interval = sdnotify.watchdog_interval()
+            if interval is not None:
+                nursery.start_soon(sdnotify.ping_watchdog, interval, lambda: scheduler.ready)
             await stop.wait()
+            sdnotify.notify("STOPPING=1")
             log.info("shutting down")
             svc.stopping.set()  # requests still arriving get 503, never a lost 2xx
             bus.close()
@@ -146,11 +161,30 @@ async def _watch_signals(stop: trio.Event) -> None:
             stop.set()
 
 
-def serve(config: Config, *, log_format: str | None = None) -> int:
+async def _watch_reload(
+    config_path: Path | None, scheduler: Scheduler, mqtt_hub: MqttHub | None
+) -> None:
+    """SIGHUP: reload the printers from ``config_path``; a bad file is refused, old kept."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            if config_path is None:
+                log.warning("SIGHUP ignored: no config file to reload")
+                continue
+            try:
+                new = await trio.to_thread.run_sync(load_config, config_path)
+                await scheduler.reload_printers(
+                    new.printers, functools.partial(make_driver, mqtt_hub=mqtt_hub)
+                )
+            except (ConfigError, ValueError) as exc:
+                reason = exc.message if isinstance(exc, ConfigError) else str(exc)
+                log.error("config reload refused; keeping the old one", extra={"reason": reason})
+
+
+def serve(config: Config, *, log_format: str | None = None, config_path: Path | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit status."""
     setup_logging(config.logging.level, log_format or config.logging.format.value)
     try:
-        trio.run(functools.partial(run, config))
+        trio.run(functools.partial(run, config, config_path=config_path))
     except DatabaseDamaged as exc:
         log.critical("refusing to start: %s", exc.message)
         print(

@@ -3,22 +3,29 @@
 Production code calls ``point(name)`` at a few places where a crash matters (between
 COMMIT and the answer, inside a watchdog requeue). Nothing happens unless the daemon was
 started with ``PRINTFARMD_FAULTS`` set, e.g. ``PRINTFARMD_FAULTS=kill@job-created:3``:
-SIGKILL this process the 3rd time the point ``job-created`` is reached. Several specs
-are separated by commas. Never set it on a real farm.
+SIGKILL this process the 3rd time the point ``job-created`` is reached;
+``wedge@dispatch:1`` blocks the event-loop thread (a wedged daemon: no more systemd
+watchdog pings) the 1st time ``dispatch`` is reached. Several specs are separated by
+commas. Never set it on a real farm.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 
 _SPEC = os.environ.get("PRINTFARMD_FAULTS", "")
 _PLAN: dict[str, int] = {}
+#: Points whose action is ``wedge`` rather than ``kill``.
+_WEDGE: set[str] = set()
 for _item in filter(None, (x.strip() for x in _SPEC.split(","))):
     _action, _, _rest = _item.partition("@")
     _name, _, _count = _rest.partition(":")
-    if _action == "kill" and _name:
+    if _action in ("kill", "wedge") and _name:
         _PLAN[_name] = int(_count or "1")
+        if _action == "wedge":
+            _WEDGE.add(_name)
 _SEEN: dict[str, int] = {}
 
 
@@ -28,4 +35,7 @@ def point(name: str) -> None:
         return
     _SEEN[name] = _SEEN.get(name, 0) + 1
     if _SEEN[name] >= _PLAN[name]:
+        if name in _WEDGE:
+            # Block this (the event loop's) thread for good; only SIGKILL ends it.
+            threading.Event().wait()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -211,6 +211,25 @@ class MqttLink:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("mqtt publish refused", extra={"topic": topic, "rc": int(info.rc)})
 
+    async def publish_acked(self, topic: str, payload: bytes, *, within: float = 10.0) -> None:
+        """Publish with QoS 1 and return once the broker acknowledged it (PUBACK).
+
+        Raises ``OSError`` if it was refused or not acknowledged within ``within`` seconds
+        (the message stays queued in the client and may still go out later). Checkpoint.
+        """
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise OSError(f"MQTT publish refused (rc {int(info.rc)})")
+        with trio.move_on_after(within):
+            while True:
+                try:
+                    if info.is_published():
+                        return
+                except (RuntimeError, ValueError):
+                    pass  # paho raises while disconnected; keep waiting for the reconnect
+                await trio.sleep(0.02)
+        raise OSError(f"MQTT broker did not acknowledge within {within:g} s")
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, serve, reconnect with backoff until cancelled.
 
@@ -288,6 +307,15 @@ class MqttLink:
     def _gone(self, sock: socket.socket) -> bool:
         return self._client.socket() is not sock or self._lost.is_set()
 
+    def _step(self, call: Callable[[], MQTTErrorCode]) -> MQTTErrorCode:
+        """One paho loop call; an exception from the socket or TLS layer is a lost link,
+        never a crashed task."""
+        try:
+            return call()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.warning("mqtt link error", extra={"reason": str(exc) or type(exc).__name__})
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+
     async def _reader(self, sock: socket.socket, scope: trio.CancelScope) -> None:
         while not self._gone(sock):
             try:
@@ -296,10 +324,10 @@ class MqttLink:
                 break
             if self._gone(sock):
                 break
-            rc = self._client.loop_read()
+            rc = self._step(self._client.loop_read)
             # With TLS, decrypted bytes may wait inside the SSL object, invisible to select.
             while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and _pending(sock) > 0:
-                rc = self._client.loop_read()
+                rc = self._step(self._client.loop_read)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         self._lost.set()
@@ -318,7 +346,7 @@ class MqttLink:
                 break
             if self._gone(sock):
                 break
-            rc = self._client.loop_write()
+            rc = self._step(self._client.loop_write)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         self._lost.set()
@@ -327,7 +355,7 @@ class MqttLink:
     async def _misc(self, scope: trio.CancelScope) -> None:
         while True:
             await trio.sleep(MISC_INTERVAL)
-            rc = self._client.loop_misc()
+            rc = self._step(self._client.loop_misc)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._lost.set()
                 scope.cancel()

@@ -218,7 +218,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 def fake_daemon(monkeypatch: pytest.MonkeyPatch, behaviour: Any) -> list[tuple[Config, Any]]:
     calls: list[tuple[Config, Any]] = []
 
-    def serve(config: Config, *, log_format: str | None = None) -> int:
+    def serve(config: Config, *, log_format: str | None = None, config_path: Any = None) -> int:
         calls.append((config, log_format))
         result: int = behaviour()
         return result

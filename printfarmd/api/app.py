@@ -11,13 +11,20 @@ from printfarmd.api import (
     errors,
     events,
     jobs,
+    metrics,
     moonraker,
     notifications,
     openapi,
     orchestrator,
+    photos,
     printers,
 )
-from printfarmd.api.auth import PUBLIC_ROUTES, OneshotTokens, request_allowed
+from printfarmd.api.auth import (
+    PUBLIC_ROUTES,
+    OneshotTokens,
+    public_by_config,
+    request_allowed,
+)
 from printfarmd.api.context import APP_KEY, Services
 from printfarmd.errors import ShuttingDown
 
@@ -30,6 +37,8 @@ def create_app(svc: Services) -> QuartTrio:
     for bp in (jobs.bp, printers.bp, orchestrator.bp, openapi.bp):
         app.register_blueprint(bp)
     app.register_blueprint(notifications.bp)
+    app.register_blueprint(metrics.bp)  # issue 8: /metrics
+    app.register_blueprint(photos.bp)  # issue 7: plate photos, signed URLs
     events.install(app)  # SSE routes and the stream guard
     app.register_blueprint(dashboard.bp)
     tokens = OneshotTokens()
@@ -45,6 +54,8 @@ def create_app(svc: Services) -> QuartTrio:
     async def authenticate() -> Response | None:
         rule = request.url_rule
         if rule is not None and (request.method, rule.rule) in PUBLIC_ROUTES:
+            return None
+        if rule is not None and public_by_config(request.method, rule.rule, svc.config.server):
             return None
         if request.method == "HEAD" and rule is not None and ("GET", rule.rule) in PUBLIC_ROUTES:
             return None

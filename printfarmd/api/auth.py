@@ -15,6 +15,7 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 #: (method, rule) pairs that answer without a key. Keep this list short.
 PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
@@ -26,8 +27,25 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/dashboard/dashboard.css"),
         # Moonraker's login probe: says only whether this client is trusted.
         ("GET", "/access/info"),
+        # A pre-signed photo URL: the view checks its HMAC and expiry itself (403).
+        ("GET", "/api/photos/low/<path:key>"),
     }
 )
+
+
+#: (method, rule) pairs that the config may make public (issue 8): rule -> its switch.
+CONFIG_PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset({("GET", "/metrics")})
+
+
+class _MetricsSwitch(Protocol):
+    @property
+    def metrics_public(self) -> bool: ...
+
+
+def public_by_config(method: str, rule: str, server: _MetricsSwitch) -> bool:
+    """True if the config made this route public (``server.metrics_public``)."""
+    method = "GET" if method == "HEAD" else method
+    return (method, rule) in CONFIG_PUBLIC_ROUTES and server.metrics_public
 
 
 def key_matches(presented: str | None, expected: str) -> bool:

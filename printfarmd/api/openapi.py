@@ -231,6 +231,7 @@ _SSE_OK = {
     }
 }
 _TEXT_OK = {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}
+_FILE_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
 _PRINTER_ID = {"name": "printer_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -270,6 +271,19 @@ PATHS: dict[str, Any] = {
     },
     "/api/openapi.json": {
         "get": _op("This document", {"200": {"description": "OpenAPI document"}})
+    },
+    # issue 8: Prometheus metrics (public only with server.metrics_public).
+    "/metrics": {
+        "get": _op(
+            "Prometheus metrics (text format 0.0.4)",
+            {
+                "200": {
+                    "description": "jobs and printers by state, queue depth, dispatch "
+                    "latency histogram, retries, watchdog actions",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        )
     },
     "/api/jobs": {
         "get": _op(
@@ -505,6 +519,92 @@ PATHS: dict[str, Any] = {
                 },
             },
         ),
+    },
+    "/api/files/{path}": {
+        "get": _op(
+            "Download a G-code file",
+            {
+                "200": {
+                    "description": "The file",
+                    "content": {"text/x-gcode": {"schema": {"type": "string", "format": "binary"}}},
+                }
+            },
+            parameters=[_FILE_PATH],
+        ),
+        "delete": _op(
+            "Delete a G-code file (and its extracted thumbnails)",
+            {
+                "200": {
+                    "description": "Deleted",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["deleted"],
+                                "properties": {"deleted": {"type": "string"}},
+                            }
+                        }
+                    },
+                }
+            },
+            parameters=[_FILE_PATH],
+        ),
+    },
+    "/api/photos": {
+        "get": _op(
+            "Plate photos under low/, sorted by key, each with a URL signed for one hour",
+            {
+                "200": {
+                    "description": "OK",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["photos", "total", "offset", "limit"],
+                                "properties": {
+                                    "photos": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["key", "url", "expires"],
+                                            "properties": {
+                                                "key": {"type": "string"},
+                                                "url": {"type": "string"},
+                                                "expires": {"type": "integer"},
+                                            },
+                                        },
+                                    },
+                                    "total": {"type": "integer"},
+                                    "offset": {"type": "integer"},
+                                    "limit": {"type": "integer"},
+                                },
+                            }
+                        }
+                    },
+                }
+            },
+            parameters=[
+                _q("offset", {"type": "integer", "minimum": 0}, "first item (default 0)"),
+                _q("limit", {"type": "integer", "minimum": 0, "maximum": 200}, "default 50"),
+            ],
+        )
+    },
+    "/api/photos/low/{key}": {
+        "get": _op(
+            "A reduced photo through its pre-signed URL (no API key; 403 if expired or altered)",
+            {
+                "200": {
+                    "description": "The PNG",
+                    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                }
+            },
+            parameters=[
+                {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
+                _q("expires", {"type": "integer"}, "unix time the URL expires"),
+                _q("sig", {"type": "string"}, "HMAC-SHA256 hex over low/<key> and expires"),
+            ],
+            security=[],
+        )
     },
     "/api/orchestrator/status": {"get": _op("Queue health", _ok("QueueStatus"))},
     "/api/orchestrator/pause": {"post": _op("Pause dispatching", _ok("QueueStatus"))},

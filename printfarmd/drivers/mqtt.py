@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
@@ -276,7 +277,9 @@ class MqttHub:
         self._add_printer: AddPrinter | None = None
         self._pending: list[tuple[PrinterConfig, MqttPrinter]] = []
         self._nursery: trio.Nursery | None = None
+        #: Unknown printers already logged once; printers the scheduler refused.
         self._ignored: set[str] = set()
+        self._refused: set[str] = set()
         #: Messages that could not be used (malformed, unknown id): for tests and logs.
         self.rejected = 0
 
@@ -287,6 +290,11 @@ class MqttHub:
 
     def publish(self, topic: str, payload: bytes) -> None:
         self.link.publish(topic, payload, qos=1)
+
+    @property
+    def events(self) -> EventPublisher:
+        """The publisher the notifier uses for its MQTT event topic (waits for PUBACK)."""
+        return _AckedPublisher(self.link)
 
     def set_add_printer(self, add: AddPrinter) -> None:
         """Hand discovered printers (also those found so far) to ``add``. Not a checkpoint."""
@@ -356,10 +364,13 @@ class MqttHub:
 
     def _discover(self, progress: proto.PrinterProgress) -> MqttPrinter | None:
         pid = progress.printer_id
-        if not self.config.discover or progress.status is not proto.DeviceStatus.IDLE:
+        refused = pid in self._refused
+        if refused or not self.config.discover or progress.status is not proto.DeviceStatus.IDLE:
             if pid not in self._ignored:
                 self._ignored.add(pid)
                 self._reject(f"printer {pid}", "unknown printer (registered when it reports idle)")
+            else:
+                self.rejected += 1
             return None
         d = self.config.discovered
         printer = PrinterConfig(
@@ -396,6 +407,8 @@ class MqttHub:
                     extra={"printer": printer.id, "reason": exc.message},
                 )
                 self.printers.pop(printer.id, None)
+                # Its next reports are ignored (logged once), not offered again and again.
+                self._refused.add(printer.id)
 
         self._nursery.start_soon(adding)
 
@@ -405,3 +418,15 @@ def open_mqtt_hub(config: Config) -> MqttHub | None:
     if not config.mqtt.host.strip():
         return None
     return MqttHub(config.mqtt)
+
+
+class EventPublisher(Protocol):
+    async def publish(self, topic: str, payload: bytes) -> None: ...
+
+
+class _AckedPublisher:
+    def __init__(self, link: MqttLink) -> None:
+        self._link = link
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        await self._link.publish_acked(topic, payload)

@@ -43,6 +43,9 @@ from printfarmd.models import PrinterState
 
 #: How many finished/failed job ids a tracker remembers to recognise repeats.
 REMEMBERED_JOBS = 64
+#: A report older than the newest by less than this is a stale redelivery (dropped); by
+#: more, the printer's clock went back and the report is taken.
+CLOCK_RESET = datetime.timedelta(minutes=10)
 _ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -381,10 +384,11 @@ _STATES = {
 class PrinterTracker:
     """Turns one printer's progress messages into driver reports, at most once per outcome.
 
-    A message older than the newest one seen (by ``timestamp``) is dropped: a QoS 1
-    redelivery must not take a printer back in time. ``idle`` at ``progress`` 100 with a
-    ``jobId`` means that job finished; ``error`` with a ``jobId`` means it failed. Each
-    job finishes or fails at most once, however often the printer repeats itself.
+    A message older than the newest one seen (by ``timestamp``, by less than
+    ``CLOCK_RESET``) is dropped: a QoS 1 redelivery must not take a printer back in
+    time. ``idle`` at ``progress`` 100 with a ``jobId`` means that job finished;
+    ``error`` with a ``jobId`` means it failed. Each job finishes or fails at most once,
+    however often the printer repeats itself.
     """
 
     printer_id: str
@@ -400,8 +404,11 @@ class PrinterTracker:
     def feed(self, msg: PrinterProgress) -> list[DriverEvent]:
         """The reports ``msg`` implies (empty for a stale repeat). Pure apart from self."""
         if msg.timestamp is not None:
-            if self._newest is not None and msg.timestamp < self._newest:
+            newest = self._newest
+            if newest is not None and newest - CLOCK_RESET < msg.timestamp < newest:
                 return []
+            # Far older than the newest: the printer's clock was reset (a reboot without
+            # a real-time clock), not a redelivery; start again from this one.
             self._newest = msg.timestamp
         self.last = msg
         pid = self.printer_id

@@ -7,7 +7,8 @@ print keeps reporting ``idle`` at 100 % with the job id until a robot clears its
 It ignores repeats of an assignment it already has or finished (QoS 1 redeliveries and
 the farm's re-sends). Robot ``rob-<n>`` serves the printers whose index modulo the
 number of robots is ``n``: on an announcement on ``device/printers`` it "picks" the
-plate for ``clean_time`` seconds and reports ``completed``.
+plate for ``clean_time`` seconds and reports ``completed`` (a repeated announcement for a
+job it already cleared is answered ``completed`` again without cleaning twice).
 
 ``open_mqtt_fleet`` is for tests and demos; ``printfarmd simulate mqtt`` runs one by hand.
 """
@@ -186,18 +187,26 @@ class SimRobot:
         self.fleet = fleet
         self.cleared: list[str] = []
         self._busy: set[str] = set()
-        self._send, self._recv = trio.open_memory_channel[str](math.inf)
+        #: The job whose plate was last cleared, per printer.
+        self._last_job: dict[str, str] = {}
+        self._send, self._recv = trio.open_memory_channel[tuple[str, bool]](math.inf)
         self.link: MqttLink | None = None
 
     def on_message(self, msg: Message) -> None:
         try:
-            printer_id, _job = proto.parse_announcement(msg.payload)
+            printer_id, job_id = proto.parse_announcement(msg.payload)
         except proto.ProtocolError as exc:
             log.warning("sim robot ignored a message", extra={"reason": str(exc)})
             return
-        if printer_id in self.serves and printer_id not in self._busy:
-            self._busy.add(printer_id)
-            self._send.send_nowait(printer_id)
+        if printer_id not in self.serves or printer_id in self._busy:
+            return
+        # A repeat for a plate already cleared (our "completed" may have been lost):
+        # confirm again, without touching the printer.
+        repeat = job_id is not None and self._last_job.get(printer_id) == job_id
+        self._busy.add(printer_id)
+        if job_id is not None:
+            self._last_job[printer_id] = job_id
+        self._send.send_nowait((printer_id, repeat))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         topics = self.fleet.topics
@@ -210,16 +219,17 @@ class SimRobot:
             await nursery.start(self.link.run)
             task_status.started()
             topic = proto.for_id(topics.robot_progress, self.robot_id)
-            async for printer_id in self._recv:
-                self.link.publish(
-                    topic,
-                    proto.build_robot_progress(
-                        self.robot_id, printer_id, "pick", "started", time.time()
-                    ),
-                )
-                await trio.sleep(self.fleet.options.clean_time)
-                self.fleet.printers[printer_id].plate_cleared()
-                self.cleared.append(printer_id)
+            async for printer_id, repeat in self._recv:
+                if not repeat:
+                    self.link.publish(
+                        topic,
+                        proto.build_robot_progress(
+                            self.robot_id, printer_id, "pick", "started", time.time()
+                        ),
+                    )
+                    await trio.sleep(self.fleet.options.clean_time)
+                    self.fleet.printers[printer_id].plate_cleared()
+                    self.cleared.append(printer_id)
                 self._busy.discard(printer_id)
                 self.link.publish(
                     topic,

@@ -31,6 +31,8 @@ class PrinterSlot:
     maintenance: bool = False
     current_job: str | None = None
     confirmed: bool = False
+    #: trio time at which the printer accepted ``current_job`` (None: not yet).
+    start_acked_at: float | None = None
     dispatching: bool = False
     eta: float | None = None
     updated_at: float = 0.0

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -28,11 +29,13 @@ import trio
 
 from printfarmd import faults
 from printfarmd.config import Config, PrinterConfig
+from printfarmd.core import eta as eta_rules
+from printfarmd.core import gcode_meta, routing
 from printfarmd.core import retry as retry_rules
-from printfarmd.core import routing
 from printfarmd.core import watchdog as watchdog_rules
 from printfarmd.core.jobs import transition
 from printfarmd.core.queue import JobQueue
+from printfarmd.core.reload import PrinterReloadPlan, plan_printer_reload
 from printfarmd.drivers.base import (
     DriverError,
     DriverEvent,
@@ -54,8 +57,9 @@ from printfarmd.models import (
     PrinterState,
     new_job_id,
 )
-from printfarmd.services import files
+from printfarmd.services import files, photos, slicing
 from printfarmd.services.bus import Bus, ProgressUpdate
+from printfarmd.services.metrics import FarmCounters
 from printfarmd.services.printers import PrinterSlot
 from printfarmd.store.store import NewEvent, Store
 
@@ -63,6 +67,10 @@ log = logging.getLogger("printfarmd.scheduler")
 
 PROGRESS_FLUSH_SECONDS = 5.0
 STATUS_TIMEOUT = 10.0
+#: After a printer accepted a job, idle reports are taken as "job lost" only once this
+#: many seconds have passed (a report sent before the start may still be in flight),
+#: unless the printer already reported printing the job.
+START_GRACE = 3.0
 SETTINGS_KEY = "orchestrator"
 PAUSED_KEY = "dispatch_paused"
 
@@ -151,12 +159,18 @@ class Scheduler:
         #: Printing jobs whose printer reports them paused (never "stuck").
         self._paused_jobs: set[str] = set()
         self._idempotency_inflight: dict[str, trio.Event] = {}
+        #: Per printer: observed print time per second of slicer estimate (core/eta.py).
+        self.speed_factors: dict[str, float] = {}
         self._nursery: trio.Nursery | None = None
         self._send_events, self._recv_events = trio.open_memory_channel[DriverEvent](1024)
         self.ready = False
         #: Called (after commit, never blocking) when a job fails for good: retries spent.
         #: The daemon wires the notifier here.
         self.escalate: Callable[[Job], None] | None = None
+        #: issue 8: each driver's cancel scope, so a reload can stop one printer's driver.
+        self._driver_scopes: dict[str, trio.CancelScope] = {}
+        #: issue 8: counters for /metrics, bumped after each commit.
+        self.counters = FarmCounters()
 
     # ================================================================ lifecycle
 
@@ -169,7 +183,7 @@ class Scheduler:
             # the others (or the HTTP server) by its connect timeout.
             async with trio.open_nursery() as starting:
                 for slot in self.printers.values():
-                    starting.start_soon(nursery.start, slot.driver.run, self._send_events.clone())
+                    starting.start_soon(nursery.start, self._run_driver, slot.id, slot.driver)
             nursery.start_soon(self._driver_event_loop)
             await self._reconcile()
             nursery.start_soon(self._dispatch_loop)
@@ -320,6 +334,7 @@ class Scheduler:
             if slot is not None and slot.current_job == job.id:
                 slot.current_job = None
                 slot.confirmed = False
+                slot.start_acked_at = None
         if job.state is JobState.QUEUED:
             self._kick()
 
@@ -384,10 +399,18 @@ class Scheduler:
         return jobs, False
 
     async def _submit_new(self, request: JobRequest, idempotency_key: str | None) -> list[Job]:
-        path = await trio.to_thread.run_sync(
-            files.resolve_gcode, self.config.gcodes_path, request.filename
-        )
-        meta = await trio.to_thread.run_sync(files.read_meta, path)
+        # issue 7: an STL/3MF job waits in VALIDATED for the slicer (metadata comes after).
+        model = slicing.is_model(request.filename) and bool(self.config.slicer.command)
+        if model:
+            path = await trio.to_thread.run_sync(
+                files.resolve_in, self.config.gcodes_path, request.filename
+            )
+            meta = gcode_meta.GcodeMeta()
+        else:
+            path = await trio.to_thread.run_sync(
+                files.resolve_gcode, self.config.gcodes_path, request.filename
+            )
+            meta = await trio.to_thread.run_sync(files.read_meta, path)
         material = (request.material or meta.filament_type or "").upper() or None
         nozzle = request.nozzle_diameter or meta.nozzle_diameter
         estimate = (
@@ -437,6 +460,8 @@ class Scheduler:
         faults.point("job-created")  # committed, not yet acknowledged (test F14)
         for job in jobs:
             self._apply(job)
+        if model and self._nursery is not None:
+            self._nursery.start_soon(self._slice_group, [j.id for j in jobs], path)
         for ev in stored:
             self.bus.publish(ev)
         log.info(
@@ -458,10 +483,57 @@ class Scheduler:
         """
         steps: list[tuple[JobEvent, Job]] = []
         for event in (JobEvent.VALIDATE, JobEvent.SLICE, JobEvent.ENQUEUE):
+            if event is JobEvent.SLICE and slicing.is_model(job.filename):
+                break  # a model waits in VALIDATED until _slice_group has run the slicer
             if (job.state, event) in _PIPELINE_FROM:
                 job = transition(job, event, now)
                 steps.append((event, job))
         return steps
+
+    async def _slice_group(self, job_ids: list[str], model: Path) -> None:
+        """Run the slicer once for a job group (its copies share the G-code), then move
+        each copy still VALIDATED to SLICED and QUEUED with the sliced file and its
+        metadata, or to FAILED with the slicer's error text."""
+        group = job_ids[0]
+        rel = slicing.output_name(self.jobs[group].filename, group)
+        out = self.config.gcodes_path / rel
+        error: str | None = None
+        meta = gcode_meta.GcodeMeta()
+        try:
+            cmd = self.config.slicer.command
+            await slicing.run_slicer(cmd, model, out, self.config.slicer.timeout)
+            meta = await trio.to_thread.run_sync(files.read_meta, out)
+        except slicing.SliceFailed as exc:
+            error = exc.message
+        async with self._lock:
+            now = self._wall()
+            changed: list[Job] = []
+            events: list[NewEvent] = []
+            for jid in job_ids:
+                job = self.jobs.get(jid)
+                if job is None or job.state is not JobState.VALIDATED:
+                    continue  # cancelled meanwhile
+                if error is not None:
+                    new = transition(job, JobEvent.FAIL, now, last_error=error)
+                    events.append(self._transition_event(job, new, JobEvent.FAIL, error))
+                    changed.append(new)
+                    continue
+                prev = attrs.evolve(
+                    job,
+                    filename=rel,
+                    material=job.material or (meta.filament_type or "").upper() or None,
+                    nozzle_diameter=job.nozzle_diameter or meta.nozzle_diameter,
+                    estimated_time=job.estimated_time
+                    if job.estimated_time is not None
+                    else meta.estimated_time,
+                )
+                for event, nxt in self._pipeline_steps(prev, now):
+                    events.append(self._transition_event(prev, nxt, event, None))
+                    prev = nxt
+                changed.append(prev)
+            if changed:
+                await self._commit(changed, events)
+        log.info("model sliced", extra={"job": group, "file": rel, "reason": error})
 
     async def _advance_pipeline(self, jobs: Sequence[Job]) -> None:
         now = self._wall()
@@ -737,11 +809,18 @@ class Scheduler:
         events: list[NewEvent] = []
         for job, slot in pairs:
             new = transition(
-                job, JobEvent.START, now, printer_id=slot.id, eta=self._initial_eta(job, now)
+                job,
+                JobEvent.START,
+                now,
+                printer_id=slot.id,
+                eta=self._initial_eta(job, now, slot.id),
             )
             new_jobs.append(new)
             events.append(self._transition_event(job, new, JobEvent.START, reason))
         await self._commit(new_jobs, events)
+        for job, _ in pairs:
+            if job.queued_at is not None:
+                self.counters.observe_dispatch(now - job.queued_at)
         assert self._nursery is not None
         for new, (_, slot) in zip(new_jobs, pairs, strict=True):
             slot.dispatching = True
@@ -753,10 +832,13 @@ class Scheduler:
             self._nursery.start_soon(self._hand_to_printer, new, slot)
         return new_jobs
 
-    def _initial_eta(self, job: Job, now: float) -> float | None:
-        return None if job.estimated_time is None else now + job.estimated_time
+    def _initial_eta(self, job: Job, now: float, printer_id: str | None = None) -> float | None:
+        # issue 7: the estimate scaled by the printer's observed speed (core/eta.py).
+        expected = eta_rules.adjusted(job.estimated_time, self.speed_factors.get(printer_id or ""))
+        return None if expected is None else now + expected
 
     async def _hand_to_printer(self, job: Job, slot: PrinterSlot) -> None:
+        faults.point("dispatch")  # issue 8: `wedge@dispatch` tests the systemd watchdog
         spec = JobSpec(
             job_id=job.id,
             filename=job.filename,
@@ -778,6 +860,7 @@ class Scheduler:
             )
             return
         slot.dispatching = False
+        slot.start_acked_at = trio.current_time()
         # The printer took it; until it reports printing this job, an idle report is stale.
         if slot.reported is PrinterState.IDLE:
             slot.reported = PrinterState.PRINTING
@@ -812,7 +895,11 @@ class Scheduler:
         )
         touched: list[PrinterSlot] = []
         slot = self.printers.get(printer_id or "")
-        if slot is not None and slot.current_job == job_id and slot.confirmed:
+        if (
+            slot is not None
+            and slot.current_job == job_id
+            and (slot.confirmed or slot.start_acked_at is not None)
+        ):
             # A print that started and failed leaves something on the plate.
             slot.plate_clear = False
             touched.append(slot)
@@ -872,6 +959,7 @@ class Scheduler:
                 await self._commit(
                     [new], [self._transition_event(job, new, JobEvent.RETRY, "retry")]
                 )
+                self.counters.retries += 1
             elif kind == "autoclear":
                 slot = self.printers.get(key)
                 if slot is not None and not slot.plate_clear and slot.config.auto_clear:
@@ -916,6 +1004,7 @@ class Scheduler:
                 faults.point("watchdog-before-commit")
                 await self._commit([prev], events, touched)
                 faults.point("watchdog-after-commit")
+                self.counters.watchdog_actions += 1
                 acted.append((prev, slot))
                 if prev.state is JobState.QUEUED:
                     log.info(
@@ -976,6 +1065,16 @@ class Scheduler:
             return
         self._note_report(slot, report)
         job = self.jobs.get(slot.current_job or "")
+        log.debug(
+            "printer report",
+            extra={
+                "printer": slot.id,
+                "state": report.state.value,
+                "reported_job": report.job_id,
+                "job": job.id if job else None,
+                "confirmed": slot.confirmed,
+            },
+        )
         if job is not None and job.state is JobState.PRINTING:
             if report.job_id == job.id and report.state in (
                 PrinterState.PRINTING,
@@ -999,7 +1098,15 @@ class Scheduler:
                 )
                 slot.eta = eta
                 self._dirty_progress.add(job.id)
-            elif slot.confirmed and report.state is PrinterState.IDLE and report.job_id is None:
+            elif report.state is PrinterState.IDLE and (
+                slot.confirmed
+                or (
+                    slot.start_acked_at is not None
+                    and trio.current_time() - slot.start_acked_at > START_GRACE
+                )
+            ):
+                # Idle while our job is still printing: lost, whatever job id the report
+                # still names (drivers report a finish or failure before the idle after it).
                 await self._fail_job_locked(
                     job.id, f"printer {slot.id} went idle without finishing the job", slot.id
                 )
@@ -1031,6 +1138,15 @@ class Scheduler:
         slot.progress = 100.0
         await self._commit([new], [self._transition_event(job, new, JobEvent.FINISH, None)], [slot])
         log.info("job printed", extra={"job": job_id, "printer": slot.id})
+        if job.started_at is not None:  # issue 7: learn this printer's speed
+            factor = eta_rules.learn(
+                self.speed_factors.get(slot.id), job.estimated_time, now - job.started_at
+            )
+            if factor is not None:
+                self.speed_factors[slot.id] = factor
+        if self._nursery is not None:  # issue 7: the plate photo, in the background
+            root = self.config.data_path / "photos"
+            self._nursery.start_soon(photos.capture, slot.driver, root, job_id, now)
         if slot.config.auto_clear:
             self._add_timer(self.settings.cooldown_seconds, "autoclear", slot.id)
 
@@ -1180,10 +1296,86 @@ class Scheduler:
                 slot.plate_clear = memory.plate_clear
                 slot.maintenance = memory.maintenance
             self.printers[config.id] = slot
-        await self._nursery.start(driver.run, self._send_events.clone())
+        await self._nursery.start(self._run_driver, config.id, driver)
         log.info("printer added", extra={"printer": config.id, "driver": config.driver})
         self._kick()
         return slot.view()
+
+    # ================================================================ config reload (issue 8)
+    # SIGHUP: printers added, removed or changed without touching jobs or unchanged printers.
+
+    async def _run_driver(
+        self, printer_id: str, driver: PrinterDriver, *, task_status: trio.TaskStatus[Any]
+    ) -> None:
+        """``driver.run`` inside a cancel scope that ``reload_printers`` can cancel."""
+        with trio.CancelScope() as scope:
+            self._driver_scopes[printer_id] = scope
+            try:
+                await driver.run(self._send_events.clone(), task_status=task_status)
+            finally:
+                if self._driver_scopes.get(printer_id) is scope:
+                    del self._driver_scopes[printer_id]
+
+    async def reload_printers(
+        self,
+        printers: Sequence[PrinterConfig],
+        make_driver: Callable[[PrinterConfig], PrinterDriver],
+    ) -> PrinterReloadPlan:
+        """Make the managed printers match ``printers``; returns what was done.
+
+        Unchanged printers keep their slot and driver (connection). A capability-only
+        change is applied in place, even while printing. A printer that holds a job
+        (printing, on its plate, or being dispatched) is never removed or restarted: that
+        part of the plan is skipped with a warning and happens on a later reload. Printer
+        configs are not stored (the file is the truth), so there is nothing to persist
+        first; plate and maintenance flags stay in the store. Raises ``ValueError`` (from
+        ``make_driver``) before changing anything if a new driver cannot be built.
+        """
+        if self._nursery is None:
+            raise Conflict("the scheduler is not running")
+        plan = plan_printer_reload({k: s.config for k, s in self.printers.items()}, printers)
+        new_drivers = {p.id: make_driver(p) for p in (*plan.added, *plan.restarted)}
+        stopping: list[str] = []
+        skipped: set[str] = set()
+        async with self._lock:
+            for pid in (*plan.removed, *(p.id for p in plan.restarted)):
+                slot = self.printers[pid]
+                if slot.current_job is not None or slot.dispatching:
+                    log.warning(
+                        "printer busy: reload change deferred",
+                        extra={"printer": pid, "job": slot.current_job or ""},
+                    )
+                    skipped.add(pid)
+                    continue
+                del self.printers[pid]
+                stopping.append(pid)
+            for p in plan.updated:
+                slot = self.printers[p.id]
+                slot.config = p
+                slot.capabilities = PrinterSlot.from_config(p, slot.driver).capabilities
+        for pid in stopping:
+            scope = self._driver_scopes.get(pid)
+            if scope is not None:
+                scope.cancel()
+        for p in (*plan.added, *(p for p in plan.restarted if p.id not in skipped)):
+            await self.add_printer(p, new_drivers[p.id])
+        done = PrinterReloadPlan(
+            added=plan.added,
+            removed=tuple(pid for pid in plan.removed if pid not in skipped),
+            updated=plan.updated,
+            restarted=tuple(p for p in plan.restarted if p.id not in skipped),
+        )
+        log.info(
+            "printers reloaded",
+            extra={
+                "added": ",".join(p.id for p in done.added),
+                "removed": ",".join(done.removed),
+                "updated": ",".join(p.id for p in done.updated),
+                "restarted": ",".join(p.id for p in done.restarted),
+            },
+        )
+        self._kick()
+        return done
 
 
 _PIPELINE_FROM = frozenset(

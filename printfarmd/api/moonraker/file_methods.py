@@ -17,7 +17,7 @@ from printfarmd.api.errors import RpcError
 from printfarmd.api.moonraker.args import Args
 from printfarmd.api.moonraker.rpc import Caller, method
 from printfarmd.errors import BadRequest, NotFound, ValidationFailed
-from printfarmd.services import files
+from printfarmd.services import files, thumbs
 
 PERMS = "rw"
 
@@ -159,15 +159,32 @@ def _metadata(root: Path, name: str) -> dict[str, Any]:
         "modified": st.st_mtime,
         "print_start_time": None,
         "job_id": None,
-        "thumbnails": [],
+        "thumbnails": thumbs.write_thumbnails(path, meta),
     }
-    if meta.estimated_time is not None:
-        out["estimated_time"] = meta.estimated_time
-    if meta.filament_type is not None:
-        out["filament_type"] = meta.filament_type
-    if meta.nozzle_diameter is not None:
-        out["nozzle_diameter"] = meta.nozzle_diameter
+    # Moonraker's names; a field the file does not state is omitted, as Moonraker does.
+    for field in _META_FIELDS:
+        if (value := getattr(meta, field)) is not None:
+            out[field] = value
+    if meta.filament_colors:
+        out["filament_colors"] = list(meta.filament_colors)
     return out
+
+
+_META_FIELDS = (
+    "slicer",
+    "slicer_version",
+    "estimated_time",
+    "filament_type",
+    "filament_name",
+    "filament_total",
+    "filament_weight_total",
+    "nozzle_diameter",
+    "layer_height",
+    "first_layer_height",
+    "first_layer_extr_temp",
+    "first_layer_bed_temp",
+    "object_height",
+)
 
 
 @method("server.files.metadata", ("GET", "/server/files/metadata"))

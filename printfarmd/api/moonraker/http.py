@@ -1,6 +1,6 @@
 """The facade's HTTP side: one route per method, ``POST /server/jsonrpc``, file
 download and upload, ``/access/api_key``, ``/websocket``; plus the REST file routes
-``GET/POST /api/files`` that share the upload core.
+``GET/POST /api/files`` that share the upload core, and ``GET/DELETE /api/files/{path}``.
 
 HTTP answers are ``{"result": ...}``; errors ``{"error": {"code", "message"}}`` with
 that status (``errors.rpc_response``). Authentication already happened in the app's
@@ -25,7 +25,8 @@ from printfarmd.api.moonraker import file_methods, queue_methods, rpc, server_me
 from printfarmd.api.moonraker.args import Args, parse_query
 from printfarmd.api.moonraker.facade import Facade
 from printfarmd.api.respond import json_response
-from printfarmd.services import files
+from printfarmd.errors import NotFound
+from printfarmd.services import files, thumbs
 
 # The method modules register themselves on import.
 _REGISTERED = (file_methods, queue_methods, server_methods)
@@ -249,6 +250,38 @@ async def rest_upload() -> Response:
         201,
     )
     return resp
+
+
+def _rest_gcode(root: Path, name: str) -> Path:
+    """``name`` through the one containment check; 400 bad or escaping, 404 missing. Blocking."""
+    path = files.resolve_in(root, name)
+    if path.suffix.lower() not in files.GCODE_SUFFIXES or not path.is_file():
+        raise NotFound(f"file {name} not found")
+    return path
+
+
+def _rest_delete(root: Path, name: str) -> None:
+    path = _rest_gcode(root, name)
+    # A (contained) symlink is removed itself, never the file it points to.
+    link = root.resolve() / name
+    (link if link.is_symlink() else path).unlink()
+    for thumb in (path.parent / thumbs.THUMBS_DIR).glob(f"{path.stem}-*x*.png"):
+        thumb.unlink(missing_ok=True)
+
+
+@bp.get("/api/files/<path:path>", merge_slashes=False)
+async def rest_download(path: str) -> Response:
+    real = await trio.to_thread.run_sync(_rest_gcode, services().config.gcodes_path, path)
+    resp: Response = await send_file(real, mimetype="text/x-gcode", as_attachment=True)
+    return resp
+
+
+@bp.delete("/api/files/<path:path>", merge_slashes=False)
+async def rest_delete(path: str) -> Response:
+    await trio.to_thread.run_sync(_rest_delete, services().config.gcodes_path, path)
+    item = {"path": path, "root": "gcodes", "modified": 0.0, "size": 0, "permissions": "rw"}
+    facade().notify_filelist({"action": "delete_file", "item": item})
+    return json_response({"deleted": path})
 
 
 @bp.websocket("/websocket")

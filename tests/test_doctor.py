@@ -1,0 +1,78 @@
+"""Issue 8: ``printfarmd doctor`` finds each planted problem and exits non-zero."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from printfarmd.cli import main
+from printfarmd.config import MoonrakerOptions, MqttConfig
+from printfarmd.doctor import EARLIEST_PLAUSIBLE, MIN_FREE_BYTES, clock_finding, disk_finding
+from printfarmd.store.store import open_database
+from tests.conftest import free_port, make_config, sim_printer, write_config
+
+
+def _doctor(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["doctor", "--config", str(path)])
+    return code, capsys.readouterr().out
+
+
+def test_healthy_farm_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path)
+    conn, _ = open_database(config.data_path / "printfarmd.db")
+    conn.close()
+    code, out = _doctor(write_config(config, tmp_path / "farm.toml"), capsys)
+    assert code == 0, out
+    assert "integrity ok" in out
+    assert "no problems found" in out
+
+
+def test_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "farm.toml"
+    path.write_text('[server]\nport = "not a number"\n')
+    code, out = _doctor(path, capsys)
+    assert code == 1
+    assert "config" in out
+    assert "PROBLEM" in out
+
+
+def test_damaged_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path)
+    config.data_path.mkdir(parents=True)
+    (config.data_path / "printfarmd.db").write_bytes(b"this is not SQLite" * 100)
+    code, out = _doctor(write_config(config, tmp_path / "farm.toml"), capsys)
+    assert code == 1
+    assert "database" in out
+    assert "PROBLEM" in out
+    # Doctor never touches the file.
+    assert (config.data_path / "printfarmd.db").read_bytes() == b"this is not SQLite" * 100
+
+
+def test_unreachable_printer_and_broker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    printers = (
+        sim_printer("ok-sim"),
+        attrs.evolve(
+            sim_printer("voron"), driver="moonraker", moonraker=MoonrakerOptions(url=dead)
+        ),
+    )
+    config = attrs.evolve(
+        make_config(tmp_path, printers), mqtt=MqttConfig(host="127.0.0.1", port=free_port())
+    )
+    code, out = _doctor(write_config(config, tmp_path / "farm.toml"), capsys)
+    assert code == 1
+    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if "│" in line}
+    assert "PROBLEM" in lines["printer voron"]
+    assert "PROBLEM" not in lines["printer ok-sim"]
+    assert "PROBLEM" in lines["mqtt broker"]
+
+
+def test_disk_and_clock_judgements() -> None:
+    assert not disk_finding(MIN_FREE_BYTES - 1, 10 * MIN_FREE_BYTES).ok
+    assert disk_finding(MIN_FREE_BYTES, 10 * MIN_FREE_BYTES).ok
+    assert not clock_finding(0.0, None).ok  # a Pi booted without NTP: 1970
+    now = EARLIEST_PLAUSIBLE + 1e6
+    assert clock_finding(now, now - 10).ok
+    assert not clock_finding(now, now + 3600).ok  # the clock went back behind our data
