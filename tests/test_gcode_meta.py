@@ -156,11 +156,11 @@ _junk = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=4
 @settings(max_examples=300)
 @given(st.lists(st.tuples(_keys, _junk, st.sampled_from(["=", ":", " = "])), max_size=12))
 def test_generated_comment_lines_never_raise(lines: list[tuple[str, str, str]]) -> None:
-    text = "".join(f"; {k}{sep}{v}\n" for k, sep, v in lines)
+    text = "".join(f"; {k}{sep}{v}\n" for k, v, sep in lines)
     m = parse(text.encode("utf-8", "surrogatepass"))
-    values = "\n".join(v for _k, _s, v in lines)
+    values = "\n".join(v for _k, v, _s in lines)
     if m.filament_type is not None:
-        assert m.filament_type.lower() in values.lower()
+        assert m.filament_type.casefold() in values.casefold()
     for name in ("nozzle_diameter", "layer_height", "object_height", "first_layer_extr_temp"):
         assert getattr(m, name) is None or any(
             c.isdigit() for c in values

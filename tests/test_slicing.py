@@ -67,3 +67,26 @@ async def test_slicer_timeout_fails_the_job_and_kills_it(tmp_path: Path) -> None
         assert job["state"] == "failed"
         assert job["last_error"] == "slicer timed out after 0.5 s"
     assert res["files"] == []
+
+
+async def test_a_slice_cut_short_by_a_stop_is_redone_at_start(tmp_path: Path) -> None:
+    printers = (sim_printer("petg", ("PETG",)),)
+    base = make_config(tmp_path, printers, dispatch_paused=True)
+    (base.gcodes_path / "part.stl").write_bytes(b"solid part\nendsolid part\n")
+
+    def with_slicer(mode: str) -> Any:
+        cmd = (sys.executable, FAKE, mode, "{input}", "{output}")
+        return attrs.evolve(base, slicer=SlicerConfig(command=cmd, timeout=60.0))
+
+    async with live_farm(with_slicer("hang")) as farm:  # stopped mid-slice
+        r = await farm.client.post("/api/jobs", json={"filename": "part.stl"})
+        jid = r.json()["jobs"][0]["id"]
+        assert r.json()["jobs"][0]["state"] == "validated"
+    async with live_farm(with_slicer("ok")) as farm:
+
+        async def queued() -> bool:
+            return bool((await farm.client.get(f"/api/jobs/{jid}")).json()["state"] == "queued")
+
+        await farm.wait_for(queued, within=20)
+        job = (await farm.client.get(f"/api/jobs/{jid}")).json()
+    assert job["filename"].startswith(".sliced/part-") and job["material"] == "PETG"

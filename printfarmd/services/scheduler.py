@@ -272,6 +272,15 @@ class Scheduler:
             elif job.state in (JobState.CREATED, JobState.VALIDATED, JobState.SLICED):
                 async with self._lock:
                     await self._advance_pipeline([job])
+        # Models whose slicing was cut short by the stop: slice them again, once per group.
+        unsliced: dict[str, list[str]] = {}
+        for job in self.jobs.values():
+            if job.state is JobState.VALIDATED and slicing.is_model(job.filename):
+                unsliced.setdefault(job.group_id or job.id, []).append(job.id)
+        assert self._nursery is not None
+        for ids in unsliced.values():
+            model = self.config.gcodes_path / self.jobs[ids[0]].filename
+            self._nursery.start_soon(self._slice_group, ids, model)
         for slot in self.printers.values():
             if slot.current_job is None and not slot.plate_clear and slot.config.auto_clear:
                 self._add_timer(self.settings.cooldown_seconds, "autoclear", slot.id)
