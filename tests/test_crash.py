@@ -27,7 +27,11 @@ from tests.conftest import API_KEY, REPO, DaemonProcess, make_config, sim_printe
 
 pytestmark = pytest.mark.slow
 
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+#: Debian's libfaketime, wherever the architecture puts it (``.ci/run`` installs it).
+LIBFAKETIME = next(
+    Path("/usr/lib").glob("*/faketime/libfaketime.so.1"),
+    Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+)
 
 
 def db_of(d: DaemonProcess) -> Path:
