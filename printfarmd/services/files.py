@@ -77,6 +77,20 @@ def check_no_percent_escapes(name: str) -> None:
         raise BadRequest("filename: percent-encoded sequences are not allowed")
 
 
+def _contained(root: Path, rel: PurePosixPath, where: str) -> Path:
+    """THE containment check: ``root / rel`` with every symlink resolved must lie strictly
+    inside ``root`` (itself resolved); else ``BadRequest`` saying it must stay inside ``where``.
+    Blocking."""
+    real_root = root.resolve()
+    try:
+        candidate = (real_root / rel).resolve(strict=False)
+    except (OSError, RuntimeError, ValueError):
+        raise BadRequest("filename: cannot be resolved") from None
+    if not candidate.is_relative_to(real_root) or candidate == real_root:
+        raise BadRequest(f"filename: must stay inside {where}")
+    return candidate
+
+
 def resolve_gcode(root: Path, name: str) -> Path:
     """The real path of G-code file ``name`` under ``root``. Blocking.
 
@@ -90,13 +104,7 @@ def resolve_gcode(root: Path, name: str) -> Path:
             f"filename: not a G-code file (allowed: {allowed})", field="filename"
         )
     check_no_percent_escapes(name)
-    real_root = root.resolve()
-    try:
-        candidate = (real_root / rel).resolve(strict=False)
-    except (OSError, RuntimeError, ValueError):
-        raise BadRequest("filename: cannot be resolved") from None
-    if not candidate.is_relative_to(real_root) or candidate == real_root:
-        raise BadRequest("filename: must stay inside the gcodes folder")
+    candidate = _contained(root, rel, "the gcodes folder")
     try:
         st = candidate.stat()
     except (OSError, ValueError):
@@ -132,13 +140,7 @@ def resolve_in(root: Path, name: str, *, must_exist: bool = True) -> Path:
     """
     rel = check_relative_name(name)
     check_no_percent_escapes(name)
-    real_root = root.resolve()
-    try:
-        candidate = (real_root / rel).resolve(strict=False)
-    except (OSError, RuntimeError, ValueError):
-        raise BadRequest("filename: cannot be resolved") from None
-    if not candidate.is_relative_to(real_root) or candidate == real_root:
-        raise BadRequest("filename: must stay inside its folder")
+    candidate = _contained(root, rel, "its folder")
     if must_exist and not os.path.exists(candidate):
         raise NotFound(f"file {name} not found")
     return candidate
