@@ -17,6 +17,7 @@ runs in a worker thread; callbacks that fire there hop back with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -222,11 +223,10 @@ class MqttLink:
             raise OSError(f"MQTT publish refused (rc {int(info.rc)})")
         with trio.move_on_after(within):
             while True:
-                try:
+                # paho raises while disconnected: keep waiting for the reconnect.
+                with contextlib.suppress(RuntimeError, ValueError):
                     if info.is_published():
                         return
-                except (RuntimeError, ValueError):
-                    pass  # paho raises while disconnected; keep waiting for the reconnect
                 await trio.sleep(0.02)
         raise OSError(f"MQTT broker did not acknowledge within {within:g} s")
 
