@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sqlite3
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from printfarmd import __version__
+from printfarmd.api.auth import hash_key, new_key
 from printfarmd.cli_client import (
     ENV_API_KEY,
     ENV_CONFIG,
@@ -67,7 +67,8 @@ _INIT_HEADER = """\
 # Every key is described in docs/configuration.md; config.example.toml has them all
 # with comments. Check this file with `printfarmd check-config FILE`.
 #
-# server.api_key is a fresh secret: keep this file private (it is written mode 0600).
+# server.api_key_hash is the hash of a fresh API key (shown once by init; make a new one
+# with `printfarmd api-key rotate`). The file is written mode 0600.
 # The printers below are simulated; replace them with your own.
 
 """
@@ -209,7 +210,8 @@ def _leaves(group: BaseExceptionGroup[Any]) -> Iterable[BaseException]:
 def cmd_init(args: argparse.Namespace, out: Console) -> int:
     """Write a starter config with a fresh API key; refuse to overwrite unless ``--force``."""
     path = Path(args.file)
-    text = _INIT_HEADER + tomli_w.dumps(starter_config(secrets.token_urlsafe(32)))
+    key = new_key()
+    text = _INIT_HEADER + tomli_w.dumps(starter_config(hash_key(key)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if args.force:
@@ -227,12 +229,49 @@ def cmd_init(args: argparse.Namespace, out: Console) -> int:
         return EXIT_FAILURE
     shown = path.absolute()
     out.print(f"wrote {shown} (2 simulated printers, mode 0600)", markup=False, highlight=False)
+    _show_key_once(out, key)
+    out.print(f"start the daemon with: printfarmd serve --config {shown}", markup=False)
+    return EXIT_OK
+
+
+def _show_key_once(out: Console, key: str) -> None:
+    out.print(f"API key: {key}", markup=False, highlight=False)
     out.print(
-        "the API key is server.api_key in that file; clients send it as X-Api-Key",
+        "it is shown this once: the file keeps only its hash (server.api_key_hash);"
+        " clients send it as X-Api-Key",
         markup=False,
         highlight=False,
     )
-    out.print(f"start the daemon with: printfarmd serve --config {shown}", markup=False)
+
+
+def cmd_api_key_rotate(args: argparse.Namespace, out: Console) -> int:
+    """Make a new API key, store its hash in the config (comments and the rest of the
+    file kept; owner and mode too) and show the key once. The running daemon takes it
+    on SIGHUP; until then the old key still works."""
+    from printfarmd.keyfile import set_key_hash, write_preserving
+
+    path = _config_path(args)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    key = new_key()
+    new_text = set_key_hash(text, hash_key(key), base_dir=path.absolute().parent)
+    try:
+        write_preserving(path, new_text)
+    except OSError as exc:
+        _error(f"cannot write {path}: {exc.strerror or exc}")
+        return EXIT_FAILURE
+    out.print(f"new API key stored (as its hash) in {path.absolute()}", markup=False)
+    _show_key_once(out, key)
+    out.print(
+        "the daemon takes it on reload (systemctl reload printfarmd, or kill -HUP); "
+        "the old key works until then",
+        markup=False,
+        highlight=False,
+    )
     return EXIT_OK
 
 
@@ -524,6 +563,18 @@ def build_parser() -> argparse.ArgumentParser:
         "check config, database, disk, clock, printers and broker (exit 1 on problems)",
     )
     doctor.add_argument("--config", type=Path, help=_CONFIG_HELP)
+
+    api_key = commands.add_parser(
+        "api-key", help="manage the API key", description="manage the API key"
+    )
+    api_key_commands = api_key.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    rotate = command(
+        api_key_commands,
+        "rotate",
+        cmd_api_key_rotate,
+        "make a new API key, store its hash in the config and show the key once",
+    )
+    rotate.add_argument("--config", type=Path, help=_CONFIG_HELP)
 
     backup = command(
         commands, "backup", cmd_backup, "copy the database now (online, SQLite backup API)"

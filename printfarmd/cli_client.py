@@ -230,6 +230,9 @@ class FarmClient:
             parsed = _api_error(body)
             if parsed is not None:
                 code, message = parsed
+                if response.status_code == 401 and not self.endpoint.api_key:
+                    # A config that keeps only the key's hash cannot give the CLI the key.
+                    message += f" (pass --api-key or set ${ENV_API_KEY})"
                 raise ClientError(message, status=response.status_code, code=code)
             raise ClientError(
                 f"printfarmd at {url} answered HTTP {response.status_code} "

@@ -55,7 +55,12 @@ class LogFormat(enum.StrEnum):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 7125
+    #: The API key in plain text (legacy; ``printfarmd api-key rotate`` replaces it with
+    #: ``api_key_hash``). At most one of the two may be set.
     api_key: str = ""
+    #: The API key's SHA-256 digest, ``sha256:<64 hex digits>``: the daemon never needs
+    #: the key itself. Written by ``printfarmd init`` and ``printfarmd api-key rotate``.
+    api_key_hash: str = ""
     max_body_bytes: int = 1_048_576
     #: Seconds between heartbeat comments on an idle event stream (SSE).
     sse_heartbeat: float = 15.0
@@ -70,6 +75,11 @@ class ServerConfig:
     trusted_clients: tuple[str, ...] = ()
     #: Origins allowed by CORS (exact ``scheme://host[:port]``); empty = CORS off.
     cors_domains: tuple[str, ...] = ()
+    #: Reverse proxies (IP or CIDR) whose ``X-Forwarded-For`` names the client; forwarded
+    #: headers from anyone else are ignored.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Requests, event streams and websockets served at once; more get HTTP 503.
+    max_connections: int = 1024
     #: Serve ``GET /metrics`` (Prometheus) without a key; off = behind the API key.
     metrics_public: bool = False
 
@@ -298,6 +308,7 @@ LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 #: A printer id appears in URLs, topics and log lines, so keep it to a safe alphabet.
 PRINTER_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_BODY_BYTES = 1024
+_KEY_HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -599,6 +610,23 @@ def _semantic_errors(config: Config) -> list[str]:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             check(False, f"server.trusted_clients[{i}]", "must be an IP address or CIDR network")
+    for i, cidr in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            check(False, f"server.trusted_proxies[{i}]", "must be an IP address or CIDR network")
+    check(
+        not (server.api_key and server.api_key_hash),
+        "server.api_key_hash",
+        "set either api_key or api_key_hash, not both",
+    )
+    check(
+        not server.api_key_hash or _KEY_HASH_RE.fullmatch(server.api_key_hash) is not None,
+        "server.api_key_hash",
+        'must be "sha256:" followed by 64 lowercase hex digits'
+        " (`printfarmd api-key rotate` writes it)",
+    )
+    check(server.max_connections >= 1, "server.max_connections", "must be >= 1")
     for i, origin in enumerate(server.cors_domains):
         check(
             origin.startswith(("http://", "https://")) and "*" not in origin,
@@ -775,16 +803,18 @@ def dump_config(config: Config) -> str:
     return tomli_w.dumps(CONVERTER.unstructure(config, Config))
 
 
-def starter_config(api_key: str) -> dict[str, Any]:
-    """The TOML data ``printfarmd init`` writes: defaults, ``api_key``, two simulated printers."""
+def starter_config(api_key_hash: str) -> dict[str, Any]:
+    """The TOML data ``printfarmd init`` writes: defaults, the key's hash, two simulated
+    printers."""
     config = Config(
-        server=ServerConfig(api_key=api_key),
+        server=ServerConfig(api_key_hash=api_key_hash),
         printers=(
             PrinterConfig(id="sim-1", name="Simulated printer 1", materials=("PLA",)),
             PrinterConfig(id="sim-2", name="Simulated printer 2", materials=("PLA", "PETG")),
         ),
     )
     data: dict[str, Any] = CONVERTER.unstructure(config, Config)
+    del data["server"]["api_key"]  # only the hash is stored
     return data
 
 

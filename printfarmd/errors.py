@@ -39,6 +39,18 @@ class Unauthorized(FarmError):
     code = "unauthorized"
 
 
+class Forbidden(FarmError):
+    status = 403
+    code = "forbidden"
+
+
+class TooBusy(FarmError):
+    """More requests, streams and websockets at once than ``server.max_connections``."""
+
+    status = 503
+    code = "too_busy"
+
+
 class NotFound(FarmError):
     status = 404
     code = "not_found"

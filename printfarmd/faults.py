@@ -5,7 +5,9 @@ COMMIT and the answer, inside a watchdog requeue). Nothing happens unless the da
 started with ``PRINTFARMD_FAULTS`` set, e.g. ``PRINTFARMD_FAULTS=kill@job-created:3``:
 SIGKILL this process the 3rd time the point ``job-created`` is reached;
 ``wedge@dispatch:1`` blocks the event-loop thread (a wedged daemon: no more systemd
-watchdog pings) the 1st time ``dispatch`` is reached. Several specs are separated by
+watchdog pings) the 1st time ``dispatch`` is reached; ``raise@get-job:1`` raises an
+unexpected exception (its text names this file's path) every time from the 1st on, to
+show that a 500 carries only an error id (issue 9, S15). Several specs are separated by
 commas. Never set it on a real farm.
 """
 
@@ -19,14 +21,22 @@ _SPEC = os.environ.get("PRINTFARMD_FAULTS", "")
 _PLAN: dict[str, int] = {}
 #: Points whose action is ``wedge`` rather than ``kill``.
 _WEDGE: set[str] = set()
+#: Points whose action is ``raise``.
+_RAISE: set[str] = set()
 for _item in filter(None, (x.strip() for x in _SPEC.split(","))):
     _action, _, _rest = _item.partition("@")
     _name, _, _count = _rest.partition(":")
-    if _action in ("kill", "wedge") and _name:
+    if _action in ("kill", "wedge", "raise") and _name:
         _PLAN[_name] = int(_count or "1")
         if _action == "wedge":
             _WEDGE.add(_name)
+        if _action == "raise":
+            _RAISE.add(_name)
 _SEEN: dict[str, int] = {}
+
+
+class InjectedFault(RuntimeError):
+    """An unexpected error on purpose (``raise@point``)."""
 
 
 def point(name: str) -> None:
@@ -35,6 +45,8 @@ def point(name: str) -> None:
         return
     _SEEN[name] = _SEEN.get(name, 0) + 1
     if _SEEN[name] >= _PLAN[name]:
+        if name in _RAISE:
+            raise InjectedFault(f"injected fault at {name} ({__file__})")
         if name in _WEDGE:
             # Block this (the event loop's) thread for good; only SIGKILL ends it.
             threading.Event().wait()

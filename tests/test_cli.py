@@ -27,6 +27,7 @@ import attrs
 import pytest
 
 from printfarmd import __version__
+from printfarmd.api.auth import hash_key
 from printfarmd.cli import build_parser, main
 from printfarmd.cli_client import ClientError, Endpoint, FarmClient, resolve_endpoint, url_for
 from printfarmd.config import Config
@@ -89,16 +90,26 @@ def test_version(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"printfarmd {__version__}"
 
 
+def shown_key(stdout: str) -> str:
+    """The key ``init``/``api-key rotate`` printed (``API key: <key>``)."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("API key: ")]
+    assert len(lines) == 1, stdout
+    return lines[0].removeprefix("API key: ").strip()
+
+
 def test_init_output_passes_check_config(tmp_path: Path) -> None:
     result = run_cli("init", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     path = tmp_path / "printfarmd.toml"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert str(path) in result.stdout
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    key = data["server"]["api_key"]
+    text = path.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    key = shown_key(result.stdout)
     assert len(key) >= 43  # token_urlsafe(32)
-    assert key not in result.stdout + result.stderr  # the key stays in the file
+    # issue 9: the file keeps only the key's hash; the key is shown once.
+    assert "api_key" not in data["server"] and key not in text
+    assert data["server"]["api_key_hash"] == hash_key(key)
     assert len(data["printers"]) == 2
 
     check = run_cli("check-config", "printfarmd.toml", cwd=tmp_path)
@@ -122,8 +133,8 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     forced = run_cli("init", str(path), "--force", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     second = path.read_text(encoding="utf-8")
-    key = tomllib.loads(second)["server"]["api_key"]
-    assert key != tomllib.loads(first)["server"]["api_key"]  # a fresh key each time
+    key = tomllib.loads(second)["server"]["api_key_hash"]
+    assert key != tomllib.loads(first)["server"]["api_key_hash"]  # a fresh key each time
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["farm.toml"]  # no temp file left
 

@@ -480,11 +480,32 @@ def test_dump_round_trips_the_example() -> None:
 
 
 def test_starter_config_is_valid() -> None:
-    data = starter_config("k" * 43)
+    digest = "sha256:" + "ab" * 32
+    data = starter_config(digest)
+    assert "api_key" not in data["server"]  # issue 9: only the hash is written
     config = config_from_dict(tomllib.loads(dump_config(config_from_dict(data))))
-    assert config.server.api_key == "k" * 43
+    assert config.server.api_key_hash == digest and config.server.api_key == ""
     assert len(config.printers) == 2
     assert {p.driver for p in config.printers} == {"simulator"}
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        (
+            'api_key = "k"\napi_key_hash = "sha256:' + "0" * 64 + '"',
+            "server.api_key_hash: set either api_key or api_key_hash, not both",
+        ),
+        ('api_key_hash = "md5:abc"', 'server.api_key_hash: must be "sha256:" followed by 64'),
+        ('api_key_hash = "sha256:' + "A" * 64 + '"', "server.api_key_hash: must be"),
+        ('trusted_proxies = ["10.0.0.0/33"]', "server.trusted_proxies[0]: must be an IP"),
+        ("max_connections = 0", "server.max_connections: must be >= 1"),
+    ],
+)
+def test_access_settings_are_checked(tmp_path: Path, server: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, f"[server]\n{server}\n")
+    assert message in info.value.message
 
 
 _names = st.text(alphabet="abcXYZ019_.-", min_size=1, max_size=64)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from quart import Response, has_request_context, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -19,14 +21,12 @@ from printfarmd.api import (
     photos,
     printers,
 )
-from printfarmd.api.auth import (
-    PUBLIC_ROUTES,
-    OneshotTokens,
-    public_by_config,
-    request_allowed,
-)
+from printfarmd.api.auth import PUBLIC_ROUTES, Verdict, public_by_config
+from printfarmd.api.connlimit import ConnectionLimit
 from printfarmd.api.context import APP_KEY, Services
 from printfarmd.errors import ShuttingDown
+
+log = logging.getLogger("printfarmd.api")
 
 
 def create_app(svc: Services) -> QuartTrio:
@@ -41,8 +41,9 @@ def create_app(svc: Services) -> QuartTrio:
     app.register_blueprint(photos.bp)  # issue 7: plate photos, signed URLs
     events.install(app)  # SSE routes and the stream guard
     app.register_blueprint(dashboard.bp)
-    tokens = OneshotTokens()
-    moonraker.install(app, svc, tokens)  # Moonraker facade (issue 3); before the auth hook
+    moonraker.install(
+        app, svc, svc.access.tokens
+    )  # Moonraker facade (issue 3); before the auth hook
 
     @app.before_request
     async def refuse_while_stopping() -> Response | None:
@@ -59,16 +60,30 @@ def create_app(svc: Services) -> QuartTrio:
             return None
         if request.method == "HEAD" and rule is not None and ("GET", rule.rule) in PUBLIC_ROUTES:
             return None
-        if request_allowed(
-            api_key=request.headers.get("X-Api-Key"),
+        decision = svc.access.decide(
             peer=request.remote_addr,
+            api_key=request.headers.get("X-Api-Key"),
+            forwarded_for=request.headers.get("X-Forwarded-For"),
             oneshot=request.args.get("token"),
-            expected_key=svc.config.server.api_key,
-            trusted=svc.config.server.trusted_clients,
-            tokens=tokens,
-        ):
+        )
+        if decision.allowed:
             return None
-        if moonraker.is_facade_path(request.path):
+        facade_path = moonraker.is_facade_path(request.path)
+        if decision.verdict is Verdict.THROTTLED:
+            log.warning(
+                "authentication back-off",
+                extra={"client": decision.client, "retry_after": decision.retry_after},
+            )
+            message = (
+                f"too many wrong API keys from this address: retry in {decision.retry_after} s"
+            )
+            if facade_path:
+                resp = errors.rpc_response(errors.RpcError(429, message))
+            else:
+                resp = errors.error_response(429, "too_many_requests", message)
+            resp.headers["Retry-After"] = str(decision.retry_after)
+            return resp
+        if facade_path:
             return errors.rpc_response(errors.RpcError(401, "Unauthorized"))
         return errors.error_response(401, "unauthorized", "missing or wrong X-Api-Key header")
 
@@ -88,4 +103,9 @@ def create_app(svc: Services) -> QuartTrio:
     async def any_error(exc: Exception) -> Response:
         return errors.to_response(exc)
 
+    # Outermost: refuse beyond server.max_connections before anything else runs.
+    app.asgi_app = ConnectionLimit(  # type: ignore[method-assign, assignment]
+        app.asgi_app,  # type: ignore[arg-type]
+        svc.config.server.max_connections,
+    )
     return app

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import attrs
 import trio
-from quart import current_app
+from quart import current_app, request
 
+from printfarmd.api.auth import Access
 from printfarmd.config import Config
 from printfarmd.services.bus import Bus
 from printfarmd.services.scheduler import Scheduler
@@ -22,8 +23,19 @@ class Services:
     scheduler: Scheduler
     #: Set when the daemon begins to stop: new requests are refused with 503.
     stopping: trio.Event = attrs.field(factory=trio.Event)
+    #: Who may come in (issue 9): the key's digest, trusted networks and proxies, tokens,
+    #: back-off. Updated in place on SIGHUP; ``config.server`` keeps the start-up values.
+    access: Access = attrs.field(
+        default=attrs.Factory(lambda self: Access(self.config.server), takes_self=True)
+    )
 
 
 def services() -> Services:
     svc: Services = current_app.config[APP_KEY]
     return svc
+
+
+def client_address() -> str | None:
+    """The current request's client address: the TCP peer, or what a trusted proxy
+    forwarded (``server.trusted_proxies``); used for trust, tokens, back-off and logs."""
+    return services().access.client(request.remote_addr, request.headers.get("X-Forwarded-For"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
+from printfarmd import faults
 from printfarmd.api import validate as v
 from printfarmd.api.context import services
 from printfarmd.api.respond import json_response, read_json
@@ -123,6 +124,7 @@ async def create_job() -> Response:
 
 @bp.get("/api/jobs/<job_id>")
 async def get_job(job_id: str) -> Response:
+    faults.point("get-job")  # S15: a forced 500 (tests only)
     job = await services().scheduler.get_job(check_job_id(job_id))
     return json_response(job_json(job))
 

@@ -33,23 +33,26 @@ def install(app: QuartTrio, svc: Services, tokens: OneshotTokens) -> None:
     app.config["PRINTFARMD_MAX_UPLOAD"] = svc.config.server.max_upload_bytes + 64 * 1024
     app.request_class = UploadAwareRequest
     app.register_blueprint(bp)
-    allowed = frozenset(svc.config.server.cors_domains)
 
     @app.before_request
     async def cors_preflight() -> Response | None:
         origin = request.headers.get("Origin")
         if request.method != "OPTIONS" or not origin:
             return None
-        if origin not in allowed:
-            return Response(b"", status=403)
-        resp = Response(b"", status=204)
+        if origin not in svc.access.cors_domains:
+            return Response(
+                b'{"error":{"code":403,"message":"Origin not allowed"}}',
+                status=403,
+                content_type="application/json",
+            )
+        resp = Response(b"", status=204, content_type="application/json")
         _cors(resp, origin)
         return resp
 
     @app.after_request
     async def cors(resp: Response) -> Response:
         origin = request.headers.get("Origin")
-        if origin and origin in allowed:
+        if origin and origin in svc.access.cors_domains:
             _cors(resp, origin)
         return resp
 
