@@ -24,7 +24,7 @@ from pathlib import Path
 import attrs
 import httpx
 
-from printfarmd.config import Config, PrinterConfig, load_config
+from printfarmd.config import Config, PrinterConfig, ServerConfig, load_config
 from printfarmd.errors import ConfigError
 
 DB_NAME = "printfarmd.db"  # the daemon's; not imported to keep doctor light
@@ -82,6 +82,28 @@ def check_database(path: Path) -> Finding:
     return Finding("database", True, f"{path}: integrity ok")
 
 
+#: The key config.example.toml ships with: everyone who read the file knows it.
+DEMO_KEY = "demo-key-change-me"
+#: Plain-text keys shorter than this are guessable (``printfarmd init`` makes 43 characters).
+MIN_KEY_LENGTH = 16
+
+
+def key_finding(server: ServerConfig) -> Finding:
+    """How the API key is kept (issue 9): a hash is best; a public or short key is a problem."""
+    if server.api_key_hash:
+        return Finding("api key", True, "stored as its hash")
+    rotate = "run `printfarmd api-key rotate`"
+    if server.api_key == DEMO_KEY:
+        return Finding("api key", False, f"the public demo key: {rotate}")
+    if server.api_key and len(server.api_key) < MIN_KEY_LENGTH:
+        return Finding("api key", False, f"only {len(server.api_key)} characters: {rotate}")
+    if server.api_key:
+        return Finding("api key", True, f"in plain text ({rotate} to keep only its hash)")
+    if server.trusted_clients:
+        return Finding("api key", True, "none: only server.trusted_clients get in")
+    return Finding("api key", False, f"none, and no trusted clients: nobody gets in; {rotate}")
+
+
 def check_printer(printer: PrinterConfig) -> Finding:
     """Whether one printer answers (Moonraker: ``GET /server/info``)."""
     name = f"printer {printer.id}"
@@ -122,6 +144,7 @@ def diagnose(config_path: Path) -> Iterator[Finding]:
         yield Finding("config", False, exc.message)
         return
     yield Finding("config", True, f"{config_path}: {len(config.printers)} printers")
+    yield key_finding(config.server)
     db = config.data_path / DB_NAME
     yield check_database(db)
     existing = config.data_path

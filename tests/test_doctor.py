@@ -8,8 +8,14 @@ import attrs
 import pytest
 
 from printfarmd.cli import main
-from printfarmd.config import MoonrakerOptions, MqttConfig
-from printfarmd.doctor import EARLIEST_PLAUSIBLE, MIN_FREE_BYTES, clock_finding, disk_finding
+from printfarmd.config import MoonrakerOptions, MqttConfig, ServerConfig
+from printfarmd.doctor import (
+    EARLIEST_PLAUSIBLE,
+    MIN_FREE_BYTES,
+    clock_finding,
+    disk_finding,
+    key_finding,
+)
 from printfarmd.store.store import open_database
 from tests.conftest import free_port, make_config, sim_printer, write_config
 
@@ -76,3 +82,26 @@ def test_disk_and_clock_judgements() -> None:
     now = EARLIEST_PLAUSIBLE + 1e6
     assert clock_finding(now, now - 10).ok
     assert not clock_finding(now, now + 3600).ok  # the clock went back behind our data
+
+
+@pytest.mark.parametrize(
+    ("server", "ok", "detail"),
+    [
+        (ServerConfig(api_key_hash="sha256:" + "0" * 64), True, "stored as its hash"),
+        (ServerConfig(api_key="demo-key-change-me"), False, "the public demo key"),
+        (ServerConfig(api_key="short"), False, "only 5 characters"),
+        (ServerConfig(api_key="x" * 43), True, "in plain text"),
+        (ServerConfig(trusted_clients=("10.0.0.0/8",)), True, "only server.trusted_clients"),
+        (ServerConfig(), False, "nobody gets in"),
+    ],
+)
+def test_api_key_judgement(server: ServerConfig, ok: bool, detail: str) -> None:
+    finding = key_finding(server)
+    assert finding.ok is ok and detail in finding.detail
+
+
+def test_demo_key_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path)
+    config = attrs.evolve(config, server=attrs.evolve(config.server, api_key="demo-key-change-me"))
+    code, out = _doctor(write_config(config, tmp_path / "farm.toml"), capsys)
+    assert code == 1 and "the public demo key" in out
