@@ -21,7 +21,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from printfarmd import sdnotify
+from printfarmd import sdnotify, wirelog
 from printfarmd.api.app import create_app
 from printfarmd.api.context import Services
 from printfarmd.config import Config, load_config
@@ -113,7 +113,8 @@ async def run(
             async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 try:
                     await hypercorn_serve(
-                        create_app(svc),
+                        # issue 9: a recorder around the app only with PRINTFARMD_WIRE_LOG set
+                        wirelog.wrap(create_app(svc), config.server),
                         hconf,
                         shutdown_trigger=http_stop.wait,
                         task_status=task_status,
@@ -183,6 +184,7 @@ async def _watch_reload(
 def serve(config: Config, *, log_format: str | None = None, config_path: Path | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit status."""
     setup_logging(config.logging.level, log_format or config.logging.format.value)
+    wirelog.record_logs()  # a no-op unless PRINTFARMD_WIRE_LOG is set (tests)
     try:
         trio.run(functools.partial(run, config, config_path=config_path))
     except DatabaseDamaged as exc:

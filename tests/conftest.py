@@ -222,3 +222,10 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- key-leak scan (issue 9)
+# tests/keyleak.py has every daemon of the run record what it sends and logs, and fails the
+# session if an API key (or an unsafe response) shows up in it: S12, S14, S16. It reads
+# API_KEY and wraps DaemonProcess.start (to learn its log file and key) from this module.
+pytest_plugins = [*globals().get("pytest_plugins", ()), "tests.keyleak"]
