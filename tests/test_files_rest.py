@@ -60,3 +60,17 @@ async def test_rest_delete_of_a_contained_symlink_removes_the_link(farm: LiveFar
     r = await farm.client.delete("/api/files/link.gcode")
     assert r.status_code == 200
     assert not (root / "link.gcode").is_symlink() and (root / "real.gcode").exists()
+
+
+async def test_rest_delete_of_a_glob_like_name_keeps_other_thumbnails(farm: LiveFarm) -> None:
+    c = farm.client
+    root: Path = farm.running.services.config.gcodes_path
+    assert (
+        await c.post("/api/files", files={"file": ("d/p.gcode", gs.prusaslicer())})
+    ).status_code == 201
+    assert (
+        await c.get("/server/files/metadata", params={"filename": "d/p.gcode"})
+    ).status_code == 200
+    (root / "d" / "*.gcode").write_bytes(b"G28\n")
+    assert (await c.delete("/api/files/d/" + quote("*.gcode"))).status_code == 200
+    assert len(list((root / "d" / ".thumbs").iterdir())) == 2

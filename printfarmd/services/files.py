@@ -15,7 +15,7 @@ import re
 import secrets
 import shutil
 import unicodedata
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -39,19 +39,29 @@ MAX_SEGMENT_BYTES = 255
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
+#: Bidirectional overrides and isolates: they make a name display as something else.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _is_control(c: str) -> bool:
+    # C0, DEL and C1 (0x9B is a one-byte CSI to a terminal), lone surrogates (cannot be
+    # encoded for the filesystem), line/paragraph separators (split log and UI lines).
+    return unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in _BIDI_CONTROLS
+
+
 def check_relative_name(name: str) -> PurePosixPath:
     """Validate a user-supplied relative file name; return it as a POSIX path.
 
-    Raises ``BadRequest`` naming the problem: empty, too long, control characters,
-    backslashes, absolute, ``.``/``..`` segments (also after NFKC normalisation, which
-    turns fullwidth dots and slashes into real ones), or a segment ending in a dot
-    or a space.
+    Raises ``BadRequest`` naming the problem: empty, too long, control characters (C0,
+    DEL, C1, lone surrogates, line separators, bidi overrides), backslashes, absolute,
+    ``.``/``..`` segments (also after NFKC normalisation, which turns fullwidth dots and
+    slashes into real ones), or a segment ending in a dot or a space.
     """
     if not isinstance(name, str) or not name:
         raise BadRequest("filename: must be a non-empty string")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise BadRequest(f"filename: longer than {MAX_NAME_BYTES} bytes")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+    if any(_is_control(c) for c in name):
         raise BadRequest("filename: contains control characters")
     for form in {name, unicodedata.normalize("NFKC", name)}:
         if "\\" in form:
@@ -186,6 +196,26 @@ def list_gcodes(root: Path) -> list[StoredFile]:
 #: Form fields an upload may carry; any other field is ignored, never interpreted.
 UPLOAD_FIELDS = frozenset({"file", "path", "root", "checksum", "print"})
 MAX_FIELD_BYTES = 4096
+#: Header bytes one part may carry and parts one body may have: an endless part header
+#: or thousands of empty parts would otherwise cost memory and time up to the body cap.
+MAX_PART_HEADER_BYTES = 8192
+MAX_PARTS = 64
+#: Seconds an upload may go without a byte arriving before it is refused (408) and its
+#: temp file removed, so a stalled client (slowloris) holds nothing for long. Quart's
+#: ``BODY_TIMEOUT`` only covers bodies read whole, not a streamed one.
+UPLOAD_IDLE_TIMEOUT = 30.0
+#: Slowest average rate (bytes/s) allowed after the first ``UPLOAD_IDLE_TIMEOUT``
+#: seconds: a client trickling a byte at a time cannot stretch an upload forever.
+UPLOAD_MIN_RATE = 8 * 1024
+#: Free disk space is checked again after every this many bytes written.
+FREE_CHECK_EVERY = 16 * 1024 * 1024
+
+
+class UploadTimeout(BadRequest):
+    """The client stopped sending (or sent too slowly): nothing was stored."""
+
+    status = 408
+    code = "request_timeout"
 
 
 @attrs.frozen
@@ -202,16 +232,53 @@ def _boundary(content_type: str) -> bytes:
     return params[b"boundary"]
 
 
+def _param_names(header: bytes) -> list[str]:
+    """The parameter names of a ``Content-Disposition`` value, in order, duplicates kept
+    (quoted ``;`` and ``=`` skipped): the parser keeps only the last of a repeated one."""
+    names: list[str] = []
+    quoted = escaped = False
+    key: list[str] = []
+    in_key = False
+    for ch in header.decode("latin-1"):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == ";":
+            in_key, key = True, []
+        elif ch == "=" and in_key:
+            names.append("".join(key).strip().lower())
+            in_key = False
+        elif in_key:
+            key.append(ch)
+    return names
+
+
 class _FormSink:
-    """Collects multipart events; the file part's bytes are handed back per chunk."""
+    """Collects multipart events; the file part's bytes are handed back per chunk.
+
+    Refuses (``BadRequest``) what could be read two ways: a second ``file`` part, a
+    repeated declared field, a repeated ``Content-Disposition`` parameter, a declared
+    text field sent as a file; and oversized part headers or too many parts.
+    """
 
     def __init__(self) -> None:
         self.headers: dict[bytes, bytes] = {}
         self._field = b""
         self._value = b""
+        self._header_bytes = 0
+        self.parts = 0
         self.name = ""
         self.filename: str | None = None
+        #: The file part's own filename (``filename`` is the current part's).
+        self.file_name: str | None = None
         self.fields: dict[str, str] = {}
+        self._named: set[str] = set()
         self.file_seen = False
         self.in_file = False
         self.file_done = False
@@ -232,15 +299,26 @@ class _FormSink:
         }
 
     def _begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise BadRequest(f"upload: more than {MAX_PARTS} form parts")
         self.headers = {}
         self._field = self._value = b""
+        self._header_bytes = 0
         self.name, self.filename = "", None
         self._text = bytearray()
 
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise BadRequest("upload: a form part's headers are too long")
+
     def _hfield(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
         self._field += data[start:end]
 
     def _hvalue(self, data: bytes, start: int, end: int) -> None:
+        self._count(end - start)
         self._value += data[start:end]
 
     def _hend(self) -> None:
@@ -248,16 +326,26 @@ class _FormSink:
         self._field = self._value = b""
 
     def _hdone(self) -> None:
-        _disp, params = parse_options_header(self.headers.get(b"content-disposition", b""))
+        disposition = self.headers.get(b"content-disposition", b"")
+        keys = _param_names(disposition)
+        if len(keys) != len(set(keys)):
+            raise BadRequest("upload: a form part repeats a Content-Disposition parameter")
+        _disp, params = parse_options_header(disposition)
         self.name = params.get(b"name", b"").decode("utf-8", "replace")
         raw = params.get(b"filename")
         self.filename = None if raw is None else raw.decode("utf-8", "replace")
+        if self.name not in UPLOAD_FIELDS:
+            return
+        if self.name in self._named:
+            raise BadRequest(f"upload: more than one {self.name!r} part")
+        self._named.add(self.name)
         if self.name == "file":
-            if self.file_seen:
-                raise BadRequest("upload: more than one file part")
             if not self.filename:
                 raise BadRequest("upload: the file part has no filename")
             self.file_seen = self.in_file = True
+            self.file_name = self.filename
+        elif self.filename is not None:
+            raise BadRequest(f"upload: field {self.name!r} must be a plain form field")
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file:
@@ -271,7 +359,7 @@ class _FormSink:
         if self.in_file:
             self.in_file = False
             self.file_done = True
-        elif self.name in UPLOAD_FIELDS and self.name not in self.fields:
+        elif self.name in UPLOAD_FIELDS:
             self.fields[self.name] = self._text.decode("utf-8", "replace")
 
     def _all_done(self) -> None:
@@ -286,51 +374,82 @@ async def receive_upload(
     max_bytes: int,
     min_free_bytes: int,
     subdir_field: str = "path",
+    declared_length: int | None = None,
+    check_fields: Callable[[Mapping[str, str]], None] | None = None,
 ) -> UploadResult:
     """Stream a multipart upload into ``root``; return what was stored.
 
-    Only the declared fields (``UPLOAD_FIELDS``) are read. The file part goes to a
-    server-chosen hidden temp file in ``root`` while the SHA-256 and size are computed;
-    more than ``max_bytes`` -> ``PayloadTooLarge`` (413) as soon as it is seen; a
-    ``checksum`` field that differs -> ``ValidationFailed`` (422); less than
-    ``min_free_bytes`` left on the disk -> ``StorageFull`` (507). On success the temp
-    file is fsynced, renamed to ``<path>/<filename>`` (both checked by ``resolve_in``)
-    and the folder fsynced. On any failure the temp file is removed. A checkpoint.
+    Only the declared fields (``UPLOAD_FIELDS``) are read, each at most once. The file
+    part goes to a server-chosen hidden temp file in ``root`` while the SHA-256 and size
+    are computed. Refusals, each leaving nothing on disk: more than ``max_bytes`` ->
+    ``PayloadTooLarge`` (413) as soon as it is seen; a disk that would keep less than
+    ``min_free_bytes`` free -> ``StorageFull`` (507), before any byte is read when
+    ``declared_length`` (the Content-Length) says so, else while writing; no byte for
+    ``UPLOAD_IDLE_TIMEOUT`` s or slower than ``UPLOAD_MIN_RATE`` on average ->
+    ``UploadTimeout`` (408); a body that is not complete multipart (its closing boundary
+    included) -> 400; a ``checksum`` field that differs -> ``ValidationFailed`` (422);
+    ``check_fields`` (called with the fields before anything is placed) may raise too.
+    On success the temp file is fsynced, renamed to ``<path>/<filename>`` (both checked by
+    ``resolve_in``) and the folder fsynced. A checkpoint.
     """
     sink = _FormSink()
     parser = MultipartParser(_boundary(content_type), sink.callbacks())  # type: ignore[arg-type]
     real_root = await trio.to_thread.run_sync(_ready_root, root)
+    if declared_length is not None:
+        usage = await trio.to_thread.run_sync(shutil.disk_usage, real_root)
+        if usage.free - declared_length < min_free_bytes:
+            raise StorageFull("upload: not enough free disk space")
     tmp = real_root / f".upload-{secrets.token_hex(8)}.part"
     digest = hashlib.sha256()
-    size = 0
+    size = received = 0
+    next_free_check = FREE_CHECK_EVERY
+    started = trio.current_time()
+    stream = aiter(chunks)
     fh = await trio.open_file(tmp, "xb")
     try:
         try:
-            async for chunk in chunks:
-                parser.write(chunk)
-                for piece in sink.file_chunks:
-                    size += len(piece)
-                    if size > max_bytes:
-                        raise PayloadTooLarge(f"upload: the file is larger than {max_bytes} bytes")
-                    digest.update(piece)
-                    await fh.write(piece)
-                sink.file_chunks.clear()
-                if sink.complete:
-                    break
+            while not sink.complete:
+                deadline = min(
+                    trio.current_time() + UPLOAD_IDLE_TIMEOUT,
+                    started + UPLOAD_IDLE_TIMEOUT + received / UPLOAD_MIN_RATE,
+                )
+                with trio.move_on_at(deadline):
+                    try:
+                        chunk = await anext(stream)
+                    except StopAsyncIteration:
+                        break
+                    received += len(chunk)
+                    parser.write(chunk)
+                    for piece in sink.file_chunks:
+                        size += len(piece)
+                        if size > max_bytes:
+                            raise PayloadTooLarge(
+                                f"upload: the file is larger than {max_bytes} bytes"
+                            )
+                        digest.update(piece)
+                        await fh.write(piece)
+                    sink.file_chunks.clear()
+                    if size >= next_free_check:
+                        next_free_check = size + FREE_CHECK_EVERY
+                        await _check_free(real_root, min_free_bytes)
+                    continue
+                raise UploadTimeout("upload: the client stopped sending the body")
             parser.finalize()
         except MultipartParseError:
             raise BadRequest("upload: malformed multipart body") from None
-        if not sink.file_done or sink.filename is None:
+        if not sink.complete:
+            raise BadRequest("upload: the body ended before the closing multipart boundary")
+        if not sink.file_done or sink.file_name is None:
             raise BadRequest("upload: no complete file part named 'file'")
-        usage = await trio.to_thread.run_sync(shutil.disk_usage, real_root)
-        if usage.free < min_free_bytes:
-            raise StorageFull("upload: not enough free disk space")
+        await _check_free(real_root, min_free_bytes)
         sha = digest.hexdigest()
         want = sink.fields.get("checksum", "").strip().lower()
         if want and not hmac.compare_digest(want, sha):
             raise ValidationFailed("upload: checksum mismatch", field="checksum")
+        if check_fields is not None:
+            check_fields(sink.fields)
         subdir = sink.fields.get(subdir_field, "").rstrip("/")
-        rel = f"{subdir}/{sink.filename}" if subdir else sink.filename
+        rel = f"{subdir}/{sink.file_name}" if subdir else sink.file_name
         check_relative_name(rel)
         if PurePosixPath(rel).suffix.lower() not in GCODE_SUFFIXES:
             allowed = ", ".join(sorted(GCODE_SUFFIXES))
@@ -342,9 +461,17 @@ async def receive_upload(
         stored = StoredFile(dest.relative_to(real_root).as_posix(), size, dest.stat().st_mtime, sha)
         return UploadResult(stored, dict(sink.fields))
     finally:
-        await fh.aclose()
-        with contextlib.suppress(FileNotFoundError):
-            await trio.to_thread.run_sync(tmp.unlink)
+        # Shielded: a cancelled upload (client gone, shutdown) must still remove its file.
+        with trio.CancelScope(shield=True):
+            await fh.aclose()
+            with contextlib.suppress(FileNotFoundError):
+                await trio.to_thread.run_sync(tmp.unlink)
+
+
+async def _check_free(real_root: Path, min_free_bytes: int) -> None:
+    usage = await trio.to_thread.run_sync(shutil.disk_usage, real_root)
+    if usage.free < min_free_bytes:
+        raise StorageFull("upload: not enough free disk space")
 
 
 def _ready_root(root: Path) -> Path:

@@ -123,6 +123,11 @@ class QueueHealth:
     printers_by_state: dict[str, int]
 
 
+def _contained_path(root: Path, job: Job) -> Path:
+    """``job``'s file through the one containment check (``BadRequest`` if it escapes)."""
+    return files.resolve_in(root, job.filename, must_exist=False)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -848,10 +853,22 @@ class Scheduler:
 
     async def _hand_to_printer(self, job: Job, slot: PrinterSlot) -> None:
         faults.point("dispatch")  # issue 8: `wedge@dispatch` tests the systemd watchdog
+        try:
+            # Checked again now, not only at submission: the file may have been replaced
+            # by a symlink out of the gcodes folder since, and the driver reads this path.
+            path = await trio.to_thread.run_sync(_contained_path, self.config.gcodes_path, job)
+        except BadRequest as exc:
+            slot.dispatching = False
+            log.warning(
+                "job file left the gcodes folder",
+                extra={"job": job.id, "printer": slot.id, "reason": exc.message},
+            )
+            await self._fail_job(job.id, f"file {job.filename}: {exc.message}", slot.id)
+            return
         spec = JobSpec(
             job_id=job.id,
             filename=job.filename,
-            path=str(self.config.gcodes_path / job.filename),
+            path=str(path),
             estimated_time=job.estimated_time,
             material=job.material,
             resume_progress=job.resume_progress,

@@ -33,8 +33,12 @@ def split_root(caller: Caller, path: str) -> tuple[str, Path, str]:
     return root_name, roots[root_name], rest
 
 
-def _safe(text: str) -> str:
+def safe_text(text: str) -> str:
+    """``text`` safe to echo in an error: non-ASCII and control characters escaped, capped."""
     return text.encode("unicode_escape").decode("ascii")[:200]
+
+
+_safe = safe_text
 
 
 def resolve(root: Path, rel: str, *, must_exist: bool = True) -> Path:

@@ -9,8 +9,10 @@ one auth hook; these views never see an unauthenticated request.
 
 from __future__ import annotations
 
+import glob
 import zlib
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from quart import Blueprint, Response, current_app, request, send_file
 from quart_trio.wrappers.request import TrioRequest
 
 from printfarmd.api import errors
-from printfarmd.api.context import services
+from printfarmd.api.context import client_address, services
 from printfarmd.api.moonraker import file_methods, queue_methods, rpc, server_methods, ws
 from printfarmd.api.moonraker.args import Args, parse_query
 from printfarmd.api.moonraker.facade import Facade
@@ -166,11 +168,22 @@ async def download(root: str, name: str) -> Response:
 def _existing_file(root: Path, name: str) -> Path:
     path = file_methods.resolve(root, name)
     if not path.is_file():
-        raise errors.RpcError(404, f"File {name} does not exist")
+        raise errors.RpcError(404, f"File {file_methods.safe_text(name)} does not exist")
     return path
 
 
-async def _receive(subdir_field: str = "path") -> files.UploadResult:
+@bp.delete("/server/files/<root>/<path:name>", merge_slashes=False)
+async def delete(root: str, name: str) -> Response:
+    """Moonraker's ``DELETE /server/files/{root}/{filename}``: ``server.files.delete_file``."""
+    try:
+        caller = rpc.Caller(facade(), client_address())
+        args = Args({"path": f"{root}/{name}"})
+        return _wrap(await rpc.call_method(caller, "server.files.delete_file", args))
+    except Exception as exc:
+        return errors.rpc_response(exc)
+
+
+async def _receive(subdir_field: str = "path", check_fields: Any = None) -> files.UploadResult:
     svc = services()
     return await files.receive_upload(
         svc.config.gcodes_path,
@@ -179,18 +192,23 @@ async def _receive(subdir_field: str = "path") -> files.UploadResult:
         max_bytes=svc.config.server.max_upload_bytes,
         min_free_bytes=svc.config.server.upload_min_free_bytes,
         subdir_field=subdir_field,
+        declared_length=request.content_length,
+        check_fields=check_fields,
     )
+
+
+def _gcodes_root_only(fields: Mapping[str, str]) -> None:
+    # Checked before the file is placed: refusing afterwards would already have
+    # replaced a gcodes file of the same name.
+    if (fields.get("root") or "gcodes") != "gcodes":
+        raise errors.RpcError(400, "Uploads are accepted into the gcodes root only")
 
 
 @bp.post("/server/files/upload")
 async def upload() -> Response:
     try:
-        result = await _receive()
-        root = result.fields.get("root", "gcodes") or "gcodes"
+        result = await _receive(check_fields=_gcodes_root_only)
         stored = result.stored
-        if root != "gcodes":
-            await trio.to_thread.run_sync((facade().gcodes_root / stored.path).unlink, True)
-            raise errors.RpcError(400, "Uploads are accepted into the gcodes root only")
         queued = False
         if result.fields.get("print", "").lower() == "true":
             await facade().svc.scheduler.enqueue_files([stored.path], source="moonraker")
@@ -265,7 +283,8 @@ def _rest_delete(root: Path, name: str) -> None:
     # A (contained) symlink is removed itself, never the file it points to.
     link = root.resolve() / name
     (link if link.is_symlink() else path).unlink()
-    for thumb in (path.parent / thumbs.THUMBS_DIR).glob(f"{path.stem}-*x*.png"):
+    # Escaped: a file called "*.gcode" must not take every other file's thumbnails along.
+    for thumb in (path.parent / thumbs.THUMBS_DIR).glob(f"{glob.escape(path.stem)}-*x*.png"):
         thumb.unlink(missing_ok=True)
 
 
