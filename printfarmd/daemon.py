@@ -24,6 +24,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from printfarmd import sdnotify, wirelog
 from printfarmd.api.app import create_app
 from printfarmd.api.context import Services
+from printfarmd.api.moonraker import ws
 from printfarmd.config import Config, load_config
 from printfarmd.drivers import make_driver
 from printfarmd.drivers.mqtt import MqttHub, open_mqtt_hub
@@ -107,6 +108,9 @@ async def run(
             hconf.accesslog = None
             hconf.errorlog = logging.getLogger("hypercorn.error")
             hconf.graceful_timeout = GRACE
+            # issue 9: an oversize websocket frame is refused (close 1009) before hypercorn
+            # buffers more of it; its default would buffer 16 MiB per connection.
+            hconf.websocket_max_message_size = ws.MAX_FRAME
             http_stop = trio.Event()
             http_done = trio.Event()
 

@@ -106,7 +106,7 @@ BAD_CREATES: list[tuple[Any, int, str]] = [
         "priority: must be between -100 and 100",
     ),
     ({"filename": "benchy_pla.gcode", "priority": -1000}, 422, "priority"),
-    ({"filename": "benchy_pla.gcode", "priority": 10**30}, 400, "priority: expected an integer"),
+    ({"filename": "benchy_pla.gcode", "priority": 10**30}, 400, "outside the signed 64-bit range"),
     ({"filename": "benchy_pla.gcode", "copies": 0}, 422, "copies: must be between 1 and 100"),
     ({"filename": "benchy_pla.gcode", "copies": 1000}, 422, "copies"),
     ({"filename": "benchy_pla.gcode", "bogus": 1}, 400, "bogus: unknown field"),

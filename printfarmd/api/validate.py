@@ -8,19 +8,19 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
+from printfarmd.api import jsonin
 from printfarmd.errors import BadRequest, ValidationFailed
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Parse a request body that must be a JSON object (empty body = ``{}``)."""
+    """Parse a request body that must be a JSON object (empty body = ``{}``), through the
+    one client-JSON decoder and its limits (``jsonin``); 400 naming what was wrong."""
     if not raw.strip():
         return {}
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {str(exc).split(':')[0]}") from None
+        value = jsonin.decode(raw)
+    except jsonin.JsonRefused as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.reason}") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value

@@ -34,7 +34,9 @@ import attrs
 HEAD_TAIL_BYTES = 1 << 20
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_DURATION = re.compile(r"(?:(\d+)d\s*)?(?:(\d+)h\s*)?(?:(\d+)m\s*)?(?:(\d+)s)?")
+# At most 9 digits a component: a longer one is no real estimate, and int() of thousands
+# of digits raises (or overflows float()) instead of giving up quietly.
+_DURATION = re.compile(r"(?:(\d{1,9})d\s*)?(?:(\d{1,9})h\s*)?(?:(\d{1,9})m\s*)?(?:(\d{1,9})s)?")
 # ``; key = value`` (PrusaSlicer family config and summary lines).
 _KEY = rb"^;[ \t]*([A-Za-z][^=\r\n:]{0,79}?)[ \t]*"
 _VALUE = rb"[ \t]*([^\r\n]*?)[ \t]*\r?$"
@@ -231,6 +233,8 @@ def parse(head: bytes, tail: bytes = b"") -> GcodeMeta:
         estimated = parse_duration(total.group(1))
     if estimated is None:
         estimated = _num(colon.get("time")) or _num(colon.get("print.time"))
+    if estimated is not None and estimated < 0:
+        estimated = None  # ";TIME:-1": no estimate (the ETA scales it)
 
     ftype = _first(eq.get("filament_type")) or _first(
         colon.get("filament type") or eq.get("filament type") or colon.get("material")

@@ -7,11 +7,11 @@ comma-separated strings; booleans JSON booleans or ``"true"``/``"false"``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
-
+from printfarmd.api import jsonin
 from printfarmd.api.errors import RpcError
 
 #: Query keys that carry auth or cache-busting, never method arguments.
@@ -19,7 +19,10 @@ EXCLUDED_QUERY_KEYS = frozenset({"_", "token", "access_token", "connection_id"})
 
 
 def parse_query(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """Query-string pairs to arguments, applying ``key:type`` hints. Raises RpcError(400)."""
+    """Query-string pairs to arguments, applying ``key:type`` hints. Raises RpcError(400).
+
+    ``json`` values go through the one client-JSON decoder (``jsonin``) and its limits.
+    """
     out: dict[str, Any] = {}
     for key, value in pairs:
         name, _, hint = key.partition(":")
@@ -27,18 +30,34 @@ def parse_query(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
             continue
         try:
             if hint == "int":
-                out[name] = int(value)
+                out[name] = _int64(int(value), name)
             elif hint == "float":
-                out[name] = float(value)
+                out[name] = _finite(float(value), name)
             elif hint == "bool":
                 out[name] = _bool(value, name)
             elif hint == "json":
-                out[name] = orjson.loads(value)
+                out[name] = jsonin.decode(value)
             else:
                 out[name] = value
-        except (ValueError, orjson.JSONDecodeError):
+        except jsonin.JsonRefused as exc:
+            raise RpcError(400, f"Unable to convert argument: {name}: {exc.reason}") from None
+        except ValueError:
             raise RpcError(400, f"Unable to convert argument: {name}") from None
     return out
+
+
+def _int64(value: int, name: str) -> int:
+    """``value`` if it fits a signed 64-bit integer (the JSON decoder's limit too)."""
+    if not jsonin.INT_MIN <= value <= jsonin.INT_MAX:
+        raise RpcError(400, f"Invalid argument: {name}, integer outside the signed 64-bit range")
+    return value
+
+
+def _finite(value: float, name: str) -> float:
+    """``value`` unless it is inf or NaN (which ``float()`` accepts and JSON cannot hold)."""
+    if not math.isfinite(value):
+        raise RpcError(400, f"Invalid argument: {name}, expected a finite number")
+    return value
 
 
 def _bool(value: Any, name: str) -> bool:
@@ -88,9 +107,10 @@ class Args:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise RpcError(400, f"Invalid Type for argument: {key}, expected int")
         try:
-            return int(value)
-        except ValueError:
+            number = int(value)
+        except ValueError:  # also a string of more than 4300 digits
             raise RpcError(400, f"Invalid Type for argument: {key}, expected int") from None
+        return _int64(number, key)
 
     def get_list(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)

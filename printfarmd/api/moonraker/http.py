@@ -21,7 +21,7 @@ import trio
 from quart import Blueprint, Response, current_app, request, send_file
 from quart_trio.wrappers.request import TrioRequest
 
-from printfarmd.api import errors
+from printfarmd.api import errors, jsonin
 from printfarmd.api.context import client_address, services
 from printfarmd.api.moonraker import file_methods, queue_methods, rpc, server_methods, ws
 from printfarmd.api.moonraker.args import Args, parse_query
@@ -69,9 +69,9 @@ async def http_args(path_args: dict[str, Any] | None = None) -> Args:
         raw = await request.get_data(cache=False, as_text=False)
         if isinstance(raw, bytes) and raw.strip():
             try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise errors.RpcError(400, "Invalid JSON body") from None
+                body = jsonin.decode(raw)
+            except jsonin.JsonRefused as exc:
+                raise errors.RpcError(400, f"Invalid JSON body: {exc.reason}") from None
             if not isinstance(body, dict):
                 raise errors.RpcError(400, "Invalid JSON body: expected an object")
             values.update(body)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
-from printfarmd.api import errors
+from printfarmd.api import errors, jsonin
 from printfarmd.api.moonraker.args import Args
 
 if TYPE_CHECKING:
@@ -51,6 +51,10 @@ class Method:
 
 
 METHODS: dict[str, Method] = {}
+
+#: Most requests in one JSON-RPC batch. Each answer is ~60 bytes even for ``[1,1,...]``,
+#: so an unbounded batch turns a 1 MiB frame into tens of MiB of replies.
+MAX_BATCH = 100
 
 
 def method(
@@ -113,14 +117,26 @@ async def _one(caller: Caller, req: Any, authorized: Callable[[str], bool]) -> b
 async def dispatch(
     caller: Caller, raw: bytes | str, authorized: Callable[[str], bool]
 ) -> bytes | None:
-    """Answer one JSON-RPC frame (a request or a batch); None if nothing to send back."""
+    """Answer one JSON-RPC frame (a request or a batch); None if nothing to send back.
+
+    Never raises: JSON the one decoder refuses is -32700 (not JSON; the message says
+    why) or -32600 (JSON beyond a limit), so is a batch of more than ``MAX_BATCH``; a
+    handler's error is its code; anything unexpected is code 500 with an error id (logged).
+    """
     try:
-        req = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return orjson.dumps(_error(-32700, "Parse error", None))
+        req = jsonin.decode(raw)
+    except jsonin.JsonRefused as exc:
+        if exc.syntax:
+            # Plain syntax errors get Moonraker's exact text; the rest say what was wrong.
+            message = "Parse error" if exc.malformed else f"Parse error: {exc.reason}"
+            return orjson.dumps(_error(-32700, message, None))
+        return orjson.dumps(_error(-32600, f"Invalid Request: {exc.reason}", None))
     if isinstance(req, list):
         if not req:
             return orjson.dumps(_error(-32600, "Invalid Request", None))
+        if len(req) > MAX_BATCH:
+            message = f"Invalid Request: a batch of more than {MAX_BATCH} requests"
+            return orjson.dumps(_error(-32600, message, None))
         out = [r for r in [await _one(caller, item, authorized) for item in req] if r]
         return b"[" + b",".join(out) + b"]" if out else None
     return await _one(caller, req, authorized)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import orjson
 import trio
 from quart import Response, websocket
 
@@ -28,7 +29,13 @@ from printfarmd.services.bus import Message
 log = logging.getLogger("printfarmd.api.moonraker")
 
 OUT_BUFFER = 512
+#: Largest frame (bytes) an authenticated client may send. The daemon gives hypercorn
+#: the same cap (``websocket_max_message_size``), which closes the connection with 1009
+#: (message too big) before buffering more; the check here covers any other server.
 MAX_FRAME = 1 << 20
+#: Largest frame before the client authenticated: ``server.connection.identify`` is
+#: a few hundred bytes, and an anonymous peer should not make us decode a megabyte.
+MAX_ANONYMOUS_FRAME = 16 * 1024
 
 QUEUE_EVENT_TYPES = frozenset(
     {
@@ -168,8 +175,9 @@ async def serve(facade: Facade) -> Response | None:
                     nursery.start_soon(forward_then_close)
                     while True:
                         data: Any = await websocket.receive()
-                        if len(data) > MAX_FRAME:
-                            await send.send(notify_error_too_large())
+                        limit = MAX_FRAME if conn.authenticated else MAX_ANONYMOUS_FRAME
+                        if _size(data) > limit:
+                            await send.send(frame_too_large(limit))
                             continue
                         conn.busy = True
                         try:
@@ -200,5 +208,13 @@ def origin_allowed(origin: str, host: str, allowed: tuple[str, ...] | list[str])
     return origin_host is not None and origin_host == urlsplit(f"//{host}").hostname
 
 
-def notify_error_too_large() -> bytes:
-    return b'{"jsonrpc":"2.0","error":{"code":-32600,"message":"Invalid Request"},"id":null}'
+def _size(data: str | bytes) -> int:
+    return len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+
+
+def frame_too_large(limit: int) -> bytes:
+    """The answer to a frame over ``limit`` bytes (it is not parsed; the connection stays)."""
+    message = f"Invalid Request: frame larger than {limit} bytes"
+    return orjson.dumps(
+        {"jsonrpc": "2.0", "error": {"code": -32600, "message": message}, "id": None}
+    )
