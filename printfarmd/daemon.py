@@ -91,7 +91,7 @@ async def run(
                 # Before the scheduler: its MQTT drivers are fed by the hub.
                 await nursery.start(mqtt_hub.run)
             await nursery.start(scheduler.run)
-            nursery.start_soon(_watch_reload, config_path, scheduler, mqtt_hub)
+            nursery.start_soon(_watch_reload, config_path, svc, mqtt_hub)
             if mqtt_hub is not None:
                 mqtt_hub.set_add_printer(scheduler.add_printer)
             await nursery.start(Watchdog(scheduler, config.watchdog).run)
@@ -166,10 +166,9 @@ async def _watch_signals(stop: trio.Event) -> None:
             stop.set()
 
 
-async def _watch_reload(
-    config_path: Path | None, scheduler: Scheduler, mqtt_hub: MqttHub | None
-) -> None:
-    """SIGHUP: reload the printers from ``config_path``; a bad file is refused, old kept."""
+async def _watch_reload(config_path: Path | None, svc: Services, mqtt_hub: MqttHub | None) -> None:
+    """SIGHUP: reload the printers and the access rules (API key, trusted clients and
+    proxies, CORS origins) from ``config_path``; a bad file is refused, the old kept."""
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             if config_path is None:
@@ -177,7 +176,8 @@ async def _watch_reload(
                 continue
             try:
                 new = await trio.to_thread.run_sync(load_config, config_path)
-                await scheduler.reload_printers(
+                svc.access.update(new.server)  # issue 9: a rotated key takes effect now
+                await svc.scheduler.reload_printers(
                     new.printers, functools.partial(make_driver, mqtt_hub=mqtt_hub)
                 )
             except (ConfigError, ValueError) as exc:

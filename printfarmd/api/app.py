@@ -24,6 +24,7 @@ from printfarmd.api import (
 from printfarmd.api.auth import PUBLIC_ROUTES, Verdict, public_by_config
 from printfarmd.api.connlimit import ConnectionLimit
 from printfarmd.api.context import APP_KEY, Services
+from printfarmd.api.hostcheck import HostCheck
 from printfarmd.errors import ShuttingDown
 
 log = logging.getLogger("printfarmd.api")
@@ -62,6 +63,7 @@ def create_app(svc: Services) -> QuartTrio:
             return None
         decision = svc.access.decide(
             peer=request.remote_addr,
+            host=request.headers.get("Host"),
             api_key=request.headers.get("X-Api-Key"),
             forwarded_for=request.headers.get("X-Forwarded-For"),
             oneshot=request.args.get("token"),
@@ -103,9 +105,10 @@ def create_app(svc: Services) -> QuartTrio:
     async def any_error(exc: Exception) -> Response:
         return errors.to_response(exc)
 
-    # Outermost: refuse beyond server.max_connections before anything else runs.
+    # Outermost: refuse beyond server.max_connections before anything else runs, and a
+    # Host that Quart cannot even build a request context for.
     app.asgi_app = ConnectionLimit(  # type: ignore[method-assign, assignment]
-        app.asgi_app,  # type: ignore[arg-type]
+        HostCheck(app.asgi_app),  # type: ignore[arg-type]
         svc.config.server.max_connections,
     )
     return app

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -187,6 +188,39 @@ def client_address(
     return str(first) if first is not None else None
 
 
+#: Host-name suffixes reserved for private networks: nobody can register them publicly.
+LOCAL_SUFFIXES = (".local", ".lan", ".home.arpa", ".internal", ".localdomain")
+
+
+def hostname_of(host: str | None) -> str | None:
+    """The lower-case host name of a ``Host`` header value (port and brackets removed)."""
+    if not host:
+        return None
+    try:
+        return urlsplit(f"//{host}").hostname
+    except ValueError:
+        return None
+
+
+def host_is_private(host: str | None, extra: Iterable[str] = ()) -> bool:
+    """Whether a request's ``Host`` names this farm the way only its own network can:
+    an IP address, ``localhost``, a private-use suffix (``.local`` …), or one of ``extra``
+    (the machine's own name, the CORS origins' hosts).
+
+    DNS rebinding: a page on ``evil.example`` whose name is made to resolve to the farm
+    sends requests from the visitor's browser, so from a trusted address, but with
+    ``Host: evil.example``. A request without ``Host`` (not a browser) passes.
+    """
+    if not host:
+        return True
+    name = hostname_of(host)
+    if name is None:
+        return False
+    if parse_address(name) is not None or name == "localhost":
+        return True
+    return name.endswith(LOCAL_SUFFIXES) or name in extra
+
+
 def origin_allowed(origin: str, host: str | None, allowed: Iterable[str]) -> bool:
     """A browser ``Origin`` may open the websocket or an event stream if it is
     allow-listed (``server.cors_domains``) or names the host the request was sent to
@@ -340,6 +374,7 @@ class Access:
         self._trusted: tuple[Network, ...] = ()
         self._proxies: tuple[Network, ...] = ()
         self.cors_domains: frozenset[str] = frozenset()
+        self._own_hosts: frozenset[str] = frozenset()
         self.update(server)
 
     def update(self, server: ServerAccess) -> None:
@@ -347,13 +382,21 @@ class Access:
         self._trusted = parse_networks(server.trusted_clients)
         self._proxies = parse_networks(server.trusted_proxies)
         self.cors_domains = frozenset(server.cors_domains)
+        own = {socket.gethostname().lower()}
+        # Pages on the CORS origins' hosts are the operator's own (Mainsail elsewhere).
+        own.update(h for o in self.cors_domains if (h := hostname_of(o.partition("//")[2])))
+        self._own_hosts = frozenset(own)
 
     def client(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The client address of a request from ``peer`` carrying ``X-Forwarded-For``."""
         return client_address(peer, forwarded_for, self._proxies)
 
-    def trusted(self, client: str | None) -> bool:
-        return _within(parse_address(client), self._trusted)
+    def trusted(self, client: str | None, host: str | None = None) -> bool:
+        """Whether ``client`` is in ``trusted_clients`` and, for a request that named a
+        ``host``, that host is one only the farm's own network uses (``host_is_private``)."""
+        return _within(parse_address(client), self._trusted) and host_is_private(
+            host, self._own_hosts
+        )
 
     def key_matches(self, presented: str | None) -> bool:
         return key_matches(presented, self._digest)
@@ -372,18 +415,20 @@ class Access:
         self,
         *,
         peer: str | None,
+        host: str | None,
         api_key: str | None,
         forwarded_for: str | None,
         oneshot: str | None,
     ) -> Decision:
         """THE access decision for every HTTP request and websocket upgrade.
 
-        Allowed: a trusted client address, the right ``X-Api-Key``, or a live one-shot
-        token (spent here). A client address in back-off is refused before its credential
-        is even looked at, so guessing cannot go on at full speed.
+        Allowed: a trusted client address (asking for a private ``host``: no DNS
+        rebinding), the right ``X-Api-Key``, or a live one-shot token (spent here). A
+        client address in back-off is refused before its credential is even looked at, so
+        guessing cannot go on at full speed.
         """
         client = self.client(peer, forwarded_for)
-        if self.trusted(client):
+        if self.trusted(client, host):
             return Decision(Verdict.ALLOWED, client)
         wait = self.throttle.wait_for(client)
         if wait > 0 and not self.throttle.exempt(client):

@@ -31,12 +31,12 @@ import trio
 from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 
-from printfarmd.api.context import Services, services
+from printfarmd.api.context import Services, client_address, services
 from printfarmd.api.jobs import check_job_id
 from printfarmd.api.serialize import event_json, iso, job_json
 from printfarmd.api.streamguard import StreamControl, StreamGuard, control_of
 from printfarmd.config import PRINTER_ID_RE
-from printfarmd.errors import BadRequest, NotFound
+from printfarmd.errors import BadRequest, Forbidden, NotFound
 from printfarmd.models import JOB_ID_RE, Event, Job, JobState
 from printfarmd.services.bus import Message, ProgressUpdate
 
@@ -162,8 +162,16 @@ def parse_filter(args: Any) -> EventFilter:
 # ------------------------------------------------------------------ streaming
 
 
+def _check_origin(svc: Services) -> None:
+    """A page from a foreign origin may not read the farm's live events (only pages from
+    this host or from ``server.cors_domains``); browsers send ``Origin`` cross-site."""
+    origin = request.headers.get("Origin")
+    if origin and not svc.access.origin_allowed(origin, request.host):
+        raise Forbidden("this page's origin may not read the event stream (server.cors_domains)")
+
+
 def _log_fields(stream: str, filt: EventFilter, last_id: int | None) -> dict[str, Any]:
-    fields: dict[str, Any] = {"stream": stream, "client": request.remote_addr}
+    fields: dict[str, Any] = {"stream": stream, "client": client_address()}
     if filt.job_id:
         fields["job"] = filt.job_id
     if filt.printer_id:
@@ -285,6 +293,7 @@ async def _event_stream(
 async def stream_events() -> Response:
     """Every committed event (filtered), live; replays from ``Last-Event-ID``."""
     svc = services()
+    _check_origin(svc)
     filt = parse_filter(request.args)
     last_id = parse_last_event_id(
         request.headers.get("Last-Event-ID"), request.args.get("last_event_id")
@@ -352,6 +361,7 @@ def _ends_job(ev: Event, current: Job | None) -> bool:
 async def stream_job(job_id: str) -> Response:
     """The job's current state at once, then every change; ends when it is final."""
     svc = services()
+    _check_origin(svc)
     check_job_id(job_id)
     if job_id not in svc.scheduler.jobs and await svc.store.get_job(job_id) is None:
         raise NotFound(f"job {job_id} not found")

@@ -102,7 +102,7 @@ def _make_view(by_verb: dict[str, str]) -> Any:
     async def view() -> Response:
         name = by_verb[request.method]
         try:
-            caller = rpc.Caller(facade(), request.remote_addr)
+            caller = rpc.Caller(facade(), client_address())
             return _wrap(await rpc.call_method(caller, name, await http_args()))
         except Exception as exc:
             return errors.rpc_response(exc)
@@ -133,7 +133,7 @@ async def jsonrpc() -> Response:
     if not (request.content_type or "").startswith("application/json"):
         return errors.rpc_response(errors.RpcError(415, "Content-Type must be application/json"))
     raw = await request.get_data(cache=False, as_text=False)
-    caller = rpc.Caller(facade(), request.remote_addr)
+    caller = rpc.Caller(facade(), client_address())
     reply = await rpc.dispatch(caller, raw if isinstance(raw, bytes) else raw.encode(), _any)
     return Response(reply or b"", status=200 if reply else 204, content_type="application/json")
 
@@ -144,12 +144,15 @@ def _any(_name: str) -> bool:
 
 @bp.get("/access/api_key")
 async def api_key() -> Response:
-    # Disclosed only to a caller that already presented it: never to a trusted network
-    # or one-shot token holder (the key must not leak through the facade).
-    key = services().config.server.api_key
-    if request.headers.get("X-Api-Key") != key:
-        return errors.rpc_response(errors.RpcError(403, "The API key is only shown to its holder"))
-    return _wrap(key)
+    # Moonraker shows its key to an authenticated client; printfarmd keeps only the key's
+    # hash (issue 9), so there is nothing to show, and no response ever carries the key.
+    return errors.rpc_response(
+        errors.RpcError(
+            403,
+            "printfarmd keeps only a hash of its API key, so it cannot show it;"
+            " `printfarmd api-key rotate` makes a new one",
+        )
+    )
 
 
 @bp.get("/server/files/<root>/<path:name>", merge_slashes=False)

@@ -15,8 +15,9 @@ import sys
 import time
 from typing import Any
 
-from printfarmd import __version__
-from printfarmd.api.auth import key_matches
+from quart import has_request_context, has_websocket_context, request, websocket
+
+from printfarmd import __version__, faults
 from printfarmd.api.errors import RpcError
 from printfarmd.api.moonraker.args import Args
 from printfarmd.api.moonraker.facade import MOONRAKER_VERSION
@@ -42,6 +43,7 @@ MAX_KEY_PARTS = 16
 
 @method("server.info", ("GET", "/server/info"))
 async def server_info(caller: Caller, args: Args) -> dict[str, Any]:
+    faults.point("server-info")  # S15: a forced 500 (tests only)
     return {
         "klippy_connected": True,
         "klippy_state": "ready",
@@ -90,11 +92,15 @@ async def identify(caller: Caller, args: Args) -> dict[str, Any]:
     if not conn.authenticated:
         api_key = args.get("api_key", None)
         token = args.get("access_token", None)
-        expected = caller.facade.svc.config.server.api_key
-        if (isinstance(api_key, str) and key_matches(api_key, expected)) or (
-            isinstance(token, str)
-            and (key_matches(token, expected) or caller.facade.tokens.redeem(token, caller.peer))
-        ):
+        access = caller.facade.svc.access
+        if access.throttle.wait_for(caller.peer) > 0 and not access.throttle.exempt(caller.peer):
+            raise RpcError(429, "Too many wrong API keys from this address")
+        # Moonraker clients send the key as api_key, or as access_token (a key or a token).
+        presented = api_key if isinstance(api_key, str) else None
+        if presented is None and isinstance(token, str) and access.key_matches(token):
+            presented = token
+        oneshot = token if isinstance(token, str) and presented is not token else None
+        if access.check_credential(caller.peer, key=presented, token=oneshot):
             conn.authenticated = True
         else:
             raise RpcError(401, "Unauthorized")
@@ -197,15 +203,22 @@ async def oneshot_token(caller: Caller, args: Args) -> str:
     return caller.facade.tokens.issue(caller.peer or "")
 
 
+def _request_host() -> str | None:
+    """The ``Host`` the current HTTP request or websocket was sent to."""
+    if has_request_context():
+        return request.headers.get("Host")
+    if has_websocket_context():
+        return websocket.headers.get("Host")
+    return None
+
+
 @method("access.info", ("GET", "/access/info"), public=True)
 async def access_info(caller: Caller, args: Args) -> dict[str, Any]:
-    from printfarmd.api.auth import peer_is_trusted
-
     return {
         "default_source": "moonraker",
         "available_sources": ["moonraker"],
         "login_required": False,
-        "trusted": peer_is_trusted(caller.peer, caller.facade.svc.config.server.trusted_clients),
+        "trusted": caller.facade.svc.access.trusted(caller.peer, _request_host()),
     }
 
 

@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 import orjson
 import trio
 from quart import Response, websocket
 
-from printfarmd.api.auth import request_allowed
+from printfarmd.api.auth import Verdict
 from printfarmd.api.moonraker import rpc
 from printfarmd.api.moonraker.facade import Facade
 from printfarmd.models import Event
 from printfarmd.services.bus import Message
 
 log = logging.getLogger("printfarmd.api.moonraker")
+
+#: A refused upgrade is an HTTP response that no after-request hook sees.
+REFUSAL_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 OUT_BUFFER = 512
 #: Largest frame (bytes) an authenticated client may send. The daemon gives hypercorn
@@ -134,22 +136,30 @@ async def serve(facade: Facade) -> Response | None:
     """The websocket handler: a 403 response for a foreign Origin (before the upgrade is
     accepted), else serve the connection until either side ends it."""
     svc = facade.svc
-    server = svc.config.server
-    peer = websocket.remote_addr
-    authenticated = request_allowed(
+    access = svc.access
+    decision = access.decide(
+        peer=websocket.remote_addr,
+        host=websocket.headers.get("Host"),
         api_key=websocket.headers.get("X-Api-Key"),
-        peer=peer,
+        forwarded_for=websocket.headers.get("X-Forwarded-For"),
         oneshot=websocket.args.get("token"),
-        expected_key=server.api_key,
-        trusted=server.trusted_clients,
-        tokens=facade.tokens,
     )
+    peer = decision.client
+    authenticated = decision.allowed
     origin = websocket.headers.get("Origin")
-    if origin and not origin_allowed(origin, websocket.host, server.cors_domains):
+    if origin and not access.origin_allowed(origin, websocket.host):
         # Cross-site websocket hijacking: a page elsewhere may not drive the farm.
         return Response(
             b'{"error":{"code":403,"message":"Forbidden origin"}}',
             status=403,
+            headers=REFUSAL_HEADERS,
+            content_type="application/json",
+        )
+    if decision.verdict is Verdict.THROTTLED:
+        return Response(
+            b'{"error":{"code":429,"message":"Too many wrong API keys from this address"}}',
+            status=429,
+            headers={**REFUSAL_HEADERS, "Retry-After": str(decision.retry_after)},
             content_type="application/json",
         )
     await websocket.accept()
@@ -197,15 +207,6 @@ async def serve(facade: Facade) -> Response | None:
         with trio.move_on_after(1.0):
             await websocket.close(1001, "going away")
     return None
-
-
-def origin_allowed(origin: str, host: str, allowed: tuple[str, ...] | list[str]) -> bool:
-    """A browser Origin may open the websocket if it is allow-listed or names the same
-    host the request was sent to (ports may differ: Mainsail on :80, printfarmd on :7125)."""
-    if origin in allowed:
-        return True
-    origin_host = urlsplit(origin).hostname
-    return origin_host is not None and origin_host == urlsplit(f"//{host}").hostname
 
 
 def _size(data: str | bytes) -> int:
