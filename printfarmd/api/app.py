@@ -35,6 +35,9 @@ def create_app(svc: Services) -> QuartTrio:
     app.config[APP_KEY] = svc
     app.config["MAX_CONTENT_LENGTH"] = svc.config.server.max_body_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
+    # No automatic OPTIONS answers (an empty text/html 200 on every route): OPTIONS gets
+    # the JSON 405 with Allow; CORS preflights are answered by the facade's hook.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     for bp in (jobs.bp, printers.bp, orchestrator.bp, openapi.bp):
         app.register_blueprint(bp)
     app.register_blueprint(notifications.bp)

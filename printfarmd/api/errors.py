@@ -77,7 +77,12 @@ def to_response(exc: BaseException) -> Response:
             413: "request body too large",
         }.get(status, exc.name)
         _log_invalid(status, code, message)
-        return error_response(status, code, message)
+        resp = error_response(status, code, message)
+        # RFC 9110: a 405 must list the methods the resource allows (werkzeug knows them).
+        for name, value in exc.get_headers():
+            if name.lower() == "allow":
+                resp.headers["Allow"] = value
+        return resp
     error_id = secrets.token_hex(6)
     log.error("unexpected error", exc_info=exc, extra={"error_id": error_id})
     return error_response(

@@ -20,6 +20,7 @@ from printfarmd.errors import BadRequest
 bp = Blueprint("notifications", __name__)
 
 MAX_LIMIT = 500
+MAX_OFFSET = 10**9
 
 
 def delivery_json(d: Delivery) -> dict[str, Any]:
@@ -55,8 +56,11 @@ async def list_notifications() -> Response:
         offset = int(args.get("offset", "0"))
     except ValueError:
         raise BadRequest("limit and offset: expected integers") from None
-    if not 1 <= limit <= MAX_LIMIT or offset < 0:
-        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT} and offset >= 0")
+    # The bound keeps the offset inside SQLite's 64-bit integers (OverflowError otherwise).
+    if not 1 <= limit <= MAX_LIMIT or not 0 <= offset <= MAX_OFFSET:
+        raise BadRequest(
+            f"limit must be between 1 and {MAX_LIMIT} and offset between 0 and {MAX_OFFSET}"
+        )
     status = _choice("status", [s.value for s in DeliveryStatus])
     channel = _choice("channel", [c.value for c in Channel])
     rows, total = await services().store.list_deliveries(

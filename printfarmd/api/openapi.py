@@ -6,12 +6,15 @@ cannot be added without documenting it (or documented without existing).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from quart import Blueprint, Response
 
 from printfarmd import __version__
+from printfarmd.api.context import services
 from printfarmd.api.respond import json_response
+from printfarmd.config import SchedulerConfig
 from printfarmd.models import JobState, PrinterState
 
 bp = Blueprint("openapi", __name__)
@@ -19,6 +22,47 @@ bp = Blueprint("openapi", __name__)
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 _TS = {"type": ["string", "null"], "format": "date-time"}
+#: What ``JOB_ID_RE`` accepts; any other id is answered 404 (path) or 422 (body).
+_JOB_ID_PATTERN = "^[0-9A-F]{16}$"
+#: Largest page offset the list endpoints accept (SQLite's OFFSET is a 64-bit integer).
+MAX_OFFSET = 10**9
+_OFFSET = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}
+#: Request strings never carry NUL (``validate.opt_str`` answers 400).
+_NO_NUL = "^[^\\u0000]*$"
+_SEGMENT = "[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,253}[A-Za-z0-9_-])?"
+#: File names: the portable subset of what ``services.files.check_relative_name`` accepts
+#: (it also takes other printable Unicode; it refuses control characters, backslashes,
+#: absolute paths, dot segments, segments ending in a dot or space, percent escapes).
+_FILE_NAME = {
+    "type": "string",
+    "maxLength": 1024,
+    "pattern": f"^(?:{_SEGMENT}/)*{_SEGMENT}$",
+    "description": "path relative to the gcodes folder, e.g. parts/benchy.gcode",
+}
+
+
+#: ``Idempotency-Key``: 1 to 200 printable Latin-1 characters (headers are Latin-1),
+#: no space at either end (HTTP strips it).
+_KEY_CHAR = "!-~\\u00a1-\\u00ac\\u00ae-\\u00ff"
+_IDEMPOTENCY_KEY = f"^[{_KEY_CHAR}](?:[ {_KEY_CHAR}]{{0,198}}[{_KEY_CHAR}])?$"
+
+
+def _text(max_length: int | None = None, **extra: Any) -> dict[str, Any]:
+    """A request string: no NUL, at most ``max_length`` characters."""
+    schema: dict[str, Any] = {"type": "string", "pattern": _NO_NUL, **extra}
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    return schema
+
+
+#: Event sequence numbers are SQLite integers.
+MAX_SEQ = 2**63 - 1
+_STATE = "|".join(s.value for s in JobState)
+#: ``status`` filters: states separated by commas (the handler also takes any case).
+_STATE_LIST = f"^(({_STATE})(,({_STATE}))*)?$"
+#: The priority bound the document states; the served copy states the configured one.
+DEFAULT_MAX_PRIORITY = SchedulerConfig().max_priority
+_PRIORITY = {"type": "integer", "minimum": -DEFAULT_MAX_PRIORITY, "maximum": DEFAULT_MAX_PRIORITY}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -42,7 +86,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["id", "filename", "state", "priority", "copies", "progress", "created_at"],
         "properties": {
-            "id": {"type": "string", "pattern": "^[0-9A-F]{16}$"},
+            "id": {"type": "string", "pattern": _JOB_ID_PATTERN},
             "filename": {"type": "string"},
             "name": {"type": "string"},
             "state": {"type": "string", "enum": [s.value for s in JobState]},
@@ -79,16 +123,25 @@ SCHEMAS: dict[str, Any] = {
         "required": ["filename"],
         "additionalProperties": False,
         "properties": {
-            "filename": {"type": "string", "description": "path relative to the gcodes folder"},
-            "name": {"type": "string", "maxLength": 200},
-            "priority": {"type": "integer", "description": "higher prints first"},
+            "filename": _FILE_NAME,
+            "name": _text(200),
+            "priority": {**_PRIORITY, "description": "higher prints first"},
             "copies": {"type": "integer", "minimum": 1, "maximum": 100},
-            "material": {"type": "string", "maxLength": 32},
+            "material": _text(32),
             "nozzle_diameter": {"type": "number", "minimum": 0.05, "maximum": 5},
-            "required_tags": {"type": "array", "items": {"type": "string"}, "maxItems": 20},
-            "min_bed": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
-            "sku": {"type": "string", "maxLength": 100},
-            "estimated_time": {"type": "number", "minimum": 0},
+            "required_tags": {
+                "type": "array",
+                "items": _text(64, minLength=1),
+                "maxItems": 20,
+            },
+            "min_bed": {
+                "type": "array",
+                "items": {"type": "number", "minimum": 0, "maximum": 10000},
+                "minItems": 3,
+                "maxItems": 3,
+            },
+            "sku": _text(100),
+            "estimated_time": {"type": "number", "minimum": 0, "maximum": 30 * 86400},
         },
     },
     "JobList": {
@@ -144,11 +197,11 @@ SCHEMAS: dict[str, Any] = {
             "max_retries": {"type": "integer", "minimum": 0, "maximum": 100},
             "retry_backoff": {
                 "type": "array",
-                "items": {"type": "number", "minimum": 0},
+                "items": {"type": "number", "minimum": 0, "maximum": 7 * 86400},
                 "minItems": 1,
                 "maxItems": 20,
             },
-            "cooldown_seconds": {"type": "number", "minimum": 0},
+            "cooldown_seconds": {"type": "number", "minimum": 0, "maximum": 86400},
         },
     },
     "Notification": {
@@ -223,15 +276,30 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": False, "content": {"application/json": {"schema": schema}}}
 
 
-_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": _JOB_ID_PATTERN},
+}
+_FORBIDDEN = {
+    "description": "not allowed from here (a foreign Origin, an expired or altered URL)",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 _SSE_OK = {
     "200": {
         "description": "text/event-stream: id = event seq, event = type, data = Event JSON",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
+    },
+    "403": _FORBIDDEN,
 }
-_TEXT_OK = {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}
-_FILE_PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _text_ok(media_type: str) -> dict[str, Any]:
+    return {"200": {"description": "OK", "content": {media_type: {"schema": {"type": "string"}}}}}
+
+
+_FILE_PATH = {"name": "path", "in": "path", "required": True, "schema": _FILE_NAME}
 _PRINTER_ID = {"name": "printer_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -290,7 +358,11 @@ PATHS: dict[str, Any] = {
             "List jobs with filters and sorting",
             _ok("JobList"),
             parameters=[
-                _q("status", {"type": "string"}, "comma-separated states, e.g. printing,queued"),
+                _q(
+                    "status",
+                    {"type": "string", "pattern": _STATE_LIST},
+                    "comma-separated states, e.g. printing,queued",
+                ),
                 _q("printer", {"type": "string"}, "only jobs on this printer"),
                 _q("sku", {"type": "string"}, "only this SKU"),
                 _q("material", {"type": "string"}, "only this material"),
@@ -315,7 +387,7 @@ PATHS: dict[str, Any] = {
                 ),
                 _q("order", {"type": "string", "enum": ["asc", "desc"]}, "sort direction"),
                 _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
-                _q("offset", {"type": "integer", "minimum": 0}, "page start"),
+                _q("offset", _OFFSET, "page start"),
             ],
         ),
         "post": _op(
@@ -329,7 +401,8 @@ PATHS: dict[str, Any] = {
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "string", "maxLength": 200},
+                    "schema": {"type": "string", "pattern": _IDEMPOTENCY_KEY},
+                    "description": "1 to 200 printable characters",
                 }
             ],
             requestBody={
@@ -348,7 +421,7 @@ PATHS: dict[str, Any] = {
                 {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"reason": {"type": "string"}},
+                    "properties": {"reason": _text(500)},
                 }
             ),
         )
@@ -366,7 +439,7 @@ PATHS: dict[str, Any] = {
                             "type": "object",
                             "additionalProperties": False,
                             "required": ["printerId"],
-                            "properties": {"printerId": {"type": "string"}},
+                            "properties": {"printerId": _text(64, minLength=1)},
                         }
                     }
                 },
@@ -386,7 +459,7 @@ PATHS: dict[str, Any] = {
                             "type": "object",
                             "additionalProperties": False,
                             "required": ["tracking"],
-                            "properties": {"tracking": {"type": "string", "maxLength": 200}},
+                            "properties": {"tracking": _text(200)},
                         }
                     }
                 },
@@ -512,7 +585,11 @@ PATHS: dict[str, Any] = {
                             "properties": {
                                 "file": {"type": "string", "format": "binary"},
                                 "path": {"type": "string"},
-                                "checksum": {"type": "string", "description": "sha256 hex"},
+                                "checksum": {
+                                    "type": "string",
+                                    "pattern": "^[0-9a-fA-F]{64}$",
+                                    "description": "sha256 hex; 422 if the file differs",
+                                },
                             },
                         }
                     }
@@ -584,7 +661,7 @@ PATHS: dict[str, Any] = {
                 }
             },
             parameters=[
-                _q("offset", {"type": "integer", "minimum": 0}, "first item (default 0)"),
+                _q("offset", _OFFSET, "first item (default 0)"),
                 _q("limit", {"type": "integer", "minimum": 0, "maximum": 200}, "default 50"),
             ],
         )
@@ -596,7 +673,8 @@ PATHS: dict[str, Any] = {
                 "200": {
                     "description": "The PNG",
                     "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                }
+                },
+                "403": _FORBIDDEN,
             },
             parameters=[
                 {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -622,8 +700,8 @@ PATHS: dict[str, Any] = {
                             "additionalProperties": False,
                             "required": ["jobId", "priority"],
                             "properties": {
-                                "jobId": {"type": "string"},
-                                "priority": {"type": "integer"},
+                                "jobId": {"type": "string", "pattern": _JOB_ID_PATTERN},
+                                "priority": _PRIORITY,
                             },
                         }
                     }
@@ -634,10 +712,10 @@ PATHS: dict[str, Any] = {
     "/api/orchestrator/config": {
         "get": _op("Retry and cool-down settings", _ok("OrchestratorConfig")),
         "put": _op(
-            "Change retry and cool-down settings (persisted)",
+            "Change retry and cool-down settings (persisted; an empty body changes nothing)",
             _ok("OrchestratorConfig"),
             requestBody={
-                "required": True,
+                "required": False,
                 "content": {"application/json": {"schema": _ref("OrchestratorConfig")}},
             },
         ),
@@ -677,7 +755,7 @@ PATHS: dict[str, Any] = {
                     "only this channel",
                 ),
                 _q("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size"),
-                _q("offset", {"type": "integer", "minimum": 0}, "page start"),
+                _q("offset", _OFFSET, "page start"),
             ],
         )
     },
@@ -698,7 +776,11 @@ PATHS: dict[str, Any] = {
                 }
             },
             parameters=[
-                _q("after", {"type": "integer", "minimum": 0}, "only events with a larger seq"),
+                _q(
+                    "after",
+                    {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+                    "only events with a larger seq",
+                ),
                 _q("limit", {"type": "integer", "minimum": 1, "maximum": 5000}, "page size"),
                 _q("job", {"type": "string"}, "only this job"),
                 _q("printer", {"type": "string"}, "only this printer"),
@@ -731,9 +813,18 @@ PATHS: dict[str, Any] = {
             parameters=[_JOB_ID],
         )
     },
-    "/dashboard": {"get": _op("The operator dashboard (public page, no data)", _TEXT_OK)},
-    "/dashboard/dashboard.js": {"get": _op("The dashboard's script (public)", _TEXT_OK)},
-    "/dashboard/dashboard.css": {"get": _op("The dashboard's stylesheet (public)", _TEXT_OK)},
+    # Public (auth.PUBLIC_ROUTES): the shell carries no farm data; its data calls need the key.
+    "/dashboard": {
+        "get": _op(
+            "The operator dashboard (public page, no data)", _text_ok("text/html"), security=[]
+        )
+    },
+    "/dashboard/dashboard.js": {
+        "get": _op("The dashboard's script (public)", _text_ok("text/javascript"), security=[])
+    },
+    "/dashboard/dashboard.css": {
+        "get": _op("The dashboard's stylesheet (public)", _text_ok("text/css"), security=[])
+    },
 }
 
 DOCUMENT: dict[str, Any] = {
@@ -748,6 +839,19 @@ DOCUMENT: dict[str, Any] = {
 }
 
 
+def document(max_priority: int) -> dict[str, Any]:
+    """The document with ``max_priority`` as the priority bound (the handlers use the
+    configured ``scheduler.max_priority``; ``DOCUMENT`` states the default)."""
+    if max_priority == DEFAULT_MAX_PRIORITY:
+        return DOCUMENT
+    doc = copy.deepcopy(DOCUMENT)
+    bound = {"minimum": -max_priority, "maximum": max_priority}
+    doc["components"]["schemas"]["JobCreate"]["properties"]["priority"].update(bound)
+    body = doc["paths"]["/api/orchestrator/reprioritize"]["post"]["requestBody"]
+    body["content"]["application/json"]["schema"]["properties"]["priority"].update(bound)
+    return doc
+
+
 @bp.get("/api/openapi.json")
 async def openapi_document() -> Response:
-    return json_response(DOCUMENT)
+    return json_response(document(services().config.scheduler.max_priority))

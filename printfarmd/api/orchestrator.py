@@ -16,6 +16,8 @@ from printfarmd.models import JOB_ID_RE
 
 bp = Blueprint("orchestrator", __name__)
 
+MAX_SEQ = 2**63 - 1
+
 
 @bp.get("/api/health")
 async def health() -> Response:
@@ -96,12 +98,19 @@ async def get_config() -> Response:
 async def put_config() -> Response:
     body = await read_json()
     v.only_fields(body, ("max_retries", "retry_backoff", "cooldown_seconds"))
+    # The helpers read null as "absent"; here it would silently change nothing, so say so.
+    for key, value in body.items():
+        if value is None:
+            raise BadRequest(f"{key}: null is not a value (leave the field out instead)")
     changes: dict[str, Any] = {}
     if (n := v.opt_int(body, "max_retries", 0, 100)) is not None:
         changes["max_retries"] = n
     if "retry_backoff" in body:
         raw = body["retry_backoff"]
         if not isinstance(raw, list) or not raw:
+            raise BadRequest("retry_backoff: expected a non-empty list of seconds")
+        # Each item through opt_num, which reads null as "absent": refuse that here.
+        if any(x is None for x in raw):
             raise BadRequest("retry_backoff: expected a non-empty list of seconds")
         changes["retry_backoff"] = tuple(
             v.opt_num({"retry_backoff": x}, "retry_backoff", 0.0, 7 * 86400.0) or 0.0
@@ -125,8 +134,9 @@ async def events() -> Response:
         limit = int(args.get("limit", "500"))
     except ValueError:
         raise BadRequest("after and limit: expected integers") from None
-    if after < 0 or not 1 <= limit <= 5000:
-        raise BadRequest("after must be >= 0 and limit between 1 and 5000")
+    # ``after`` is compared with SQLite's 64-bit seq column (OverflowError beyond it).
+    if not 0 <= after <= MAX_SEQ or not 1 <= limit <= 5000:
+        raise BadRequest(f"after must be between 0 and {MAX_SEQ} and limit between 1 and 5000")
     types = tuple(t for t in (args.get("type") or "").split(",") if t)
     evs = await services().store.events_since(
         after, job_id=args.get("job"), printer_id=args.get("printer"), types=types, limit=limit

@@ -53,6 +53,9 @@ def opt_int(body: Mapping[str, Any], key: str, lo: int, hi: int) -> int | None:
     value = body.get(key)
     if value is None:
         return None
+    # JSON has one number type: 3.0 is the integer 3 (as JSON Schema says); 3.5 is not.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{key}: expected an integer")
     if not lo <= value <= hi:

@@ -444,7 +444,8 @@ async def receive_upload(
         await _check_free(real_root, min_free_bytes)
         sha = digest.hexdigest()
         want = sink.fields.get("checksum", "").strip().lower()
-        if want and not hmac.compare_digest(want, sha):
+        # A non-ASCII str would make compare_digest raise TypeError: it cannot match anyway.
+        if want and not (want.isascii() and hmac.compare_digest(want, sha)):
             raise ValidationFailed("upload: checksum mismatch", field="checksum")
         if check_fields is not None:
             check_fields(sink.fields)

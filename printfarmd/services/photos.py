@@ -52,9 +52,11 @@ def sign(secret: bytes, path: str, expires: int) -> str:
 
 def verify(secret: bytes, path: str, expires: str, sig: str, now: float) -> bool:
     """True only for an unexpired ``expires`` whose ``sig`` matches. Pure; constant-time."""
-    if not expires.isdigit() or len(expires) > 12:
+    # ASCII only: str.isdigit takes other scripts' digits, and compare_digest raises
+    # TypeError (a 500) on a non-ASCII str.
+    if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
         return False
-    if int(expires) < now:
+    if int(expires) < now or not sig.isascii():
         return False
     return hmac.compare_digest(sign(secret, path, int(expires)), sig)
 
