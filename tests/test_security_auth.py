@@ -682,6 +682,36 @@ async def test_connections_beyond_the_cap_get_503(tmp_path: Path) -> None:
                 await trio.sleep(0.05)
 
 
+# ---------------------------------------------------------------- early answers
+
+
+async def test_an_early_answer_closes_the_connection_instead_of_leaking_it(farm: LiveFarm) -> None:
+    """A request answered before its body arrived (here a 401) cannot be followed on the
+    same connection; the daemon must close it, not leave it open and deaf (a hypercorn /
+    quart-trio race that ``api/closeshield.py`` works around)."""
+    host, port = farm.url.removeprefix("http://").rsplit(":", 1)
+    for path, headers in (("/api/jobs", b""), ("/api/health", b""), ("/api/nope", b"")):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(
+                f"DELETE {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: 2\r\n\r\n".encode()
+                + headers
+            )
+            answer = b""
+            closed = False
+            with trio.move_on_after(5):
+                while True:
+                    chunk = await stream.receive_some()
+                    if not chunk:
+                        closed = True
+                        break
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 4"), answer[:80]
+            assert closed, f"{path}: connection left open after an early answer"
+    assert (await farm.client.get("/api/health")).status_code == 200
+
+
 # ---------------------------------------------------------------- no cookies (S16)
 
 

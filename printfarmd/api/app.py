@@ -22,6 +22,7 @@ from printfarmd.api import (
     printers,
 )
 from printfarmd.api.auth import PUBLIC_ROUTES, Verdict, public_by_config
+from printfarmd.api.closeshield import CloseShield
 from printfarmd.api.connlimit import ConnectionLimit
 from printfarmd.api.context import APP_KEY, Services
 from printfarmd.api.hostcheck import HostCheck
@@ -111,7 +112,7 @@ def create_app(svc: Services) -> QuartTrio:
     # Outermost: refuse beyond server.max_connections before anything else runs, and a
     # Host that Quart cannot even build a request context for.
     app.asgi_app = ConnectionLimit(  # type: ignore[method-assign, assignment]
-        HostCheck(app.asgi_app),  # type: ignore[arg-type]
+        HostCheck(CloseShield(app.asgi_app)),  # type: ignore[arg-type]
         svc.config.server.max_connections,
     )
     return app
