@@ -530,7 +530,7 @@ def test_host_rules() -> None:
     private = auth.host_is_private
     assert private(None) and private("192.168.1.20:7125") and private("[fe80::1]")
     assert private("raspberrypi.local") and private("farm.home.arpa") and private("localhost:80")
-    assert private("mybox", {"mybox"}) and not private("mybox")
+    assert private("mybox", frozenset({"mybox"})) and not private("mybox")
     assert not private("evil.example") and not private("local") and not private("[::1")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -141,6 +142,8 @@ def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
     return tuple(nets)
 
 
+# Peers and Host values repeat from request to request: parse each once (bounded).
+@functools.lru_cache(maxsize=1024)
 def parse_address(text: str | None) -> Address | None:
     if not text:
         return None
@@ -202,7 +205,8 @@ def hostname_of(host: str | None) -> str | None:
         return None
 
 
-def host_is_private(host: str | None, extra: Iterable[str] = ()) -> bool:
+@functools.lru_cache(maxsize=1024)
+def host_is_private(host: str | None, extra: frozenset[str] = frozenset()) -> bool:
     """Whether a request's ``Host`` names this farm the way only its own network can:
     an IP address, ``localhost``, a private-use suffix (``.local`` …), or one of ``extra``
     (the machine's own name, the CORS origins' hosts).
