@@ -65,18 +65,39 @@ def fields_of(record: logging.LogRecord) -> dict[str, object]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
 
 
+def json_text(value: object) -> str:
+    """``value`` as JSON with every unprintable character escaped.
+
+    orjson escapes only C0 controls; C1 controls (``\x9b`` starts a terminal escape
+    sequence), line and paragraph separators and bidi overrides would otherwise reach a
+    terminal or a line-splitting reader raw and forge or hide log lines.
+    """
+    out = orjson.dumps(value, default=str).decode()
+    if out.isascii() or out.isprintable():
+        return out
+    return "".join(c if c.isprintable() else _json_escape(c) for c in out)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # beyond the BMP: a UTF-16 surrogate pair, as JSON spells it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
 def _text_value(value: object) -> str:
     text = redact(str(value))
     if text and all(c.isprintable() and c not in ' "=' for c in text):
         return text
-    return orjson.dumps(text).decode()
+    return json_text(text)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         msg = redact(record.getMessage())
-        safe = msg if msg.isprintable() else orjson.dumps(msg).decode()
+        safe = msg if msg.isprintable() else json_text(msg)
         parts = [f"{ts}Z {record.levelname:<7} {record.name}: {safe}"]
         parts += [
             f"{k}={REDACTED if _SECRET_NAME.fullmatch(k) else _text_value(v)}"
@@ -109,7 +130,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             body["traceback"] = redact(self.formatException(record.exc_info))
-        return orjson.dumps(body, default=str).decode()
+        return json_text(body)
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:

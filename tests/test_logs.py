@@ -156,3 +156,25 @@ def test_json_logs_have_the_key_events_with_named_fields(tmp_path: Path) -> None
     assert {r["status"] for r in invalid} >= {400}
     dropped = next(r for r in records if r["message"] == "event stream client dropped")
     assert dropped["stream"] == "events"
+
+
+HOSTILE_TEXT = "a\x9b31mb\u2028c\u202ed\x1b[2Je\nfake=line\U000e0001 Würfel"
+
+
+def test_unprintable_characters_never_reach_a_log_line_raw() -> None:
+    """C1 controls (``\\x9b`` is an 8-bit CSI), line separators and bidi overrides in a
+    message or a field are escaped in both formats; readable text (``Würfel``) stays."""
+    import logging
+
+    from printfarmd.logs import JsonFormatter, TextFormatter
+
+    record = logging.LogRecord("printfarmd.t", logging.WARNING, __file__, 1, HOSTILE_TEXT, (), None)
+    record.file = HOSTILE_TEXT
+    for formatter in (TextFormatter(), JsonFormatter()):
+        line = formatter.format(record)
+        assert line.isprintable(), repr(line)
+        assert "Würfel" in line
+    body = orjson.loads(JsonFormatter().format(record))
+    assert body["message"] == HOSTILE_TEXT and body["file"] == HOSTILE_TEXT
+    text = TextFormatter().format(record)
+    assert text.count("fake=line") == 2 and "\\u009b" in text and "\\u2028" in text

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from printfarmd.api.errors import error_body
+from printfarmd.api.errors import send_asgi_error
 
 log = logging.getLogger("printfarmd.api")
 
@@ -59,18 +59,10 @@ class ConnectionLimit:
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1013})  # "try again later"
             return
-        body = error_body("too_busy", f"more than {self.limit} requests at once: retry shortly")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 503,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", b"1"),
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
+        await send_asgi_error(
+            send,
+            503,
+            "too_busy",
+            f"more than {self.limit} requests at once: retry shortly",
+            ((b"retry-after", b"1"),),
         )
-        await send({"type": "http.response.body", "body": body})

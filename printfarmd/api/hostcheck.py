@@ -9,7 +9,7 @@ werkzeug raises ``BadHost`` there for a name that is not valid IDNA (``nope..``,
 from __future__ import annotations
 
 from printfarmd.api.connlimit import ASGIApp, Receive, Scope, Send
-from printfarmd.api.errors import error_body
+from printfarmd.api.errors import send_asgi_error
 
 
 def host_header_ok(scope: Scope) -> bool:
@@ -39,17 +39,9 @@ class HostCheck:
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = error_body("bad_request", "the Host header is not a valid host name")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 400,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
+        await send_asgi_error(
+            send,
+            400,
+            "bad_request",
+            "the Host header is not a valid host name",
         )
-        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,172 @@
+"""Benchmark: what issue 9's checks cost per request.
+
+Usage: ``.venv/bin/python bench/bench_security.py [--repeat 5] [--json]``
+
+Three measurements, each against a baseline measured in the same run (ratios are
+baseline time / checked time, so 1.0 means free and 0.25 means four times slower):
+
+- JSON: ``api.jsonin.decode`` (orjson plus depth, number and duplicate-key limits)
+  against bare ``orjson.loads``, on a job-creation body, 64 KiB and 1 MiB of small
+  objects, and 1 MiB in one long string;
+- access: ``Access.decide`` for a request with the right key (SHA-256 of what was
+  presented, ``compare_digest``), with a wrong key, and from a trusted address, in µs,
+  against ``orjson.loads`` of the job-creation body as a yardstick of per-request work;
+- middleware: one ASGI request through ``ConnectionLimit(HostCheck(CloseShield(app)))``
+  against the same trivial app called bare, under trio.
+
+Best of ``--repeat`` timings of a fixed number of loops each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import trio
+
+from printfarmd.api import jsonin
+from printfarmd.api.auth import Access, hash_key
+from printfarmd.api.closeshield import CloseShield
+from printfarmd.api.connlimit import ConnectionLimit
+from printfarmd.api.hostcheck import HostCheck
+from printfarmd.config import ServerConfig
+
+KEY = "k" * 43
+
+
+def best_of(fn: Callable[[], object], loops: int, repeat: int) -> float:
+    """Seconds per call: the best of ``repeat`` runs of ``loops`` calls."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        best = min(best, (time.perf_counter() - start) / loops)
+    return best
+
+
+def json_bodies() -> dict[str, bytes]:
+    job = orjson.dumps(
+        {"filename": "benchy_pla.gcode", "priority": 5, "copies": 2, "material": "PLA"}
+    )
+    small = [{"id": i, "name": f"part-{i}", "ok": True, "w": 1.5} for i in range(22000)]
+    return {
+        "job creation (~80 B)": job,
+        "64 KiB of small objects": orjson.dumps(small[:1350]),
+        "1 MiB of small objects": orjson.dumps(small),
+        "1 MiB long string": orjson.dumps({"notes": "x" * (1 << 20)}),
+    }
+
+
+def bench_json(repeat: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, body in json_bodies().items():
+        jsonin.decode(body)  # valid within the limits
+        loops = max(3, int(2_000_000 / max(len(body), 100)))
+        base = best_of(lambda b=body: orjson.loads(b), loops, repeat)
+        ours = best_of(lambda b=body: jsonin.decode(b), loops, repeat)
+        rows.append(
+            {
+                "body": name,
+                "bytes": len(body),
+                "orjson_us": base * 1e6,
+                "decode_us": ours * 1e6,
+                "ratio": base / ours,
+            }
+        )
+    return rows
+
+
+def bench_access(repeat: int) -> list[dict[str, Any]]:
+    access = Access(ServerConfig(api_key_hash=hash_key(KEY), trusted_clients=("192.168.1.0/24",)))
+    job = json_bodies()["job creation (~80 B)"]
+    yardstick = best_of(lambda: orjson.loads(job), 20000, repeat)
+    cases: dict[str, Callable[[], object]] = {
+        "right key": lambda: access.decide(
+            peer="10.0.0.5", host="farm.local", api_key=KEY, forwarded_for=None, oneshot=None
+        ),
+        "trusted address": lambda: access.decide(
+            peer="192.168.1.7", host="farm.local", api_key=None, forwarded_for=None, oneshot=None
+        ),
+    }
+    rows = []
+    for name, fn in cases.items():
+        t = best_of(fn, 20000, repeat)
+        rows.append({"case": name, "us": t * 1e6, "ratio_vs_parsing_a_job_body": yardstick / t})
+    # A wrong key also counts towards the back-off; loopback is never counted, so this
+    # measures the comparison without filling the throttle.
+    t = best_of(
+        lambda: access.decide(
+            peer="127.0.0.1", host="localhost", api_key="w" * 43, forwarded_for=None, oneshot=None
+        ),
+        20000,
+        repeat,
+    )
+    rows.append({"case": "wrong key", "us": t * 1e6, "ratio_vs_parsing_a_job_body": yardstick / t})
+    return rows
+
+
+async def _trivial_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def _asgi_loop(app: Any, loops: int) -> float:
+    scope = {"type": "http", "path": "/api/jobs", "headers": [(b"host", b"farm.local:7125")]}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    start = time.perf_counter()
+    for _ in range(loops):
+        await app(scope, receive, send)
+    return (time.perf_counter() - start) / loops
+
+
+def bench_middleware(repeat: int) -> dict[str, Any]:
+    wrapped = ConnectionLimit(HostCheck(CloseShield(_trivial_app)), 1024)
+    loops = 20000
+    base = min(trio.run(_asgi_loop, _trivial_app, loops) for _ in range(repeat))
+    ours = min(trio.run(_asgi_loop, wrapped, loops) for _ in range(repeat))
+    return {"bare_us": base * 1e6, "wrapped_us": ours * 1e6, "added_us": (ours - base) * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = {
+        "json": bench_json(args.repeat),
+        "access": bench_access(args.repeat),
+        "middleware": bench_middleware(args.repeat),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print("JSON decoding: jsonin.decode vs orjson.loads")
+    for row in result["json"]:
+        print(
+            f"  {row['body']:<26} {row['bytes']:>9} B  orjson {row['orjson_us']:>9.1f} µs"
+            f"  decode {row['decode_us']:>9.1f} µs  ratio {row['ratio']:.2f}"
+        )
+    print("Access.decide (µs per request; ratio = parsing a job body / decide)")
+    for row in result["access"]:
+        ratio = row["ratio_vs_parsing_a_job_body"]
+        print(f"  {row['case']:<16} {row['us']:6.2f} µs  ratio {ratio:.2f}")
+    mw = result["middleware"]
+    print(
+        f"ASGI middleware: bare {mw['bare_us']:.2f} µs, wrapped {mw['wrapped_us']:.2f} µs,"
+        f" added {mw['added_us']:.2f} µs per request"
+    )
+
+
+if __name__ == "__main__":
+    main()
