@@ -309,3 +309,30 @@ async def test_restart_reconciles_printing_jobs_unreachable_printer_waits_then_f
         requeued = await core.wait_state(kept.id, JobState.FAILED, within=1_000)
         assert 300 <= trio.current_time() - t0 <= 300 + 30 + 5
         assert "watchdog: no progress" in (requeued.last_error or "")
+
+
+async def test_a_slow_commit_does_not_delay_the_retry(tmp_path: Path, farm_clock: Any) -> None:
+    """The retry fires at the recorded ``retry_at`` even when the failure's commit took a
+    while (an fsync on a busy SD card): the timer is armed from the clock read after it."""
+    printers = (sim_printer("bad", ("PLA",), failure_rate=1.0, auto_clear=True, speed=60.0),)
+    async with farm_core(tmp_path, printers, max_retries=1, retry_backoff=(60.0,)) as core:
+        commit = core.scheduler._commit
+
+        async def slow_commit(*args: Any, **kwargs: Any) -> Any:
+            await trio.sleep(7.0)  # simulated time: the commit is slow
+            return await commit(*args, **kwargs)
+
+        core.scheduler._commit = slow_commit
+        jobs, _ = await core.scheduler.submit(
+            JobRequest(filename="benchy_pla.gcode", estimated_time=60.0)
+        )
+        job = await core.wait_state(jobs[0].id, JobState.FAILED, within=10_000)
+        with trio.fail_after(5_000):
+            while not (job.state is JobState.FAILED and job.retry_at is None):
+                await trio.sleep(10)
+                job = await core.scheduler.get_job(job.id)
+        trail = transitions(await core.events(job.id))
+    first_fail = next(t for t in trail if t[0] == "failed")
+    requeued = [t for t in trail if t[0] == "queued"][1]
+    # retry_at = failure time + 60; the requeue itself is recorded at the wake-up time
+    assert requeued[1] - first_fail[1] == pytest.approx(60.0, abs=0.5)

@@ -240,7 +240,6 @@ class Scheduler:
         with the reason recorded. Unreachable: keep waiting for its first report.
         Jobs stopped half-way through the pipeline are carried on; timers re-armed.
         """
-        now = self._wall()
         for job in list(self.jobs.values()):
             if job.state is JobState.PRINTING:
                 slot = self.printers.get(job.printer_id or "")
@@ -269,7 +268,7 @@ class Scheduler:
                     slot.id,
                 )
             elif job.state is JobState.FAILED and job.retry_at is not None:
-                self._add_timer_wall(job.retry_at, "retry", job.id, now)
+                self._add_timer_wall(job.retry_at, "retry", job.id)
             elif job.state is JobState.POST_PROCESS:
                 slot = self.printers.get(job.printer_id or "")
                 if slot is not None and slot.config.auto_clear:
@@ -935,7 +934,7 @@ class Scheduler:
         if slot is not None and not slot.plate_clear and slot.config.auto_clear:
             self._add_timer(self.settings.cooldown_seconds, "autoclear", slot.id)
         if new.retry_at is not None:
-            self._add_timer_wall(new.retry_at, "retry", new.id, now)
+            self._add_timer_wall(new.retry_at, "retry", new.id)
             log.warning(
                 "job failed, will retry",
                 extra={"job": job_id, "printer": printer_id, "reason": reason},
@@ -954,8 +953,10 @@ class Scheduler:
         )
         self._timer_kick.set()
 
-    def _add_timer_wall(self, at: float, kind: str, key: str, now: float) -> None:
-        self._add_timer(at - now, kind, key)
+    def _add_timer_wall(self, at: float, kind: str, key: str) -> None:
+        # The wall clock read now, not when the caller began: a slow commit in between
+        # would otherwise make the timer fire that much after ``at``.
+        self._add_timer(at - self._wall(), kind, key)
 
     async def _timer_loop(self) -> None:
         while True:
