@@ -142,18 +142,26 @@ def test_requeue_below_the_limit_records_position_then_fails_at_the_limit() -> N
 # ------------------------------------------------------------------ services
 
 
+async def failed_for_good(
+    core: Core,
+) -> tuple[Job, list[tuple[str | None, float, str | None, str | None]]]:
+    """Submit one 60 s job and wait (simulated time) until it has failed with no retry
+    left; the job then and its transitions."""
+    jobs, _ = await core.scheduler.submit(
+        JobRequest(filename="benchy_pla.gcode", estimated_time=60.0)
+    )
+    job = await core.wait_state(jobs[0].id, JobState.FAILED, within=10_000)
+    with trio.fail_after(5_000):
+        while not (job.state is JobState.FAILED and job.retry_at is None):
+            await trio.sleep(10)
+            job = await core.scheduler.get_job(job.id)
+    return job, transitions(await core.events(job.id))
+
+
 async def test_whole_backoff_schedule_then_escalation(tmp_path: Path, farm_clock: Any) -> None:
     printers = (sim_printer("bad", ("PLA",), failure_rate=1.0, auto_clear=True, speed=60.0),)
     async with farm_core(tmp_path, printers) as core:
-        jobs, _ = await core.scheduler.submit(
-            JobRequest(filename="benchy_pla.gcode", estimated_time=60.0)
-        )
-        job = await core.wait_state(jobs[0].id, JobState.FAILED, within=10_000)
-        with trio.fail_after(5_000):
-            while not (job.state is JobState.FAILED and job.retry_at is None):
-                await trio.sleep(10)
-                job = await core.scheduler.get_job(job.id)
-        trail = transitions(await core.events(job.id))
+        job, trail = await failed_for_good(core)
     states = [t[0] for t in trail]
     assert states.count("failed") == 4  # first attempt + 3 retries
     assert states.count("printing") == 4
@@ -323,15 +331,7 @@ async def test_a_slow_commit_does_not_delay_the_retry(tmp_path: Path, farm_clock
             return await commit(*args, **kwargs)
 
         core.scheduler._commit = slow_commit
-        jobs, _ = await core.scheduler.submit(
-            JobRequest(filename="benchy_pla.gcode", estimated_time=60.0)
-        )
-        job = await core.wait_state(jobs[0].id, JobState.FAILED, within=10_000)
-        with trio.fail_after(5_000):
-            while not (job.state is JobState.FAILED and job.retry_at is None):
-                await trio.sleep(10)
-                job = await core.scheduler.get_job(job.id)
-        trail = transitions(await core.events(job.id))
+        _, trail = await failed_for_good(core)
     first_fail = next(t for t in trail if t[0] == "failed")
     requeued = [t for t in trail if t[0] == "queued"][1]
     # retry_at = failure time + 60; the requeue itself is recorded at the wake-up time

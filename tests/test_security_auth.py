@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import signal
-import subprocess
-import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ from tests.conftest import (
     sim_printer,
 )
 from tests.moonraker_client import open_rpc, ws_url
+from tests.test_cli import run_cli, shown_key
 
 NO_KEY_SENT: tuple[dict[str, str], ...] = (
     {},
@@ -177,18 +176,6 @@ def test_set_key_hash_refuses_what_it_cannot_edit_safely(tmp_path: Path, text: s
         set_key_hash(text, "sha256:" + "00" * 32, base_dir=tmp_path)
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "printfarmd", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
-        check=False,
-    )
-
-
 def test_api_key_rotate_and_reload(tmp_path: Path, daemon_factory: Any) -> None:
     """Rotation: the new key's hash replaces the plain key, owner and mode kept; the
     running daemon keeps the old key until SIGHUP, then only the new one works."""
@@ -197,10 +184,9 @@ def test_api_key_rotate_and_reload(tmp_path: Path, daemon_factory: Any) -> None:
     daemon.start()
     with daemon.client() as c:
         assert c.get("/api/jobs").status_code == 200
-    result = _cli("api-key", "rotate", "--config", str(daemon.config_path), cwd=tmp_path)
+    result = run_cli("api-key", "rotate", "--config", str(daemon.config_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    shown = [ln for ln in result.stdout.splitlines() if ln.startswith("API key: ")]
-    new = shown[0].removeprefix("API key: ").strip()
+    new = shown_key(result.stdout)
     assert len(new) == 43 and new != API_KEY
     text = daemon.config_path.read_text()
     server = tomllib.loads(text)["server"]
@@ -215,37 +201,17 @@ def test_api_key_rotate_and_reload(tmp_path: Path, daemon_factory: Any) -> None:
     assert (status(API_KEY), status(new)) == (200, 401)  # not yet reloaded
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
-    with _deadline(10) as remaining:
-        while status(new) != 200:
-            remaining()
+    deadline = time.monotonic() + 10
+    while status(new) != 200:
+        assert time.monotonic() < deadline, "the new key was not taken on SIGHUP"
+        time.sleep(0.05)
     assert status(API_KEY) == 401
     # a broken file is refused on rotate, and the file is left as it was
     daemon.config_path.write_text(text + "\n[server]\n")
-    broken = _cli("api-key", "rotate", "--config", str(daemon.config_path), cwd=tmp_path)
+    broken = run_cli("api-key", "rotate", "--config", str(daemon.config_path), cwd=tmp_path)
     assert broken.returncode == 2 and "API key:" not in broken.stdout
     assert daemon.config_path.read_text() == text + "\n[server]\n"
     daemon.kill(signal.SIGTERM)
-
-
-class _deadline:
-    """A polling deadline for synchronous tests: ``remaining()`` sleeps a little, then
-    fails the test once ``seconds`` have passed."""
-
-    def __init__(self, seconds: float) -> None:
-        import time
-
-        self._time = time
-        self._end = time.monotonic() + seconds
-
-    def __enter__(self) -> Any:
-        def remaining() -> None:
-            assert self._time.monotonic() < self._end, "timed out"
-            self._time.sleep(0.05)
-
-        return remaining
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ---------------------------------------------------------------- S8: every route

@@ -163,11 +163,6 @@ def _within(addr: Address | None, nets: Sequence[Network]) -> bool:
     return addr is not None and any(addr in net for net in nets)
 
 
-def peer_is_trusted(peer: str | None, networks: Sequence[str]) -> bool:
-    """True if the address ``peer`` lies in one of ``networks`` (IP or CIDR strings)."""
-    return _within(parse_address(peer), parse_networks(networks))
-
-
 def client_address(
     peer: str | None, forwarded_for: str | None, proxies: Sequence[Network]
 ) -> str | None:
