@@ -318,7 +318,7 @@ def cmd_doctor(args: argparse.Namespace, out: Console) -> int:
 def cmd_backup(args: argparse.Namespace, out: Console) -> int:
     """Copy the database with SQLite's online backup API (safe while the daemon runs)."""
     from printfarmd.daemon import DB_NAME
-    from printfarmd.store.store import backup_database
+    from printfarmd.store.database import backup_database
 
     config = load_config(args.config if args.config is not None else default_config_path())
     source = config.data_path / DB_NAME

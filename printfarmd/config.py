@@ -93,6 +93,12 @@ class StorageConfig:
     backup_interval: float = 3600.0
     #: How many backup files to keep (the oldest are removed).
     backup_keep: int = 5
+    #: Days the event log is kept (SSE replay, audits); older events are pruned daily.
+    #: 0 keeps every event forever.
+    event_retention_days: float = 400.0
+    #: Days an Idempotency-Key is remembered (a retry after that creates a new job).
+    #: 0 keeps them forever.
+    idempotency_retention_days: float = 30.0
 
 
 @attrs.frozen
@@ -636,6 +642,12 @@ def _semantic_errors(config: Config) -> list[str]:
     check(bool(config.storage.data_dir.strip()), "storage.data_dir", "must not be empty")
     check(config.storage.backup_interval >= 0, "storage.backup_interval", "must be >= 0")
     check(config.storage.backup_keep >= 1, "storage.backup_keep", "must be >= 1")
+    check(config.storage.event_retention_days >= 0, "storage.event_retention_days", "must be >= 0")
+    check(
+        config.storage.idempotency_retention_days >= 0,
+        "storage.idempotency_retention_days",
+        "must be >= 0",
+    )
     check(config.watchdog.interval > 0, "watchdog.interval", "must be > 0")
     check(config.watchdog.stale_threshold > 0, "watchdog.stale_threshold", "must be > 0")
 

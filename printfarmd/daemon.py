@@ -1,18 +1,27 @@
 """The daemon: start-up order, signals, graceful shutdown.
 
-Start order: store (integrity check, migrations) -> bus -> notifier (resumes pending
-escalation deliveries) -> scheduler (rebuild the queue,
-start drivers, reconcile in-flight jobs) -> HTTP server. Each piece is started with
-``nursery.start`` and reports ready only when it is. SIGTERM/SIGINT: stop accepting
-connections, end streams, let in-flight requests finish (at most ``GRACE`` seconds),
-then cancel everything; a commit in progress always completes first.
+Start order:
+1. bind the HTTP socket — a taken port exits 2 with one line naming the port and the
+   likely cause, having touched nothing;
+2. open the store (integrity check, migrations);
+3. the notifier (resumes pending escalations) and the MQTT hub, then the owner: it
+   restores the farm from the store and takes inputs; printers' drivers start;
+4. serve HTTP on the bound socket (``/api/health`` says ``starting``);
+5. reconciliation: every printer's first report is decided, concurrently, under one
+   deadline; then dispatch begins, health says ``ok`` and systemd hears READY=1.
+
+SIGTERM/SIGINT: stop accepting connections, end streams, let in-flight requests finish
+(at most ``GRACE`` seconds), then cancel everything; a commit in progress always
+completes first (the owner's commit is shielded).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -26,6 +35,7 @@ from printfarmd.api.app import create_app
 from printfarmd.api.context import Services
 from printfarmd.api.moonraker import ws
 from printfarmd.config import Config, load_config
+from printfarmd.core.farm.inputs import JobRequest
 from printfarmd.drivers import make_driver
 from printfarmd.drivers.mqtt import MqttHub, open_mqtt_hub
 from printfarmd.errors import ConfigError, DatabaseDamaged, FarmError
@@ -33,7 +43,8 @@ from printfarmd.logs import setup_logging
 from printfarmd.services.backups import Backups
 from printfarmd.services.bus import Bus
 from printfarmd.services.notifier import Notifier
-from printfarmd.services.scheduler import JobRequest, Scheduler
+from printfarmd.services.owner import Owner
+from printfarmd.services.retention import Retention
 from printfarmd.services.watchdog import Watchdog
 from printfarmd.store import Store, open_store
 
@@ -42,18 +53,56 @@ log = logging.getLogger("printfarmd")
 GRACE = 3.0
 DB_NAME = "printfarmd.db"
 EXIT_DAMAGED_DB = 3
+EXIT_PORT_TAKEN = 2
+#: A bug ended the process (EX_SOFTWARE).
+EXIT_BUG = 70
+BACKLOG = 512
 
 
 @attrs.frozen
 class Running:
-    """What ``run`` reports when ready."""
+    """What ``run`` reports when serving."""
 
     urls: tuple[str, ...]
     services: Services
 
 
-def _bind(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+class PortTaken(Exception):
+    """The HTTP port cannot be bound; ``message`` is the one line to show."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else happens (``PortTaken``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        where = f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (Moonraker's default port: is Moonraker running on this machine?)"
+            raise PortTaken(
+                f"port {where} is already in use{hint if port == 7125 else ''}; "
+                "stop that program or set server.port"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise PortTaken(
+                f"address {host} is not an address of this machine (server.host)"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise PortTaken(
+                f"not allowed to listen on {where} (ports below 1024 need privileges)"
+            ) from None
+        raise PortTaken(f"cannot listen on {where}: {exc.strerror}") from None
+    return sock
 
 
 async def run(
@@ -65,97 +114,125 @@ async def run(
 ) -> None:
     """Run the farm until ``stop`` is set or SIGTERM/SIGINT arrives.
 
-    SIGHUP re-reads ``config_path`` (when given) and applies its printers (issue 8).
-
-    Raises ``DatabaseDamaged`` before serving anything if the database is damaged.
+    Reports ``Running`` once HTTP is served (health may still say ``starting``).
+    SIGHUP re-reads ``config_path`` (when given) and applies its printers and access
+    rules. Raises ``PortTaken`` (nothing touched) or ``DatabaseDamaged`` before serving.
     """
     stop = stop if stop is not None else trio.Event()
-    config.data_path.mkdir(parents=True, exist_ok=True)
-    config.gcodes_path.mkdir(parents=True, exist_ok=True)
-    async with open_store(config.data_path / DB_NAME, config.storage.synchronous.value) as store:
-        bus = Bus()
-        # One broker link for every MQTT printer (issue 4); None when MQTT is off.
-        mqtt_hub = open_mqtt_hub(config)
-        drivers = {p.id: make_driver(p, mqtt_hub=mqtt_hub) for p in config.printers}
-        scheduler = Scheduler(config=config, store=store, bus=bus, drivers=drivers)
-        notifier = Notifier(
-            config=config.notify, store=store, mqtt=mqtt_hub.events if mqtt_hub else None
-        )
-        scheduler.escalate = notifier.escalate
-        svc = Services(config=config, store=store, bus=bus, scheduler=scheduler)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, stop)
-            # Before the scheduler: its start-up reconciliation may already escalate.
-            await nursery.start(notifier.run)
-            if mqtt_hub is not None:
-                # Before the scheduler: its MQTT drivers are fed by the hub.
-                await nursery.start(mqtt_hub.run)
-            await nursery.start(scheduler.run)
-            nursery.start_soon(_watch_reload, config_path, svc, mqtt_hub)
-            if mqtt_hub is not None:
-                mqtt_hub.set_add_printer(scheduler.add_printer)
-            await nursery.start(Watchdog(scheduler, config.watchdog).run)
-            backups = Backups(
-                store,
-                config.data_path / "backups",
-                config.storage.backup_interval,
-                config.storage.backup_keep,
-            )
-            await nursery.start(backups.run)
-            await _submit_demo_jobs(config, scheduler, store)
-            hconf = HyperConfig()
-            hconf.bind = [_bind(config.server.host, config.server.port)]
-            hconf.accesslog = None
-            hconf.errorlog = logging.getLogger("hypercorn.error")
-            hconf.graceful_timeout = GRACE
-            # issue 9: an oversize websocket frame is refused (close 1009) before hypercorn
-            # buffers more of it; its default would buffer 16 MiB per connection.
-            hconf.websocket_max_message_size = ws.MAX_FRAME
-            http_stop = trio.Event()
-            http_done = trio.Event()
-
-            async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                try:
-                    await hypercorn_serve(
-                        # issue 9: a recorder around the app only with PRINTFARMD_WIRE_LOG set
-                        wirelog.wrap(create_app(svc), config.server),
-                        hconf,
-                        shutdown_trigger=http_stop.wait,
-                        task_status=task_status,
-                    )
-                finally:
-                    http_done.set()
-
-            binds = await nursery.start(serve_http)
-            urls = tuple(binds)
-            log.info("printfarmd ready", extra={"urls": ",".join(urls), "printers": len(drivers)})
-            task_status.started(Running(urls, svc))
-            # issue 8: systemd Type=notify. READY only now that the port accepts; the
-            # watchdog ping runs on this loop, so a wedged loop stops pinging.
-            sdnotify.notify("READY=1")
-            interval = sdnotify.watchdog_interval()
-            if interval is not None:
-                nursery.start_soon(sdnotify.ping_watchdog, interval, lambda: scheduler.ready)
-            await stop.wait()
-            sdnotify.notify("STOPPING=1")
-            log.info("shutting down")
-            svc.stopping.set()  # requests still arriving get 503, never a lost 2xx
-            bus.close()
-            http_stop.set()
-            with trio.move_on_after(GRACE):
-                await http_done.wait()
-            await scheduler.flush_progress()
-            nursery.cancel_scope.cancel()
+    listener = _bind(config.server.host, config.server.port)
+    try:
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        config.gcodes_path.mkdir(parents=True, exist_ok=True)
+        async with open_store(
+            config.data_path / DB_NAME, config.storage.synchronous.value
+        ) as store:
+            await _run(config, store, listener, stop, config_path, task_status)
+    finally:
+        listener.close()
     log.info("stopped")
 
 
-async def _submit_demo_jobs(config: Config, scheduler: Scheduler, store: Store) -> None:
+async def _run(
+    config: Config,
+    store: Store,
+    listener: socket.socket,
+    stop: trio.Event,
+    config_path: Path | None,
+    task_status: trio.TaskStatus[Running],
+) -> None:
+    bus = Bus()
+    # One broker link for every MQTT printer (issue 4); None when MQTT is off.
+    mqtt_hub = open_mqtt_hub(config)
+    drivers = {p.id: make_driver(p, mqtt_hub=mqtt_hub) for p in config.printers}
+    owner = Owner(config=config, store=store, bus=bus, drivers=drivers)
+    notifier = Notifier(
+        config=config.notify, store=store, mqtt=mqtt_hub.events if mqtt_hub else None
+    )
+    owner.effects.escalate = notifier.escalate
+    svc = Services(config=config, store=store, bus=bus, owner=owner)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, stop)
+        # Before the owner: its start-up may already escalate.
+        await nursery.start(notifier.run)
+        if mqtt_hub is not None:
+            # Before the owner: its MQTT drivers are fed by the hub.
+            await nursery.start(mqtt_hub.run)
+            mqtt_hub.set_add_printer(owner.add_printer)
+        await nursery.start(owner.run)
+        http_stop = trio.Event()
+        http_done = trio.Event()
+        hconf = _hypercorn_config(config, listener)
+
+        async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            # From here hypercorn owns the socket (it wraps the same descriptor).
+            listener.detach()
+            try:
+                await hypercorn_serve(
+                    # issue 9: a recorder around the app only with PRINTFARMD_WIRE_LOG set
+                    wirelog.wrap(create_app(svc), config.server),
+                    hconf,
+                    shutdown_trigger=http_stop.wait,
+                    task_status=task_status,
+                )
+            finally:
+                http_done.set()
+
+        urls = tuple(await nursery.start(serve_http))
+        nursery.start_soon(_watch_reload, config_path, svc, mqtt_hub)
+        await nursery.start(Watchdog(owner, config.watchdog).run)
+        backups = Backups(
+            store,
+            config.data_path / "backups",
+            config.storage.backup_interval,
+            config.storage.backup_keep,
+        )
+        await nursery.start(backups.run)
+        await nursery.start(Retention(store, config.storage).run)
+        task_status.started(Running(urls, svc))
+        log.info("printfarmd serving", extra={"urls": ",".join(urls), "printers": len(drivers)})
+        # Reconciliation ends at the owner's deadline at the latest.
+        await owner.running.wait()
+        await _submit_demo_jobs(config, owner, store)
+        log.info("printfarmd ready", extra={"urls": ",".join(urls), "printers": len(drivers)})
+        # issue 8: systemd Type=notify. READY once dispatch runs; the watchdog ping is a
+        # round trip through the owner, so neither a wedged loop nor a stuck owner pings.
+        sdnotify.notify("READY=1")
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            nursery.start_soon(sdnotify.ping_watchdog, interval, owner.ping)
+        await stop.wait()
+        sdnotify.notify("STOPPING=1")
+        log.info("shutting down")
+        svc.stopping.set()  # requests still arriving get 503, never a lost 2xx
+        bus.close()
+        http_stop.set()
+        with trio.move_on_after(GRACE):
+            await http_done.wait()
+        with trio.move_on_after(GRACE):
+            await owner.flush_progress()
+        nursery.cancel_scope.cancel()
+
+
+def _hypercorn_config(config: Config, listener: socket.socket) -> HyperConfig:
+    hconf = HyperConfig()
+    hconf.bind = [f"fd://{listener.fileno()}"]
+    hconf.backlog = BACKLOG
+    hconf.accesslog = None
+    hconf.errorlog = logging.getLogger("hypercorn.error")
+    hconf.graceful_timeout = GRACE
+    # issue 9: an oversize websocket frame is refused (close 1009) before hypercorn
+    # buffers more of it; its default would buffer 16 MiB per connection.
+    hconf.websocket_max_message_size = ws.MAX_FRAME
+    return hconf
+
+
+async def _submit_demo_jobs(config: Config, owner: Owner, store: Store) -> None:
     """Submit ``[demo] jobs`` once: only when the database has never held a job."""
     if not config.demo.jobs or await store.max_position() > 0:
         return
     for filename in config.demo.jobs:
         try:
-            await scheduler.submit(JobRequest(filename=filename, source="demo"))
+            await owner.submit(JobRequest(filename=filename, source="demo"))
         except FarmError as exc:
             log.error("demo job not submitted", extra={"file": filename, "reason": exc.message})
 
@@ -177,12 +254,14 @@ async def _watch_reload(config_path: Path | None, svc: Services, mqtt_hub: MqttH
             try:
                 new = await trio.to_thread.run_sync(load_config, config_path)
                 svc.access.update(new.server)  # issue 9: a rotated key takes effect now
-                await svc.scheduler.reload_printers(
+                await svc.owner.reload_printers(
                     new.printers, functools.partial(make_driver, mqtt_hub=mqtt_hub)
                 )
             except (ConfigError, ValueError) as exc:
                 reason = exc.message if isinstance(exc, ConfigError) else str(exc)
                 log.error("config reload refused; keeping the old one", extra={"reason": reason})
+            except FarmError as exc:
+                log.error("config reload not applied", extra={"reason": exc.message})
 
 
 def serve(config: Config, *, log_format: str | None = None, config_path: Path | None = None) -> int:
@@ -191,6 +270,9 @@ def serve(config: Config, *, log_format: str | None = None, config_path: Path | 
     wirelog.record_logs()  # a no-op unless PRINTFARMD_WIRE_LOG is set (tests)
     try:
         trio.run(functools.partial(run, config, config_path=config_path))
+    except PortTaken as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_PORT_TAKEN
     except DatabaseDamaged as exc:
         log.critical("refusing to start: %s", exc.message)
         print(
@@ -201,4 +283,21 @@ def serve(config: Config, *, log_format: str | None = None, config_path: Path | 
         return EXIT_DAMAGED_DB
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled as a stop signal
         return 0
+    except Exception as exc:  # a bug: one clear line, not a 70-line traceback
+        log.critical("printfarmd stopped by a bug: %s", _one_line(exc))
+        return EXIT_BUG
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The innermost error of ``exc`` (through exception groups and causes) as
+    ``Type: message (file:line in function)``."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    tb = exc.__traceback__
+    where = ""
+    while tb is not None:
+        frame, line = tb.tb_frame, tb.tb_lineno
+        where = f" ({Path(frame.f_code.co_filename).name}:{line} in {frame.f_code.co_name})"
+        tb = tb.tb_next
+    return f"{type(exc).__name__}: {exc}{where}"

@@ -73,6 +73,13 @@ class InvalidTransition(Conflict):
         self.event = event
 
 
+class StaleWrite(Conflict):
+    """A conditional write found its row no longer in the state the farm saw: nothing
+    was stored (another writer changed it)."""
+
+    code = "stale_write"
+
+
 class PayloadTooLarge(FarmError):
     status = 413
     code = "payload_too_large"
@@ -90,6 +97,13 @@ class StorageBusy(FarmError):
 
     status = 503
     code = "storage_busy"
+
+
+class Degraded(FarmError):
+    """The farm cannot store changes right now (it recovers by itself)."""
+
+    status = 503
+    code = "degraded"
 
 
 class ShuttingDown(FarmError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
@@ -54,14 +54,18 @@ def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     return int(usec) / 1_000_000 / 2
 
 
-async def ping_watchdog(interval: float, healthy: Callable[[], bool]) -> None:
-    """Send WATCHDOG=1 every ``interval`` seconds while ``healthy()``; runs until cancelled.
+async def ping_watchdog(interval: float, alive: Callable[[], Awaitable[object]]) -> None:
+    """Send WATCHDOG=1 every ``interval`` seconds while ``alive()`` answers within
+    ``interval``; runs until cancelled.
 
-    The ping runs on the event loop itself, so a wedged loop sends nothing and systemd
-    restarts the service after ``WatchdogSec``. An unhealthy scheduler is skipped (no ping)
-    for the same outcome.
+    ``alive`` is a round trip through the farm's owner task (a ``Ping`` input), so both a
+    wedged event loop and an owner that stopped finishing its cycles stop the pings, and
+    systemd restarts the service after ``WatchdogSec`` (``interval`` is half of it).
     """
     while True:
-        if healthy():
+        started = trio.current_time()
+        with trio.move_on_after(interval) as scope:
+            await alive()
+        if not scope.cancelled_caught:
             notify("WATCHDOG=1")
-        await trio.sleep(interval)
+        await trio.sleep_until(started + interval)

@@ -94,8 +94,8 @@ class LiveFarm:
         return self.running.urls[0]
 
     @property
-    def scheduler(self) -> Any:
-        return self.running.services.scheduler
+    def owner(self) -> Any:
+        return self.running.services.owner
 
     async def wait_for(self, predicate: Any, within: float = 20.0, poll: float = 0.05) -> None:
         """Poll ``predicate`` (an async callable) over the API until it holds."""

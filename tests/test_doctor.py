@@ -16,7 +16,7 @@ from printfarmd.doctor import (
     disk_finding,
     key_finding,
 )
-from printfarmd.store.store import open_database
+from printfarmd.store.database import open_database
 from tests.conftest import free_port, make_config, sim_printer, write_config
 
 

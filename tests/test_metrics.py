@@ -35,7 +35,7 @@ async def test_metrics_need_the_key_and_count_jobs_printers_and_latency(farm: Li
     assert r.status_code == 201, r.text
 
     async def dispatched() -> bool:
-        return bool(farm.scheduler.counters.dispatch_count >= 1)
+        return bool(farm.owner.counters.dispatch_count >= 1)
 
     await farm.wait_for(dispatched)
     r = await farm.client.get("/metrics")

@@ -199,7 +199,7 @@ async def test_reset_reorders_keeping_identities_and_changes_counts(farm: LiveFa
     dropped = await c.get(f"/api/jobs/{ids[3]}")
     assert dropped.json()["state"] == "cancelled"
     # the same order is what the farm dispatches
-    assert [j.id for j in farm.scheduler.queue.ordered()] == [j["job_id"] for j in new]
+    assert [j.id for j in farm.owner.queue.ordered()] == [j["job_id"] for j in new]
 
 
 async def test_jsonrpc_framing(farm: LiveFarm) -> None:

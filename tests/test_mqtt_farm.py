@@ -154,11 +154,11 @@ async def test_broker_killed_mid_print(tmp_path: Path, mosquitto: Broker, outage
         open_mqtt_fleet(mosquitto.host, mosquitto.port, options) as fleet,
         live_farm(config) as farm,
     ):
-        sched = farm.scheduler
+        sched = farm.owner
         await farm.wait_for(lambda: known(farm, "mqtt-2"), within=10)
         ids = await submit(farm, 5)
         await farm.wait_for(lambda: printing_all(farm, ("mqtt-1", "mqtt-2")), within=20)
-        hub = sched.printers["mqtt-1"].driver._hub
+        hub = sched.host.drivers["mqtt-1"]._hub
         connects = hub.link.connects
         mosquitto.kill()
         await trio.sleep(outage)
@@ -196,7 +196,7 @@ async def test_malformed_messages_are_logged_and_ignored(
         live_farm(config) as farm,
     ):
         await nursery.start(rogue.run)
-        hub = farm.scheduler.printers["mqtt-1"].driver._hub
+        hub = farm.owner.host.drivers["mqtt-1"]._hub
         await farm.wait_for(lambda: state_is(farm, "mqtt-1", "idle"), within=10)
         for topic, body in bad:
             rogue.publish(topic, body)
@@ -204,7 +204,7 @@ async def test_malformed_messages_are_logged_and_ignored(
             while hub.rejected < len(bad):  # noqa: ASYNC110 - polling with a deadline
                 await trio.sleep(0.02)
         # Nothing was registered for the unknown ids (discovery is off here).
-        assert set(farm.scheduler.printers) == {"mqtt-1"}
+        assert set(farm.owner.printers) == {"mqtt-1"}
         ids = await submit(farm, 2)
         await farm.wait_for(lambda: all_ready(farm, ids), within=30)
         assert sorted(started_once(fleet)) == sorted(ids)
@@ -225,15 +225,15 @@ async def test_add_printer_at_run_time(tmp_path: Path) -> None:
     async with live_farm(config) as farm:
         await farm.client.post("/api/printers/sim-1/maintenance", json={"enabled": True})
         late = sim_printer("late-1", speed=SPEED)
-        view = await farm.scheduler.add_printer(late, SimulatedPrinter("late-1", late.simulator))
+        view = await farm.owner.add_printer(late, SimulatedPrinter("late-1", late.simulator))
         assert view.id == "late-1"
         ids = await submit(farm, 1)
         await farm.wait_for(lambda: state_is(farm, "late-1", "awaiting_clear"), within=10)
         assert await printers_of(farm, ids) == ["late-1"]
         with pytest.raises(Conflict):
-            await farm.scheduler.add_printer(late, SimulatedPrinter("late-1", late.simulator))
+            await farm.owner.add_printer(late, SimulatedPrinter("late-1", late.simulator))
     # Its plate flag was stored: a new daemon adding it again remembers the full plate.
     async with live_farm(config) as farm:
         late = sim_printer("late-1", speed=SPEED)
-        view = await farm.scheduler.add_printer(late, SimulatedPrinter("late-1", late.simulator))
+        view = await farm.owner.add_printer(late, SimulatedPrinter("late-1", late.simulator))
         assert view.plate_clear is False

@@ -29,6 +29,7 @@ from aiosmtpd.smtp import AuthResult
 
 from printfarmd.config import NotifyConfig, config_from_dict
 from printfarmd.core import notify
+from printfarmd.core.farm.outputs import InsertJob
 from printfarmd.core.notify import Channel, Delivery, DeliveryPolicy, DeliveryStatus
 from printfarmd.errors import ConfigError
 from printfarmd.models import Job, JobState
@@ -450,19 +451,19 @@ async def test_pending_deliveries_resume_after_a_restart(tmp_path: Path) -> None
 async def test_an_escalation_lost_in_a_crash_is_sent_at_the_next_start(
     tmp_path: Path, autojump_clock: Any
 ) -> None:
-    """The scheduler committed the failure but the daemon died before the notifier stored
+    """The owner committed the failure but the daemon died before the notifier stored
     a delivery: the next start finds the job and escalates it, once. Failures from before
     notifications were first started are left alone."""
     cfg = NotifyConfig(webhook_urls=("http://hooks.example/a",))
     wall = [1_700_000_000.0]
     old = failed_job(id="00000000000000AA", updated_at=wall[0] - 3600)
     async with open_store(tmp_path / "n.db") as store:
-        await store.save([old])
+        await store.commit([InsertJob(old)])
         async with running_notifier(store, config=cfg, wall=lambda: wall[0]):
             pass  # first start: sets the mark, sends nothing about the old failure
         assert (await store.list_deliveries())[1] == 0
         lost = failed_job(id="00000000000000BB", updated_at=wall[0] + 60)
-        await store.save([lost])  # ... and the crash: no delivery stored
+        await store.commit([InsertJob(lost)])  # ... and the crash: no delivery stored
         wall[0] += 120
         calls: list[tuple[float, httpx.Request]] = []
         async with running_notifier(

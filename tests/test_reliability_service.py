@@ -1,4 +1,4 @@
-"""Retries, re-routing, escalation and the stuck-job watchdog: the real scheduler, store and
+"""Retries, re-routing, escalation and the stuck-job watchdog: the real owner, store and
 simulated printers under trio's MockClock (``autojump_clock``): minutes pass, no real waiting.
 
 Wall time is tied to the mock clock so stored timestamps follow the simulated minutes.
@@ -18,12 +18,13 @@ import trio.testing
 
 from printfarmd.config import WatchdogConfig
 from printfarmd.core import watchdog as rules
+from printfarmd.core.farm.inputs import JobRequest
 from printfarmd.core.retry import RetryPolicy
 from printfarmd.drivers import make_driver
 from printfarmd.drivers.simulator import SimulatedPrinter
 from printfarmd.models import Event, Job, JobState
 from printfarmd.services.bus import Bus
-from printfarmd.services.scheduler import JobRequest, Scheduler
+from printfarmd.services.owner import Owner
 from printfarmd.services.watchdog import Watchdog
 from printfarmd.store import open_store
 from tests.conftest import make_config, sim_printer
@@ -40,26 +41,26 @@ def farm_clock() -> trio.testing.MockClock:
 
 @attrs.define
 class Core:
-    scheduler: Scheduler
+    owner: Owner
     drivers: dict[str, Any]
     escalated: list[Job]
 
     async def events(self, job_id: str) -> list[Event]:
-        return await self.scheduler.store.events_since(0, job_id=job_id)
+        return await self.owner.store.events_since(0, job_id=job_id)
 
     async def wait_state(self, job_id: str, *states: JobState, within: float = 10_000) -> Job:
         """Wait (on the bus, no polling) until the job has entered one of ``states``;
         returns the job as stored right after that transition."""
         wanted = {s.value for s in states}
         with trio.fail_after(within):
-            with self.scheduler.bus.subscribed(
+            with self.owner.bus.subscribed(
                 lambda m: isinstance(m, Event) and m.job_id == job_id and m.to_state in wanted,
                 buffer_size=1000,
             ) as sub:
-                if (await self.scheduler.get_job(job_id)).state.value in wanted:
-                    return await self.scheduler.get_job(job_id)
+                if (await self.owner.get_job(job_id)).state.value in wanted:
+                    return await self.owner.get_job(job_id)
                 async for _ in sub.receive_channel:
-                    return await self.scheduler.get_job(job_id)
+                    return await self.owner.get_job(job_id)
         raise AssertionError("bus subscription ended")
 
 
@@ -77,7 +78,7 @@ async def farm_core(
         drivers = {p.id: make_driver(p) for p in config.printers}
         if prepare is not None:
             prepare(drivers)
-        scheduler = Scheduler(
+        owner = Owner(
             config=config,
             store=store,
             bus=Bus(),
@@ -85,12 +86,13 @@ async def farm_core(
             wall=lambda: EPOCH + trio.current_time(),
         )
         escalated: list[Job] = []
-        scheduler.escalate = escalated.append
+        owner.effects.escalate = escalated.append
         async with trio.open_nursery() as nursery:
-            await nursery.start(scheduler.run)
+            await nursery.start(owner.run)
+            await owner.running.wait()
             if watchdog is not None:
-                await nursery.start(Watchdog(scheduler, watchdog).run)
-            yield Core(scheduler, drivers, escalated)
+                await nursery.start(Watchdog(owner, watchdog).run)
+            yield Core(owner, drivers, escalated)
             nursery.cancel_scope.cancel()
 
 
@@ -109,9 +111,12 @@ def test_find_stuck_uses_only_monotonic_age_and_skips_paused() -> None:
     last = {"A": 100.0, "B": 50.0, "C": 10.0}
     stuck = rules.find_stuck(last, paused={"C"}, now=110.0, threshold=60.0)
     assert stuck == [rules.Stuck("B", 60.0)]
-    assert rules.find_stuck(last, set(), now=60.0, threshold=60.0) == [rules.Stuck("C", 50.0)][
-        :0
-    ] + [s for s in rules.find_stuck(last, set(), now=60.0, threshold=60.0)]
+    # At exactly the threshold a job is stuck; just below it is not.
+    assert rules.find_stuck(last, set(), now=110.0, threshold=60.0) == [
+        rules.Stuck("B", 60.0),
+        rules.Stuck("C", 100.0),
+    ]
+    assert [x.job_id for x in rules.find_stuck(last, set(), now=109.9, threshold=60.0)] == ["C"]
     assert [s.job_id for s in rules.find_stuck(last, set(), now=70.0, threshold=60.0)] == ["C"]
 
 
@@ -147,14 +152,12 @@ async def failed_for_good(
 ) -> tuple[Job, list[tuple[str | None, float, str | None, str | None]]]:
     """Submit one 60 s job and wait (simulated time) until it has failed with no retry
     left; the job then and its transitions."""
-    jobs, _ = await core.scheduler.submit(
-        JobRequest(filename="benchy_pla.gcode", estimated_time=60.0)
-    )
+    jobs, _ = await core.owner.submit(JobRequest(filename="benchy_pla.gcode", estimated_time=60.0))
     job = await core.wait_state(jobs[0].id, JobState.FAILED, within=10_000)
     with trio.fail_after(5_000):
         while not (job.state is JobState.FAILED and job.retry_at is None):
             await trio.sleep(10)
-            job = await core.scheduler.get_job(job.id)
+            job = await core.owner.get_job(job.id)
     return job, transitions(await core.events(job.id))
 
 
@@ -183,15 +186,17 @@ async def test_a_retry_goes_to_another_printer(tmp_path: Path, farm_clock: Any) 
     )
     async with farm_core(tmp_path, printers, retry_backoff=(5.0,)) as core:
         # b is busy with a long print when the job starts, so the job lands on a.
-        await core.scheduler.release(
+        await core.owner.set_paused(True)
+        await core.owner.release(
             (
-                await core.scheduler.submit(
+                await core.owner.submit(
                     JobRequest(filename="keychain_any.gcode", estimated_time=60.0)
                 )
             )[0][0].id,
             "b",
         )
-        jobs, _ = await core.scheduler.submit(
+        await core.owner.set_paused(False)
+        jobs, _ = await core.owner.submit(
             JobRequest(filename="benchy_pla.gcode", estimated_time=600.0)
         )
         job = await core.wait_state(jobs[0].id, JobState.READY, within=10_000)
@@ -210,13 +215,13 @@ async def test_watchdog_requeues_a_hung_print_then_fails_it_at_the_limit(
         tmp_path, printers, watchdog=wd, max_retries=1, retry_backoff=(1.0,)
     ) as core:
         sim: SimulatedPrinter = core.drivers["p"]
-        jobs, _ = await core.scheduler.submit(
+        jobs, _ = await core.owner.submit(
             JobRequest(filename="benchy_pla.gcode", estimated_time=3600.0)
         )
         jid = jobs[0].id
         await core.wait_state(jid, JobState.PRINTING)
         await trio.sleep(300)  # prints normally for 5 minutes: never stuck
-        assert (await core.scheduler.get_job(jid)).state is JobState.PRINTING
+        assert (await core.owner.get_job(jid)).state is JobState.PRINTING
         sim.hang()
         t_hang = trio.current_time()
         job = await core.wait_state(jid, JobState.QUEUED, JobState.FAILED, within=5_000)
@@ -260,14 +265,10 @@ async def test_watchdog_leaves_paused_and_progressing_prints_alone(
     wd = WatchdogConfig(interval=30.0, stale_threshold=120.0)
     async with farm_core(tmp_path, printers, watchdog=wd) as core:
         a = (
-            await core.scheduler.submit(
-                JobRequest(filename="benchy_pla.gcode", estimated_time=7200.0)
-            )
+            await core.owner.submit(JobRequest(filename="benchy_pla.gcode", estimated_time=7200.0))
         )[0][0]
         b = (
-            await core.scheduler.submit(
-                JobRequest(filename="benchy_pla.gcode", estimated_time=7200.0)
-            )
+            await core.owner.submit(JobRequest(filename="benchy_pla.gcode", estimated_time=7200.0))
         )[0][0]
         a = await core.wait_state(a.id, JobState.PRINTING)
         b = await core.wait_state(b.id, JobState.PRINTING)
@@ -275,7 +276,7 @@ async def test_watchdog_leaves_paused_and_progressing_prints_alone(
         await held.pause_job(b.id)
         await trio.sleep(600)  # 20 watchdog sweeps, 5 stale thresholds
         for jid in (a.id, b.id):
-            assert (await core.scheduler.get_job(jid)).state is JobState.PRINTING
+            assert (await core.owner.get_job(jid)).state is JobState.PRINTING
             assert [t[0] for t in transitions(await core.events(jid))].count("failed") == 0
 
 
@@ -290,14 +291,10 @@ async def test_restart_reconciles_printing_jobs_unreachable_printer_waits_then_f
     )
     async with farm_core(tmp_path, printers) as core:
         a = (
-            await core.scheduler.submit(
-                JobRequest(filename="benchy_pla.gcode", estimated_time=7200.0)
-            )
+            await core.owner.submit(JobRequest(filename="benchy_pla.gcode", estimated_time=7200.0))
         )[0][0]
         b = (
-            await core.scheduler.submit(
-                JobRequest(filename="benchy_pla.gcode", estimated_time=7200.0)
-            )
+            await core.owner.submit(JobRequest(filename="benchy_pla.gcode", estimated_time=7200.0))
         )[0][0]
         a = await core.wait_state(a.id, JobState.PRINTING)
         b = await core.wait_state(b.id, JobState.PRINTING)
@@ -307,11 +304,11 @@ async def test_restart_reconciles_printing_jobs_unreachable_printer_waits_then_f
     async with farm_core(
         tmp_path, printers, watchdog=wd, prepare=lambda d: d["silent"].set_offline(True)
     ) as core:
-        lost = await core.scheduler.get_job(on["answers"])
+        lost = await core.owner.get_job(on["answers"])
         assert lost.state in (JobState.FAILED, JobState.QUEUED, JobState.PRINTING)
         reasons = [t[3] or "" for t in transitions(await core.events(lost.id)) if t[0] == "failed"]
         assert reasons and "no longer has the job after a restart" in reasons[0]
-        kept = await core.scheduler.get_job(on["silent"])
+        kept = await core.owner.get_job(on["silent"])
         assert kept.state is JobState.PRINTING  # unreachable: wait, do not guess
         t0 = trio.current_time()
         requeued = await core.wait_state(kept.id, JobState.FAILED, within=1_000)
@@ -324,13 +321,14 @@ async def test_a_slow_commit_does_not_delay_the_retry(tmp_path: Path, farm_clock
     while (an fsync on a busy SD card): the timer is armed from the clock read after it."""
     printers = (sim_printer("bad", ("PLA",), failure_rate=1.0, auto_clear=True, speed=60.0),)
     async with farm_core(tmp_path, printers, max_retries=1, retry_backoff=(60.0,)) as core:
-        commit = core.scheduler._commit
+        store = core.owner.store
+        commit = store.commit
 
         async def slow_commit(*args: Any, **kwargs: Any) -> Any:
             await trio.sleep(7.0)  # simulated time: the commit is slow
             return await commit(*args, **kwargs)
 
-        core.scheduler._commit = slow_commit
+        store.commit = slow_commit  # type: ignore[method-assign]
         _, trail = await failed_for_good(core)
     first_fail = next(t for t in trail if t[0] == "failed")
     requeued = [t for t in trail if t[0] == "queued"][1]

@@ -320,14 +320,14 @@ async def test_s3_print_refuses_a_file_swapped_for_an_escaping_link(
     (root / "swap.gcode").write_bytes(GCODE)
     job = (await c.post("/api/jobs", json={"filename": "swap.gcode"})).json()["jobs"][0]
     seen: list[JobSpec] = []
-    slot = hostile.farm.scheduler.printers["p1"]
-    real_start = type(slot.driver).start_job
+    driver = hostile.farm.owner.host.drivers["p1"]
+    real_start = type(driver).start_job
 
     async def spy(self: Any, spec: JobSpec) -> None:
         seen.append(spec)
         await real_start(self, spec)
 
-    monkeypatch.setattr(type(slot.driver), "start_job", spy)
+    monkeypatch.setattr(type(driver), "start_job", spy)
     (root / "swap.gcode").unlink()
     os.symlink(hostile.secret, root / "swap.gcode")
     assert (await c.post("/api/orchestrator/resume")).status_code == 200

@@ -5,7 +5,6 @@ with streams open (in-process and as a real ``printfarmd serve`` process)."""
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -350,7 +349,6 @@ async def test_a_client_that_never_reads_is_dropped_while_another_keeps_receivin
                 while True:
                     received.append(await healthy.next_message())
 
-        api_latency: list[float] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_healthy)
             # 4 events of ~300 bytes per job, in bursts of 40 (the buffer holds 64) that
@@ -358,9 +356,7 @@ async def test_a_client_that_never_reads_is_dropped_while_another_keeps_receivin
             # buffers, then its bus buffer
             with trio.fail_after(30):
                 while bus.statistics().dropped_subscribers < 1:
-                    t0 = trio.current_time()
                     await submit(farm, copies=10)
-                    api_latency.append(trio.current_time() - t0)
                     status = await farm.client.get("/api/orchestrator/status")
                     target: int = status.json()["last_event_seq"]
                     await until(lambda t=target: bool(received) and received[-1].id == t)
@@ -371,7 +367,6 @@ async def test_a_client_that_never_reads_is_dropped_while_another_keeps_receivin
         # the healthy client got every event, in order, none twice
         assert [m.id for m in received] == list(range(last, total + 1))
         assert bus.statistics().subscribers == 1  # the stuck one is gone
-        assert max(api_latency) < 2.0  # the farm was never held up by the stuck client
         # the server closed the stuck connection *while the client still is not
         # reading*: its side left ESTABLISHED (the unsent bytes keep its FIN queued)
         server_port = int(farm.url.rsplit(":", 1)[1])
@@ -389,21 +384,19 @@ async def test_a_client_that_never_reads_is_dropped_while_another_keeps_receivin
         await again.aclose()
 
 
-async def test_in_process_shutdown_with_open_streams_is_quick(tmp_path: Path) -> None:
+async def test_in_process_shutdown_with_open_streams_does_not_hang(tmp_path: Path) -> None:
     config = sse_config(tmp_path)
-    t0 = 0.0
-    async with live_farm(config) as farm:
-        healthy = await open_stream(farm, "/api/events")
-        job_stream_id = (await submit(farm))[0]["id"]
-        job_stream = await open_stream(farm, f"/api/jobs/{job_stream_id}/stream")
-        stuck = await SSEClient.open(farm.url, "/api/events", KEY, rcvbuf=4096, read_head=False)
-        # enough to fill the stuck client's socket (its writer blocks), not its buffer
-        for _ in range(4):
-            await submit(farm, copies=10)
-        t0 = time.monotonic()
-        farm.stop.set()
-    elapsed = time.monotonic() - t0
-    assert elapsed < 3.0, elapsed
+    # Shutdown must not hang on a client that stops reading (how quick it is: bench/).
+    with trio.fail_after(30):
+        async with live_farm(config) as farm:
+            healthy = await open_stream(farm, "/api/events")
+            job_stream_id = (await submit(farm))[0]["id"]
+            job_stream = await open_stream(farm, f"/api/jobs/{job_stream_id}/stream")
+            stuck = await SSEClient.open(farm.url, "/api/events", KEY, rcvbuf=4096, read_head=False)
+            # enough to fill the stuck client's socket (its writer blocks), not its buffer
+            for _ in range(4):
+                await submit(farm, copies=10)
+            farm.stop.set()
     for stream in (healthy, job_stream):
         with trio.fail_after(5), pytest.raises(StreamEnded):
             while True:
@@ -412,14 +405,12 @@ async def test_in_process_shutdown_with_open_streams_is_quick(tmp_path: Path) ->
     await stuck.aclose()
 
 
-def test_sigterm_with_open_streams_exits_fast_and_ends_them(
-    tmp_path: Path, daemon_factory: Any
-) -> None:
+def test_sigterm_with_open_streams_exits_and_ends_them(tmp_path: Path, daemon_factory: Any) -> None:
     daemon = daemon_factory(sse_config(tmp_path))
     daemon.start()
     assert daemon.proc is not None
 
-    async def scenario() -> tuple[float, list[str]]:
+    async def scenario() -> list[str]:
         healthy = await open_stream_url(daemon.url, "/api/events")
         stuck = await SSEClient.open(daemon.url, "/api/events", KEY, rcvbuf=4096, read_head=False)
         async with httpx.AsyncClient(base_url=daemon.url, headers=KEY) as client:
@@ -428,7 +419,6 @@ def test_sigterm_with_open_streams_exits_fast_and_ends_them(
                     "/api/jobs", json={"filename": "benchy_pla.gcode", "copies": 10}
                 )
                 assert r.status_code == 201
-        t0 = time.monotonic()
         daemon.proc.send_signal(signal.SIGTERM)
         ended: list[str] = []
         with trio.fail_after(10):
@@ -438,14 +428,13 @@ def test_sigterm_with_open_streams_exits_fast_and_ends_them(
             except StreamEnded as exc:
                 ended.append(str(exc))
             await until(lambda: daemon.proc.poll() is not None)
-        elapsed = time.monotonic() - t0
         await healthy.aclose()
         await stuck.aclose()
-        return elapsed, ended
+        return ended
 
-    elapsed, ended = trio.run(scenario)
+    # The 10 s deadline above catches a hang; how fast SIGTERM ends it is a benchmark.
+    ended = trio.run(scenario)
     assert daemon.proc.returncode == 0, daemon.log()
-    assert elapsed < 5.0, (elapsed, daemon.log())
     assert ended == ["response ended"]  # a clean end of the response, not a cut
 
 

@@ -1,6 +1,6 @@
-"""The SQLite store (``store/store.py``): round trips, the event log, group commit, per-unit
-atomicity, idempotency keys, durability settings, refusing damaged files, backup, and the
-mapping of SQLite failures to domain errors."""
+"""The SQLite store (``store/``): round trips, conditional domain writes, the event log,
+group commit, per-unit atomicity, idempotency keys, retention, durability settings,
+refusing damaged files, backup, and the mapping of SQLite failures to domain errors."""
 
 from __future__ import annotations
 
@@ -16,18 +16,16 @@ import pytest
 import trio
 import trio.testing
 
-from printfarmd.errors import DatabaseDamaged, FarmError, StorageBusy, StorageFull
-from printfarmd.models import TERMINAL_STATES, Event, Job, JobState, new_job_id
+from printfarmd.core.farm import outputs as out
+from printfarmd.core.farm.outputs import NewEvent
+from printfarmd.core.farm.startup import Remembered as PrinterMemory
+from printfarmd.errors import DatabaseDamaged, FarmError, StaleWrite, StorageBusy, StorageFull
+from printfarmd.models import Event, Job, JobState, new_job_id
+from printfarmd.store import database
+from printfarmd.store.database import map_sqlite_error, open_database
+from printfarmd.store.jobs import JOB_SORTS
 from printfarmd.store.migrations import MIGRATIONS
-from printfarmd.store.store import (
-    JOB_SORTS,
-    NewEvent,
-    PrinterMemory,
-    Store,
-    map_sqlite_error,
-    open_database,
-    open_store,
-)
+from printfarmd.store.store import Store, open_store
 
 T0 = 1_700_000_000.0
 
@@ -48,6 +46,39 @@ def created_event(job: Job, at: float | None = None, **kw: Any) -> NewEvent:
         to_state=job.state.value,
         **kw,
     )
+
+
+async def save(
+    store: Store,
+    jobs: Any = (),
+    events: Any = (),
+    *,
+    printers: Any = (),
+    idempotency: tuple[str, str, Any, float] | None = None,
+    now: float = 0.0,
+) -> list[Event]:
+    """Write ``jobs`` (inserted if new, else updated from the state this helper last
+    wrote), printer memories, an idempotency key and ``events`` in ONE commit, as domain
+    records. No checkpoint before the unit is queued (group-commit tests rely on it)."""
+    written = _WRITTEN.setdefault(id(store), {})
+    records: list[out.Record] = []
+    jobs = list(jobs)
+    for job in jobs:
+        state = written.get(job.id)
+        records.append(out.InsertJob(job) if state is None else out.UpdateJob(job, state))
+    for pid, mem in printers:
+        records.append(out.PutPrinter(pid, mem.plate_clear, mem.maintenance, now))
+    if idempotency is not None:
+        key, digest, ids, at = idempotency
+        records.append(out.PutIdempotency(key, digest, tuple(ids), at))
+    records.extend(out.AppendEvent(ev) for ev in events)
+    appended = await store.commit(records)
+    written.update((j.id, j.state) for j in jobs)
+    return appended
+
+
+#: Per store (by id): the state each job was last written in by ``save``.
+_WRITTEN: dict[int, dict[str, JobState]] = {}
 
 
 @pytest.fixture
@@ -118,7 +149,7 @@ async def test_job_round_trip_every_field(store: Store) -> None:
         source="moonraker",
     )
     plain = mkjob()  # all defaults: empty tuples, None min_bed
-    events = await store.save([job, plain], [created_event(job), created_event(plain)])
+    events = await save(store, [job, plain], [created_event(job), created_event(plain)])
     assert [e.job_id for e in events] == [job.id, plain.id]
     assert await store.get_job(job.id) == job
     assert await store.get_job(plain.id) == plain
@@ -126,21 +157,30 @@ async def test_job_round_trip_every_field(store: Store) -> None:
 
     # Saving again replaces the row (upsert), not a second row.
     moved = attrs.evolve(job, state=JobState.POST_PROCESS, progress=100.0, updated_at=T0 + 20)
-    await store.save([moved])
+    await save(store, [moved])
     assert await store.get_job(job.id) == moved
     assert (await store.list_jobs())[1] == 2
 
 
-async def test_load_open_jobs_excludes_terminal(store: Store) -> None:
+async def test_load_live_jobs_is_what_the_farm_keeps_in_memory(store: Store) -> None:
     jobs = {state: mkjob(state=state) for state in JobState}
-    await store.save(jobs.values())
-    open_jobs = await store.load_open_jobs()
-    assert {j.id for j in open_jobs} == {j.id for s, j in jobs.items() if s not in TERMINAL_STATES}
-    assert len(open_jobs) == len(JobState) - len(TERMINAL_STATES)
-    for j in open_jobs:
-        assert j == jobs[j.state]
+    retrying = mkjob(state=JobState.FAILED, retry_at=T0 + 60)
+    await save(store, [*jobs.values(), retrying])
+    live = await store.load_live_jobs()
+    # Written out here, not taken from the code: what can still change by itself.
+    expected = {
+        JobState.CREATED,
+        JobState.VALIDATED,
+        JobState.SLICED,
+        JobState.QUEUED,
+        JobState.PRINTING,
+        JobState.POST_PROCESS,
+    }
+    assert {j.id for j in live} == {jobs[s].id for s in expected} | {retrying.id}
+    for j in live:
+        assert j == (retrying if j.id == retrying.id else jobs[j.state])
     counts = await store.count_jobs_by_state()
-    assert counts == {s.value: 1 for s in JobState}
+    assert counts == {s.value: 2 if s is JobState.FAILED else 1 for s in JobState}
 
 
 def _listing_dataset() -> list[Job]:
@@ -181,7 +221,7 @@ def _expected_order(jobs: list[Job], column: str, descending: bool) -> list[str]
 @pytest.mark.parametrize("sort", sorted(JOB_SORTS))
 async def test_list_jobs_sorts(store: Store, sort: str, descending: bool) -> None:
     jobs = _listing_dataset()
-    await store.save(jobs)
+    await save(store, jobs)
     column = JOB_SORTS[sort]
     page, total = await store.list_jobs(sort=sort, descending=descending, limit=1000)
     assert total == len(jobs)
@@ -206,7 +246,7 @@ async def test_list_jobs_unknown_sort_is_refused(store: Store) -> None:
 
 async def test_list_jobs_filters(store: Store) -> None:
     jobs = _listing_dataset()
-    await store.save(jobs)
+    await save(store, jobs)
 
     async def check(expected: list[Job], **filters: Any) -> None:
         page, total = await store.list_jobs(limit=1000, **filters)
@@ -263,7 +303,7 @@ async def test_event_seq_increasing_under_concurrency(store: Store) -> None:
             ),
         ]
         submitted.append(i)  # save() hands its unit to the writer before its first checkpoint
-        results[i] = await store.save([job], evs)
+        results[i] = await save(store, [job], evs)
 
     async with trio.open_nursery() as nursery:
         for i in range(200):
@@ -325,7 +365,7 @@ async def test_event_fields_round_trip(store: Store) -> None:
         reason="nozzle clog",
         data={"layer": 12, "nested": {"ok": [1, 2.5, None, "x"]}},
     )
-    (stored,) = await store.save([job], [ev])
+    (stored,) = await save(store, [job], [ev])
     assert stored.seq >= 1
     (read,) = await store.events_since(stored.seq - 1)
     assert read == stored
@@ -341,7 +381,7 @@ async def test_event_fields_round_trip(store: Store) -> None:
         data={"layer": 12, "nested": {"ok": [1, 2.5, None, "x"]}},
     )
     # An event without a job (a printer event) is fine too.
-    (pev,) = await store.save((), [NewEvent(type="printer.offline", at=T0, printer_id="p9")])
+    (pev,) = await save(store, [], [NewEvent(type="printer.offline", at=T0, printer_id="p9")])
     assert pev.seq == stored.seq + 1
     assert pev.job_id is None
     assert pev.data == {}
@@ -354,7 +394,7 @@ async def test_group_commit_batches_concurrent_saves(store: Store) -> None:
     jobs = [mkjob(position=i, name=f"job-{i}") for i in range(200)]
 
     async def one(job: Job) -> None:
-        await store.save([job], [created_event(job)])
+        await save(store, [job], [created_event(job)])
 
     before = store.statistics()
     async with trio.open_nursery() as nursery:
@@ -380,7 +420,7 @@ async def test_acknowledged_only_after_commit(store: Store) -> None:
     commits_seen: list[int] = []
     store.after_commit = lambda: commits_seen.append(store.statistics().commits)
     job = mkjob()
-    await store.save([job])
+    await save(store, [job])
     assert commits_seen == [1]
     # A different connection sees it, so it is really committed, not just buffered.
     assert db_job_count(store.path) == 1
@@ -399,8 +439,8 @@ async def test_one_failing_unit_does_not_undo_the_batch(store: Store) -> None:
     async def one(job: Job) -> None:
         submitted.append(job.id)  # the unit is queued before save's first checkpoint
         try:
-            outcome[job.id] = await store.save(
-                [job], [created_event(job, printer_id=job.printer_id)]
+            outcome[job.id] = await save(
+                store, [job], [created_event(job, printer_id=job.printer_id)]
             )
         except FarmError as exc:
             outcome[job.id] = exc
@@ -443,17 +483,17 @@ async def test_one_failing_unit_does_not_undo_the_batch(store: Store) -> None:
 async def test_active_index_only_constrains_active_states(store: Store) -> None:
     # Many finished jobs may name the same printer; only one may be active on it.
     done = [mkjob(state=JobState.READY, printer_id="p1") for _ in range(3)]
-    await store.save(done)
+    await save(store, done)
     active = mkjob(state=JobState.POST_PROCESS, printer_id="p1")
-    await store.save([active])
+    await save(store, [active])
     second = mkjob(state=JobState.PRINTING, printer_id="p1")
     with pytest.raises(FarmError):
-        await store.save([second], [created_event(second)])
+        await save(store, [second], [created_event(second)])
     assert await store.get_job(second.id) is None
     assert await store.events_since(0) == []
     # Once the active job leaves the active states, the printer is free again.
-    await store.save([attrs.evolve(active, state=JobState.READY)])
-    await store.save([second])
+    await save(store, [attrs.evolve(active, state=JobState.READY)])
+    await save(store, [second])
     assert (await store.get_job(second.id)) == second
 
 
@@ -464,15 +504,15 @@ async def test_idempotency_key_round_trip_and_duplicate(store: Store) -> None:
     assert await store.find_idempotency_key("k1") is None
     first = [mkjob(), mkjob()]
     ids = [j.id for j in first]
-    await store.save(
-        first, [created_event(j) for j in first], idempotency=("k1", "hash-1", ids, T0)
+    await save(
+        store, first, [created_event(j) for j in first], idempotency=("k1", "hash-1", ids, T0)
     )
     assert await store.find_idempotency_key("k1") == ("hash-1", ids)
 
     again = mkjob()
     with pytest.raises(FarmError):
-        await store.save(
-            [again], [created_event(again)], idempotency=("k1", "hash-2", [again.id], T0 + 1)
+        await save(
+            store, [again], [created_event(again)], idempotency=("k1", "hash-2", [again.id], T0 + 1)
         )
     # The duplicate stored nothing at all and did not overwrite the key.
     assert await store.get_job(again.id) is None
@@ -482,7 +522,7 @@ async def test_idempotency_key_round_trip_and_duplicate(store: Store) -> None:
     assert total == 2
 
     # A different key is independent.
-    await store.save([again], idempotency=("k2", "hash-2", [again.id], T0 + 2))
+    await save(store, [again], idempotency=("k2", "hash-2", [again.id], T0 + 2))
     assert await store.find_idempotency_key("k2") == ("hash-2", [again.id])
 
 
@@ -505,7 +545,8 @@ async def test_settings_round_trip(store: Store) -> None:
 
 async def test_printer_memory_round_trip(store: Store) -> None:
     assert await store.printer_memory() == {}
-    await store.save(
+    await save(
+        store,
         printers=[
             ("p1", PrinterMemory(plate_clear=False, maintenance=False)),
             ("p2", PrinterMemory(plate_clear=True, maintenance=True)),
@@ -516,7 +557,7 @@ async def test_printer_memory_round_trip(store: Store) -> None:
         "p1": PrinterMemory(False, False),
         "p2": PrinterMemory(True, True),
     }
-    await store.save(printers=[("p1", PrinterMemory(plate_clear=True, maintenance=True))])
+    await save(store, printers=[("p1", PrinterMemory(plate_clear=True, maintenance=True))])
     assert await store.printer_memory() == {
         "p1": PrinterMemory(True, True),
         "p2": PrinterMemory(True, True),
@@ -527,13 +568,13 @@ async def test_save_progress_touches_only_printing_jobs(store: Store) -> None:
     printing = mkjob(state=JobState.PRINTING, printer_id="p1", progress=10.0)
     finished = mkjob(state=JobState.POST_PROCESS, printer_id="p2", progress=100.0)
     queued = mkjob(state=JobState.QUEUED, progress=0.0)
-    await store.save([printing, finished, queued])
-    await store.save_progress(
+    await save(store, [printing, finished, queued])
+    await store.commit(
         [
-            (printing.id, 55.5, T0 + 600, T0 + 30),
-            (finished.id, 60.0, T0 + 700, T0 + 31),  # stale update racing a FINISH
-            (queued.id, 5.0, None, T0 + 32),
-            ("FFFFFFFFFFFFFFFF", 1.0, None, T0),  # unknown job: ignored
+            out.SaveProgress(printing.id, 55.5, T0 + 600, T0 + 30),
+            out.SaveProgress(finished.id, 60.0, T0 + 700, T0 + 31),  # stale, racing a FINISH
+            out.SaveProgress(queued.id, 5.0, None, T0 + 32),
+            out.SaveProgress("FFFFFFFFFFFFFFFF", 1.0, None, T0),  # unknown job: ignored
         ]
     )
     assert await store.get_job(printing.id) == attrs.evolve(
@@ -556,7 +597,7 @@ async def test_durability_pragmas(tmp_path: Path) -> None:
         finally:
             other.close()
         # The store's own connections (private, but this is what the rule is about).
-        for conn in (store._writer, store._reader):
+        for conn in (store.writer.conn, store._reader):
             assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
             assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
             assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
@@ -580,7 +621,7 @@ async def test_durability_pragmas(tmp_path: Path) -> None:
 async def test_foreign_keys_enforced(store: Store) -> None:
     # An event naming a job that does not exist is refused (foreign_keys=ON).
     with pytest.raises(FarmError):
-        await store.save((), [NewEvent(type="x", at=T0, job_id="0000000000000000")])
+        await save(store, [], [NewEvent(type="x", at=T0, job_id="0000000000000000")])
     assert await store.events_since(0) == []
 
 
@@ -590,7 +631,7 @@ async def test_foreign_keys_enforced(store: Store) -> None:
 async def _make_db_with_jobs(path: Path, n: int) -> list[Job]:
     jobs = [mkjob(name=f"job {i} " + "x" * 100, position=i) for i in range(n)]
     async with open_store(path) as store:
-        await store.save(jobs, [created_event(j) for j in jobs])
+        await save(store, jobs, [created_event(j) for j in jobs])
     return jobs
 
 
@@ -648,10 +689,10 @@ async def test_reopen_keeps_everything(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     jobs = [mkjob(position=i, state=JobState.QUEUED) for i in range(20)]
     async with open_store(path) as store:
-        events = await store.save(jobs, [created_event(j) for j in jobs])
+        events = await save(store, jobs, [created_event(j) for j in jobs])
         await store.put_setting("k", {"v": 1})
-        await store.save(printers=[("p1", PrinterMemory(False, True))])
-        await store.save((), idempotency=("key", "h", [jobs[0].id], T0))
+        await save(store, printers=[("p1", PrinterMemory(False, True))])
+        await save(store, [], idempotency=("key", "h", [jobs[0].id], T0))
     assert db_user_version(path) == len(MIGRATIONS)
 
     async with open_store(path) as store:
@@ -664,7 +705,7 @@ async def test_reopen_keeps_everything(tmp_path: Path) -> None:
         assert await store.find_idempotency_key("key") == ("h", [jobs[0].id])
         assert await store.integrity_check() == ["ok"]
         # New events continue the sequence.
-        (ev,) = await store.save((), [NewEvent(type="x", at=T0)])
+        (ev,) = await save(store, [], [NewEvent(type="x", at=T0)])
         assert ev.seq == events[-1].seq + 1
 
     writer, applied = open_database(path)
@@ -674,7 +715,7 @@ async def test_reopen_keeps_everything(tmp_path: Path) -> None:
 
 async def test_backup_to(store: Store, tmp_path: Path) -> None:
     jobs = [mkjob(position=i) for i in range(50)]
-    await store.save(jobs, [created_event(j) for j in jobs])
+    await save(store, jobs, [created_event(j) for j in jobs])
     dest = tmp_path / "backups" / "b.db"
     dest.parent.mkdir()
     await store.backup_to(dest)
@@ -736,10 +777,10 @@ async def test_disk_full_while_saving_stores_nothing_then_recovers(store: Store)
     """A real SQLITE_FULL (the writer may not grow the file): StorageFull, nothing
     stored, no unit of the transaction acknowledged, and the next save works again."""
     kept = mkjob(name="kept")
-    await store.save([kept], [created_event(kept)])
+    await save(store, [kept], [created_event(kept)])
     # The writer connection is private; capping its file size is the cheapest full disk.
-    pages = store._writer.execute("PRAGMA page_count").fetchone()[0]
-    store._writer.execute(f"PRAGMA max_page_count = {pages}")
+    pages = store.writer.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.writer.conn.execute(f"PRAGMA max_page_count = {pages}")
 
     big = [mkjob(name="x" * 2000) for _ in range(20)]
     small = mkjob(name="small")
@@ -747,7 +788,7 @@ async def test_disk_full_while_saving_stores_nothing_then_recovers(store: Store)
 
     async def one(jobs: list[Job]) -> None:
         try:
-            await store.save(jobs, [created_event(j) for j in jobs])
+            await save(store, jobs, [created_event(j) for j in jobs])
             outcome[jobs[0].id] = None
         except FarmError as exc:
             outcome[jobs[0].id] = exc
@@ -762,15 +803,15 @@ async def test_disk_full_while_saving_stores_nothing_then_recovers(store: Store)
         assert await store.get_job(job.id) is None
     assert [e.job_id for e in await store.events_since(0)] == [kept.id]
 
-    store._writer.execute("PRAGMA max_page_count = 1073741823")
-    await store.save(big, [created_event(j) for j in big])
+    store.writer.conn.execute("PRAGMA max_page_count = 1073741823")
+    await save(store, big, [created_event(j) for j in big])
     assert (await store.list_jobs())[1] == 21
     assert await store.integrity_check() == ["ok"]
 
 
 async def test_locked_by_other_process_gives_busy_then_recovers(store: Store) -> None:
     before = mkjob(name="before")
-    await store.save([before])
+    await save(store, [before])
 
     other = sqlite3.connect(store.path, isolation_level=None)
     try:
@@ -780,7 +821,7 @@ async def test_locked_by_other_process_gives_busy_then_recovers(store: Store) ->
 
         async def try_save() -> None:
             try:
-                await store.save([blocked], [created_event(blocked)])
+                await save(store, [blocked], [created_event(blocked)])
             except FarmError as exc:
                 outcome.append(exc)
 
@@ -801,7 +842,7 @@ async def test_locked_by_other_process_gives_busy_then_recovers(store: Store) ->
         other.close()
 
     with trio.fail_after(15):
-        await store.save([blocked], [created_event(blocked)])
+        await save(store, [blocked], [created_event(blocked)])
     assert await store.get_job(blocked.id) == blocked
     assert len(await store.events_since(0, job_id=blocked.id)) == 1
 
@@ -809,9 +850,9 @@ async def test_locked_by_other_process_gives_busy_then_recovers(store: Store) ->
 async def test_a_bad_event_payload_fails_only_its_caller(store: Store) -> None:
     good = mkjob()
     with pytest.raises(TypeError):
-        await store.save((), [NewEvent(type="x", at=0.0, data={1: "int key"})])  # type: ignore[dict-item]
+        await save(store, [], [NewEvent(type="x", at=0.0, data={1: "int key"})])  # type: ignore[dict-item]
     # the writer is still alive and serves the next caller
-    stored = await store.save([good], [created_event(good)])
+    stored = await save(store, [good], [created_event(good)])
     assert stored[0].seq >= 1
     assert await store.get_job(good.id) == good
 
@@ -825,11 +866,11 @@ async def test_a_unit_that_raises_inside_the_writer_fails_alone(store: Store) ->
     jobs = [mkjob() for _ in range(5)]
 
     async def good(job: Job) -> None:
-        outcomes[job.id] = await store.save([job], [created_event(job)])
+        outcomes[job.id] = await save(store, [job], [created_event(job)])
 
     async def bad() -> None:
         try:
-            await store._write(broken)
+            await store.writer.write(broken)
         except ValueError as exc:
             outcomes["bad"] = exc
 
@@ -843,3 +884,84 @@ async def test_a_unit_that_raises_inside_the_writer_fails_alone(store: Store) ->
     assert "half" not in await store.settings()  # its partial write was rolled back
     for job in jobs:
         assert await store.get_job(job.id) == job
+
+
+# ---------------------------------------------------------------- conditional domain writes
+
+
+async def test_a_transition_is_written_only_from_the_state_the_farm_saw(store: Store) -> None:
+    """``UpdateJob(job, expect)`` writes only a row still in ``expect``; a mismatch is an
+    error and nothing of the commit is stored (never a silent overwrite)."""
+    job = mkjob(state=JobState.QUEUED)
+    await store.commit([out.InsertJob(job), out.AppendEvent(created_event(job))])
+    printing = attrs.evolve(job, state=JobState.PRINTING, printer_id="p1")
+    await store.commit([out.UpdateJob(printing, JobState.QUEUED)])
+    assert await store.get_job(job.id) == printing
+    # A second writer that still believes the job is queued is refused, whole.
+    cancelled = attrs.evolve(job, state=JobState.CANCELLED)
+    other = mkjob(state=JobState.QUEUED)
+    with pytest.raises(StaleWrite, match=f"job {job.id} is printing, not queued"):
+        await store.commit(
+            [
+                out.InsertJob(other),
+                out.UpdateJob(cancelled, JobState.QUEUED),
+                out.AppendEvent(created_event(other)),
+            ]
+        )
+    assert await store.get_job(job.id) == printing
+    assert await store.get_job(other.id) is None
+    assert [e.job_id for e in await store.events_since(0)] == [job.id]
+    # A row that does not exist is no silent insert either.
+    ghost = mkjob(state=JobState.CANCELLED)
+    with pytest.raises(StaleWrite, match="is missing"):
+        await store.commit([out.UpdateJob(ghost, JobState.QUEUED)])
+    assert await store.get_job(ghost.id) is None
+
+
+async def test_retention_prunes_old_events_and_keys_but_keeps_the_newest(store: Store) -> None:
+    job = mkjob(state=JobState.QUEUED)
+    await store.commit(
+        [
+            out.InsertJob(job),
+            *(out.AppendEvent(NewEvent("x", T0 + i, job_id=job.id)) for i in range(5)),
+            out.PutIdempotency("old", "h", (job.id,), T0),
+            out.PutIdempotency("new", "h", (job.id,), T0 + 100),
+        ]
+    )
+    removed = await store.prune(events_before=T0 + 3, keys_before=T0 + 50)
+    assert removed == (3, 1)
+    assert [e.at - T0 for e in await store.events_since(0)] == [3, 4]
+    assert await store.find_idempotency_key("old") is None
+    assert await store.find_idempotency_key("new") is not None
+    # Everything older than everything: the newest event stays, so seq never restarts.
+    assert await store.prune(events_before=T0 + 1e9, keys_before=0.0) == (1, 0)
+    assert [e.at - T0 for e in await store.events_since(0)] == [4]
+    (ev,) = await store.commit([out.AppendEvent(NewEvent("y", T0 + 9))])
+    assert ev.seq == 6
+
+
+async def test_a_backup_does_not_hold_up_reads(store: Store, tmp_path: Path) -> None:
+    """The backup runs on its own connection: a read on the store's reader goes through
+    while a backup is in progress."""
+    jobs = [mkjob(state=JobState.QUEUED) for _ in range(50)]
+    await store.commit([out.InsertJob(j) for j in jobs])
+    gate = trio.Event()
+    started = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    real = database.backup_database
+
+    def slow_backup(src: Any, dest: Path) -> None:
+        token.run_sync_soon(started.set)
+        trio.from_thread.run(gate.wait, trio_token=token)
+        real(src, dest)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(database, "backup_database", slow_backup)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.backup_to, tmp_path / "b.db")
+            await started.wait()
+            # The backup is stalled mid-way; reads still answer.
+            assert (await store.get_job(jobs[0].id)) == jobs[0]
+            assert (await store.list_jobs())[1] == 50
+            gate.set()
+    assert (tmp_path / "b.db").exists()

@@ -9,7 +9,7 @@ from quart import current_app, request
 from printfarmd.api.auth import Access
 from printfarmd.config import Config
 from printfarmd.services.bus import Bus
-from printfarmd.services.scheduler import Scheduler
+from printfarmd.services.owner import Owner
 from printfarmd.store.store import Store
 
 APP_KEY = "PRINTFARMD_SERVICES"
@@ -20,7 +20,7 @@ class Services:
     config: Config
     store: Store
     bus: Bus
-    scheduler: Scheduler
+    owner: Owner
     #: Set when the daemon begins to stop: new requests are refused with 503.
     stopping: trio.Event = attrs.field(factory=trio.Event)
     #: Who may come in (issue 9): the key's digest, trusted networks and proxies, tokens,

@@ -307,10 +307,10 @@ async def _job_stream(
     svc: Services, job_id: str, control: StreamControl | None, fields: dict[str, Any]
 ) -> AsyncIterator[bytes]:
     cfg = svc.config.server
-    sched = svc.scheduler
+    sched = svc.owner
     filt = EventFilter(job_id=job_id)
     with svc.bus.subscribed(filt.accepts, cfg.sse_buffer, _on_end(control, fields)) as sub:
-        # Open jobs live in the scheduler's memory, changed and published together with
+        # Live jobs are in the owner's memory, applied and published together with
         # no checkpoint in between: a snapshot taken right after subscribing is followed
         # by exactly the changes it does not contain. A job not in memory is finished.
         job = sched.jobs.get(job_id)
@@ -346,8 +346,10 @@ def _ends_job(ev: Event, current: Job | None) -> bool:
         return False
     if ev.to_state in (JobState.SHIPPED.value, JobState.CANCELLED.value):
         return True
-    # A failure is final only if no retry is scheduled: the job is still failed, with
-    # the same attempt count as this event (an older failure may be replayed).
+    if ev.to_state == JobState.FAILED.value and "retry_at" in ev.data:
+        return ev.data["retry_at"] is None  # the event says whether a retry follows
+    # (Events from before that was recorded:) final only if no retry is scheduled: the
+    # job is still failed, with the same attempt count as this event.
     return (
         ev.to_state == JobState.FAILED.value
         and current is not None
@@ -363,7 +365,7 @@ async def stream_job(job_id: str) -> Response:
     svc = services()
     _check_origin(svc)
     check_job_id(job_id)
-    if job_id not in svc.scheduler.jobs and await svc.store.get_job(job_id) is None:
+    if job_id not in svc.owner.jobs and await svc.store.get_job(job_id) is None:
         raise NotFound(f"job {job_id} not found")
     fields = _log_fields("job", EventFilter(job_id=job_id), None)
     log.info("event stream opened", extra=fields)

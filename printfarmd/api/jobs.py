@@ -9,10 +9,10 @@ from printfarmd.api import validate as v
 from printfarmd.api.context import services
 from printfarmd.api.respond import json_response, read_json
 from printfarmd.api.serialize import job_json
+from printfarmd.core.farm.inputs import JobRequest
 from printfarmd.errors import BadRequest, NotFound
 from printfarmd.models import JOB_ID_RE, JobState
-from printfarmd.services.scheduler import JobRequest
-from printfarmd.store.store import JOB_SORTS
+from printfarmd.store.jobs import JOB_SORTS
 
 bp = Blueprint("jobs", __name__)
 
@@ -90,7 +90,7 @@ async def list_jobs() -> Response:
         limit=limit,
         offset=offset,
     )
-    fresh = [svc.scheduler.fresh(j) for j in jobs]
+    fresh = [svc.owner.fresh(j) for j in jobs]
     return json_response({"jobs": [job_json(j) for j in fresh], "total": total})
 
 
@@ -115,7 +115,7 @@ async def create_job() -> Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (1 <= len(key) <= 200 and key.isprintable()):
         raise BadRequest("Idempotency-Key: must be 1 to 200 printable characters")
-    jobs, created = await svc.scheduler.submit(job_request, key)
+    jobs, created = await svc.owner.submit(job_request, key)
     resp = json_response({"jobs": [job_json(j) for j in jobs]}, 201 if created else 200)
     if jobs:
         resp.headers["Location"] = f"/api/jobs/{jobs[0].id}"
@@ -125,7 +125,7 @@ async def create_job() -> Response:
 @bp.get("/api/jobs/<job_id>")
 async def get_job(job_id: str) -> Response:
     faults.point("get-job")  # S15: a forced 500 (tests only)
-    job = await services().scheduler.get_job(check_job_id(job_id))
+    job = await services().owner.get_job(check_job_id(job_id))
     return json_response(job_json(job))
 
 
@@ -134,7 +134,7 @@ async def cancel_job(job_id: str) -> Response:
     body = await read_json()
     v.only_fields(body, ("reason",))
     reason = v.opt_str(body, "reason", 500) or "cancelled by operator"
-    job = await services().scheduler.cancel(check_job_id(job_id), reason)
+    job = await services().owner.cancel(check_job_id(job_id), reason)
     return json_response(job_json(job))
 
 
@@ -145,7 +145,7 @@ async def release_job(job_id: str) -> Response:
     printer_id = v.opt_str(body, "printerId", 64) or v.opt_str(body, "printer_id", 64)
     if not printer_id:
         raise BadRequest("printerId: required")
-    job = await services().scheduler.release(check_job_id(job_id), printer_id)
+    job = await services().owner.release(check_job_id(job_id), printer_id)
     return json_response(job_json(job))
 
 
@@ -155,11 +155,11 @@ async def ship_job(job_id: str) -> Response:
     v.only_fields(body, ("tracking",))
     tracking = v.opt_str(body, "tracking", 200, required=True)
     assert tracking is not None
-    job = await services().scheduler.ship(check_job_id(job_id), tracking)
+    job = await services().owner.ship(check_job_id(job_id), tracking)
     return json_response(job_json(job))
 
 
 @bp.post("/api/jobs/<job_id>/jump")
 async def jump_job(job_id: str) -> Response:
-    job = await services().scheduler.jump(check_job_id(job_id))
+    job = await services().owner.jump(check_job_id(job_id))
     return json_response(job_json(job))

@@ -19,11 +19,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 @bp.get("/metrics")
 async def metrics() -> Response:
     svc = services()
-    health = svc.scheduler.health()
+    health = svc.owner.health()
     text = render(
         await svc.store.count_jobs_by_state(),
         health.printers_by_state,
         health.queue_depth,
-        svc.scheduler.counters,
+        svc.owner.counters,
     )
     return Response(text, content_type=CONTENT_TYPE)

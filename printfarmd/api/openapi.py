@@ -178,6 +178,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["paused", "queue_depth", "jobs_by_state", "printers_by_state"],
         "properties": {
+            "degraded": {"type": ["string", "null"]},
             "paused": {"type": "boolean"},
             "queue_depth": {"type": "integer"},
             "printing": {"type": "integer"},
@@ -327,8 +328,12 @@ PATHS: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["status"],
                                 "properties": {
-                                    "status": {"type": "string"},
+                                    "status": {
+                                        "type": "string",
+                                        "enum": ["starting", "ok", "degraded"],
+                                    },
                                     "version": {"type": "string"},
+                                    "reason": {"type": "string"},
                                 },
                             }
                         }

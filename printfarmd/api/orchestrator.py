@@ -21,15 +21,24 @@ MAX_SEQ = 2**63 - 1
 
 @bp.get("/api/health")
 async def health() -> Response:
-    """Public liveness probe: says only that the daemon answers (no farm data)."""
-    ready = services().scheduler.ready
-    return json_response({"status": "ok" if ready else "starting", "version": __version__})
+    """Public liveness probe (no farm data): ``starting`` until the printers are
+    reconciled and dispatch runs, ``degraded`` with the reason while the farm cannot
+    store changes (a full disk, a locked database), else ``ok``. Always 200."""
+    owner = services().owner
+    body: dict[str, Any] = {"status": "ok", "version": __version__}
+    if owner.degraded is not None:
+        body["status"] = "degraded"
+        body["reason"] = owner.degraded.message
+    elif not owner.ready:
+        body["status"] = "starting"
+    return json_response(body)
 
 
 async def _status_body() -> dict[str, Any]:
     svc = services()
-    h = svc.scheduler.health()
+    h = svc.owner.health()
     return {
+        "degraded": svc.owner.degraded.message if svc.owner.degraded is not None else None,
         "paused": h.paused,
         "queue_depth": h.queue_depth,
         "printing": h.printing,
@@ -50,13 +59,13 @@ async def status() -> Response:
 
 @bp.post("/api/orchestrator/pause")
 async def pause() -> Response:
-    await services().scheduler.set_paused(True)
+    await services().owner.set_paused(True)
     return json_response(await _status_body())
 
 
 @bp.post("/api/orchestrator/resume")
 async def resume() -> Response:
-    await services().scheduler.set_paused(False)
+    await services().owner.set_paused(False)
     return json_response(await _status_body())
 
 
@@ -76,12 +85,12 @@ async def reprioritize() -> Response:
     priority = v.opt_int(body, "priority", -limit, limit)
     if priority is None:
         raise BadRequest("priority: required")
-    job = await svc.scheduler.reprioritize(job_id, priority)
+    job = await svc.owner.reprioritize(job_id, priority)
     return json_response(job_json(job))
 
 
 def _settings_body() -> dict[str, Any]:
-    s = services().scheduler.settings
+    s = services().owner.settings
     return {
         "max_retries": s.max_retries,
         "retry_backoff": list(s.retry_backoff),
@@ -120,7 +129,7 @@ async def put_config() -> Response:
             raise ValidationFailed("retry_backoff: at most 20 values", field="retry_backoff")
     if (c := v.opt_num(body, "cooldown_seconds", 0.0, 86400.0)) is not None:
         changes["cooldown_seconds"] = c
-    await services().scheduler.update_settings(changes)
+    await services().owner.update_settings(changes)
     return json_response(_settings_body())
 
 

@@ -14,14 +14,14 @@ bp = Blueprint("printers", __name__)
 
 
 def _printer(printer_id: str) -> Response:
-    sched = services().scheduler
+    sched = services().owner
     view = sched.printer_view(printer_id)
     return json_response(printer_json(view, sched.printers[printer_id].eta))
 
 
 @bp.get("/api/printers")
 async def list_printers() -> Response:
-    sched = services().scheduler
+    sched = services().owner
     return json_response(
         {"printers": [printer_json(p, sched.printers[p.id].eta) for p in sched.printer_views()]}
     )
@@ -34,7 +34,7 @@ async def get_printer(printer_id: str) -> Response:
 
 @bp.post("/api/printers/<printer_id>/clear")
 async def clear_plate(printer_id: str) -> Response:
-    await services().scheduler.clear_plate(printer_id)
+    await services().owner.clear_plate(printer_id)
     return _printer(printer_id)
 
 
@@ -45,5 +45,5 @@ async def maintenance(printer_id: str) -> Response:
     enabled = v.opt_bool(body, "enabled")
     if enabled is None:
         raise BadRequest("enabled: required (true or false)")
-    await services().scheduler.set_maintenance(printer_id, enabled)
+    await services().owner.set_maintenance(printer_id, enabled)
     return _printer(printer_id)

@@ -84,12 +84,15 @@ class JobQueue:
         self._serial = 0
         self._max_front = 0
         self._max_position = 0
+        #: (queued_at, serial, job_id) with lazy deletion: the oldest queued job in O(1).
+        self._ages: list[tuple[float, int, str]] = []
         for job in jobs:
             self._forget(job.id)
             self._add(job, heapify_later=True)
         for cls in self._classes.values():
             heapq.heapify(cls.heap)
             self._compact_if_needed(cls)
+        heapq.heapify(self._ages)
 
     # ---------------------------------------------------------------- basic access
 
@@ -196,6 +199,39 @@ class JobQueue:
             self._drop_class(cls.req)
         return entry.job
 
+    def classes_for(self, caps: Capabilities) -> list[Requirements]:
+        """The requirement classes a printer with ``caps`` can take (cached)."""
+        return [cls.req for cls in self._compatible_classes(caps)]
+
+    def iter_class(self, req: Requirements) -> Iterator[Job]:
+        """The queued jobs of class ``req`` in dispatch order, lazily, without changing
+        the queue: O(log n) per job taken (a walk of the heap with a small frontier)."""
+        cls = self._classes.get(req)
+        if cls is None:
+            return
+        heap = cls.heap
+        if not heap:
+            return
+        frontier: list[tuple[_Item, int]] = [(heap[0], 0)]
+        while frontier:
+            item, index = heapq.heappop(frontier)
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+            if self._is_live(item):
+                yield self._entries[item[1]].job
+
+    def oldest_queued_at(self) -> float | None:
+        """The earliest ``queued_at`` (or ``created_at``) of a queued job. O(1) amortised."""
+        ages = self._ages
+        while ages:
+            at, serial, job_id = ages[0]
+            entry = self._entries.get(job_id)
+            if entry is not None and entry.item[2] == serial:
+                return at
+            heapq.heappop(ages)
+        return None
+
     # ---------------------------------------------------------------- internals
 
     def _add(self, job: Job, *, heapify_later: bool) -> None:
@@ -208,10 +244,16 @@ class JobQueue:
         item: _Item = (job.sort_key, job.id, self._serial)
         # Entries share their class's Requirements value: one object per class, not per job.
         self._entries[job.id] = _Entry(job, cls.req, item)
+        age = (job.queued_at if job.queued_at is not None else job.created_at, self._serial, job.id)
         if heapify_later:
             cls.heap.append(item)
+            self._ages.append(age)
         else:
             heapq.heappush(cls.heap, item)
+            heapq.heappush(self._ages, age)
+            if len(self._ages) > 2 * len(self._entries) + _COMPACT_MIN:
+                self._ages = [a for a in self._ages if self._age_live(a)]
+                heapq.heapify(self._ages)
         cls.live += 1
         self._max_front = max(self._max_front, job.front)
         self._max_position = max(self._max_position, job.position)
@@ -246,6 +288,10 @@ class JobQueue:
         # No live items left: drop the class so dispatch never scans dead classes.
         del self._classes[req]
         self._class_version += 1
+
+    def _age_live(self, age: tuple[float, int, str]) -> bool:
+        entry = self._entries.get(age[2])
+        return entry is not None and entry.item[2] == age[1]
 
     def _is_live(self, item: _Item) -> bool:
         entry = self._entries.get(item[1])

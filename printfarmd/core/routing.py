@@ -103,8 +103,9 @@ def can_print(caps: Capabilities, req: Requirements) -> bool:
     return incompatibility(caps, req) is None
 
 
-def _rank_key(req: Requirements, printer: Printer) -> tuple[int, int, str]:
-    caps = printer.capabilities
+def rank_key(req: Requirements, caps: Capabilities, printer_id: str) -> tuple[int, int, str]:
+    """How good a printer with ``caps`` is for ``req`` (smaller is better): the job's
+    material already loaded first, then fewer capabilities, then the printer id."""
     # The first listed material is the loaded spool: no filament change needed.
     loaded = bool(
         req.material is not None
@@ -112,7 +113,11 @@ def _rank_key(req: Requirements, printer: Printer) -> tuple[int, int, str]:
         and caps.materials[0].strip().upper() == req.material
     )
     # Fewer capabilities first keeps versatile printers free for jobs only they can take.
-    return (0 if loaded else 1, len(caps.materials) + len(caps.tags), printer.id)
+    return (0 if loaded else 1, len(caps.materials) + len(caps.tags), printer_id)
+
+
+def _rank_key(req: Requirements, printer: Printer) -> tuple[int, int, str]:
+    return rank_key(req, printer.capabilities, printer.id)
 
 
 def rank_printers(req: Requirements, printers: Sequence[Printer]) -> list[Printer]:

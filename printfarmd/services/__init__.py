@@ -1,1 +1,2 @@
-"""Long-lived trio services: scheduler, bus (and later watchdog, notifier, files)."""
+"""Long-lived trio services: the owner (the one task that changes the farm), its effects
+and drivers, the bus, watchdog ticks, notifier, backups, retention, files, photos, slicing."""

@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import trio
 
-MODEL_SUFFIXES = frozenset({".stl", ".3mf"})
-#: Where sliced output is kept, relative to the gcodes folder (hidden from listings).
-SLICED_DIR = ".sliced"
+from printfarmd.core.slicing import MODEL_SUFFIXES, SLICED_DIR, is_model, output_name
+
+__all__ = ["MODEL_SUFFIXES", "SLICED_DIR", "SliceFailed", "is_model", "output_name", "run_slicer"]
+
 #: The tail of the slicer's output kept as the job's error text.
 ERROR_TAIL_CHARS = 2000
 
@@ -30,16 +31,6 @@ class SliceFailed(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-def is_model(name: str) -> bool:
-    """True for a file the slicing stage handles (by suffix, case-insensitive)."""
-    return PurePosixPath(name).suffix.lower() in MODEL_SUFFIXES
-
-
-def output_name(model: str, group_id: str) -> str:
-    """The G-code path (relative to the gcodes folder) for ``model`` sliced for a job group."""
-    return f"{SLICED_DIR}/{PurePosixPath(model).stem}-{group_id}.gcode"
 
 
 def _tail(data: bytes) -> str:

@@ -1,5 +1,5 @@
 """The periodic loop around ``core.watchdog``: every ``interval`` seconds (trio clock),
-ask the scheduler to sweep for printing jobs with no progress for ``stale_threshold``."""
+ask the owner to sweep for printing jobs with no progress for ``stale_threshold``."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import trio
 
 from printfarmd.config import WatchdogConfig
 from printfarmd.errors import FarmError
-from printfarmd.services.scheduler import Scheduler
+from printfarmd.services.owner import Owner
 
 log = logging.getLogger("printfarmd.watchdog")
 
 
 class Watchdog:
-    def __init__(self, scheduler: Scheduler, config: WatchdogConfig) -> None:
-        self.scheduler = scheduler
+    def __init__(self, owner: Owner, config: WatchdogConfig) -> None:
+        self.owner = owner
         self.config = config
         self.sweeps = 0
 
@@ -26,7 +26,7 @@ class Watchdog:
         while True:
             await trio.sleep(self.config.interval)
             try:
-                await self.scheduler.watchdog_sweep(self.config.stale_threshold)
+                await self.owner.watchdog_sweep(self.config.stale_threshold)
             except FarmError as exc:
                 log.error("watchdog sweep not stored", extra={"reason": exc.message})
             self.sweeps += 1

@@ -1,5 +1,6 @@
-"""Durable state: the one SQLite file. ``store.store`` is the only module with SQL."""
+"""Durable state: the one SQLite file. SQL lives only in this package (see ``store.py``)."""
 
-from printfarmd.store.store import NewEvent, Store, StoreStatistics, open_store
+from printfarmd.core.farm.outputs import NewEvent
+from printfarmd.store.store import Store, StoreStatistics, open_store
 
 __all__ = ["NewEvent", "Store", "StoreStatistics", "open_store"]

@@ -102,4 +102,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX notifications_job ON notifications (job_id);
     CREATE INDEX notifications_pending ON notifications (status) WHERE status = 'pending';
     """,
+    # 4 (issue 13): retention prunes events and idempotency keys by age.
+    """
+    CREATE INDEX events_at ON events (at);
+    CREATE INDEX idempotency_created ON idempotency_keys (created_at);
+    """,
 )

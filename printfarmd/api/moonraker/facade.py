@@ -65,7 +65,7 @@ class Facade:
     # ---------------------------------------------------------------- job queue
 
     def queue_state(self) -> str:
-        sched = self.svc.scheduler
+        sched = self.svc.owner
         if sched.paused:
             return QueueState.PAUSED
         if sched.dispatching:
@@ -73,7 +73,7 @@ class Facade:
         return QueueState.READY
 
     def _refresh(self) -> list[dict[str, Any]]:
-        queue = self.svc.scheduler.queue
+        queue = self.svc.owner.queue
         if queue.version != self._version:
             jobs = queue.ordered()
             self._dicts = [
@@ -104,7 +104,7 @@ class Facade:
         return b'{"queued_jobs":' + self.queued_jobs_json() + b',"queue_state":"' + state + b'"}'
 
     def queued_ids(self) -> list[str]:
-        return [j.id for j in self.svc.scheduler.queue.ordered()]
+        return [j.id for j in self.svc.owner.queue.ordered()]
 
     # ---------------------------------------------------------------- database
 

@@ -214,7 +214,7 @@ async def upload() -> Response:
         stored = result.stored
         queued = False
         if result.fields.get("print", "").lower() == "true":
-            await facade().svc.scheduler.enqueue_files([stored.path], source="moonraker")
+            await queue_methods.enqueue_files(facade().svc.owner, [stored.path])
             queued = True
         item = {
             "path": stored.path,

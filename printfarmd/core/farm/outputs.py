@@ -1,0 +1,228 @@
+"""What a decision produces: records for the store to commit, effects to run after.
+
+Records are domain operations, never rows: the store turns each into SQL and refuses a
+write whose row is no longer in the state the core saw (``UpdateJob.expect``). Effects
+run only after the commit; those that talk to a printer run as tasks whose outcome comes
+back to the owner as an input (``inputs.StartResult``, ``inputs.CommandResult``, ...).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from printfarmd.models import Job, JobState
+
+# ---------------------------------------------------------------------- records
+
+
+@attrs.frozen
+class NewEvent:
+    """An event to append to the log; the store assigns its ``seq``."""
+
+    type: str
+    at: float
+    job_id: str | None = None
+    printer_id: str | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+    reason: str | None = None
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class InsertJob:
+    """A new job row (it must not exist)."""
+
+    job: Job
+
+
+@attrs.frozen
+class UpdateJob:
+    """Write ``job`` over its row, but only if the stored row is still in ``expect``
+    (a transition from ``expect``, or a change within it). A mismatch is an error."""
+
+    job: Job
+    expect: JobState
+
+
+@attrs.frozen
+class SaveProgress:
+    """Coalesced progress of a printing job: touches only progress/eta/updated_at, and
+    only while the row is still ``printing`` (a no-op otherwise)."""
+
+    job_id: str
+    progress: float
+    eta: float | None
+    at: float
+
+
+@attrs.frozen
+class AppendEvent:
+    event: NewEvent
+
+
+@attrs.frozen
+class PutPrinter:
+    """What the farm remembers about a printer across restarts."""
+
+    printer_id: str
+    plate_clear: bool
+    maintenance: bool
+    at: float
+
+
+@attrs.frozen
+class PutSetting:
+    key: str
+    value: Any
+
+
+@attrs.frozen
+class PutIdempotency:
+    key: str
+    digest: str
+    job_ids: tuple[str, ...]
+    at: float
+
+
+Record = (
+    InsertJob | UpdateJob | SaveProgress | AppendEvent | PutPrinter | PutSetting | PutIdempotency
+)
+
+# ---------------------------------------------------------------------- effects
+
+
+class TimerKind(enum.StrEnum):
+    RETRY = "retry"  # key: job id
+    AUTOCLEAR = "autoclear"  # key: printer id
+    STARTUP = "startup"  # key: "" (the reconciliation deadline)
+
+
+@attrs.frozen
+class StartPrint:
+    """Hand ``job`` (already committed as printing on ``printer_id``) to the printer."""
+
+    printer_id: str
+    job: Job
+
+
+@attrs.frozen
+class StopPrint:
+    """Tell ``printer_id`` to stop ``job_id`` (cancel on the printer)."""
+
+    printer_id: str
+    job_id: str
+    reason: str
+
+
+@attrs.frozen
+class PausePrint:
+    printer_id: str
+    job_id: str
+
+
+@attrs.frozen
+class ResumePrint:
+    printer_id: str
+    job_id: str
+
+
+@attrs.frozen
+class EmergencyStop:
+    printer_id: str
+
+
+@attrs.frozen
+class ForgetFile:
+    """Remove what the farm uploaded to ``printer_id`` for ``job_id`` (its job ended)."""
+
+    printer_id: str
+    job_id: str
+
+
+@attrs.frozen
+class ArmTimer:
+    """Fire ``TimerFired(kind, key)`` at monotonic time ``at``."""
+
+    at: float
+    kind: TimerKind
+    key: str
+
+
+@attrs.frozen
+class Escalate:
+    """``job`` failed for good: tell the people (webhook, email, MQTT)."""
+
+    job: Job
+
+
+@attrs.frozen
+class Slice:
+    """Run the slicer on ``model`` (relative to the gcodes folder) into ``output``, then
+    report ``SliceResult`` for ``job_ids``."""
+
+    job_ids: tuple[str, ...]
+    model: str
+    output: str
+
+
+@attrs.frozen
+class CapturePhoto:
+    printer_id: str
+    job_id: str
+    at: float
+
+
+@attrs.frozen
+class PublishProgress:
+    """An ephemeral progress report for live clients (never stored)."""
+
+    printer_id: str
+
+
+@attrs.frozen
+class StartDriver:
+    printer_id: str
+
+
+@attrs.frozen
+class StopDriver:
+    printer_id: str
+
+
+@attrs.frozen
+class Log:
+    level: str
+    message: str
+    fields: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Count:
+    """A metrics counter: ``name`` += 1 (or observe ``value`` for a histogram)."""
+
+    name: str
+    value: float = 1.0
+
+
+Effect = (
+    StartPrint
+    | StopPrint
+    | PausePrint
+    | ResumePrint
+    | EmergencyStop
+    | ForgetFile
+    | ArmTimer
+    | Escalate
+    | Slice
+    | CapturePhoto
+    | PublishProgress
+    | StartDriver
+    | StopDriver
+    | Log
+    | Count
+)

@@ -1,0 +1,655 @@
+"""The owner: the one task that changes the farm.
+
+Inputs (commands from the API, printer reports, timers, effect outcomes) arrive on one
+channel. The owner drains what has queued up into a batch, runs the pure core on each
+input (``core.farm.decide``) in an overlay, commits the batch's records in ONE
+transaction that no cancellation can interrupt (shielded; bounded by the store's busy
+timeout), then — with no checkpoint in between — applies the overlay to the live state,
+answers the callers, publishes the events and starts the effects.
+
+- A caller that goes away (a client hanging up cancels its handler) loses only its
+  reply: once sent, an input happens whole or not at all.
+- Readers (views, health) see only committed state: nothing changes before its commit.
+- A failed commit changes nothing. Storage trouble (a full disk, a locked file) makes the
+  farm *degraded*: commands answer the error (507/503), dispatch holds, printer reports
+  and effect outcomes are kept and tried again every second, and the farm recovers by
+  itself when a write succeeds. Only a bug in the owner ends the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from printfarmd import faults
+from printfarmd.config import Config, PrinterConfig
+from printfarmd.core.farm import FarmState, Now, Tx, decide
+from printfarmd.core.farm import inputs as i
+from printfarmd.core.farm import outputs as out
+from printfarmd.core.farm.fleet import PAUSED_KEY, SETTINGS_KEY
+from printfarmd.core.farm.intake import Created
+from printfarmd.core.farm.startup import restore
+from printfarmd.core.farm.state import Settings, Slot
+from printfarmd.core.reload import PrinterReloadPlan, plan_printer_reload
+from printfarmd.drivers.base import PrinterDriver, StatusReport
+from printfarmd.errors import Conflict, FarmError, NotFound, ShuttingDown, StorageBusy, StorageFull
+from printfarmd.models import Job, JobState, Printer
+from printfarmd.services import files, slicing
+from printfarmd.services.bus import Bus, ProgressUpdate
+from printfarmd.services.drivers import DriverHost
+from printfarmd.services.effects import Effects, facts_of
+from printfarmd.services.metrics import FarmCounters
+from printfarmd.store.store import Store
+
+log = logging.getLogger("printfarmd.owner")
+
+#: Inputs decided per batch at most (one transaction).
+MAX_BATCH = 200
+#: Seconds between coalesced progress writes.
+PROGRESS_FLUSH_SECONDS = 5.0
+#: Seconds between attempts to store what a storage failure held back.
+REDO_SECONDS = 1.0
+#: Inputs that are facts: when their commit fails they are kept and tried again.
+_FACTS = (i.Report, i.StartResult, i.CommandResult, i.SliceResult, i.TimerFired, i.Startup)
+
+
+@attrs.define(eq=False)
+class _Envelope:
+    input: i.Input
+    done: trio.Event | None = None
+    value: Any = None
+    error: BaseException | None = None
+
+    def answer(self, value: Any) -> None:
+        self.value = value
+        if self.done is not None:
+            self.done.set()
+
+    def refuse(self, error: BaseException) -> None:
+        self.error = error
+        if self.done is not None:
+            self.done.set()
+
+
+@attrs.frozen
+class QueueHealth:
+    paused: bool
+    queue_depth: int
+    printing: int
+    dispatching: int
+    awaiting_clear: int
+    retry_waiting: int
+    oldest_queued_at: float | None
+    printers_by_state: dict[str, int]
+
+
+class Owner:
+    """The farm's one owner task and its command interface (see the module docstring).
+
+    Command methods are checkpoints; each returns after the change is committed and
+    applied, or raises the ``FarmError`` that refused it (nothing changed).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        bus: Bus,
+        drivers: Mapping[str, PrinterDriver],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self._wall = wall
+        self._send, self._recv = trio.open_memory_channel[_Envelope](math.inf)
+        self.state = FarmState(printers=[Slot.from_config(p) for p in config.printers])
+        self.counters = FarmCounters()
+        self.host = DriverHost(self.post)
+        for pid, driver in drivers.items():
+            self.host.register(pid, driver)
+        self.effects = Effects(
+            config=config,
+            post=self.post,
+            driver=self.host.driver,
+            counters=self.counters,
+            publish_progress=self._publish_progress,
+            arm_timer=self._arm_timer,
+            drivers_changed=self._drivers_changed,
+        )
+        self._timers: list[tuple[float, int, out.TimerKind, str]] = []
+        self._timer_seq = itertools.count()
+        self._timer_kick = trio.Event()
+        self._kick = False
+        self._redo: list[i.Input] = []
+        self._redo_kick = trio.Event()
+        #: Why writes fail right now (a full disk, a locked file), or None.
+        self.degraded: FarmError | None = None
+        #: Set once start-up reconciliation is over and dispatch runs.
+        self.running = trio.Event()
+        #: Batches decided since start (the systemd watchdog looks at the owner's pulse).
+        self.cycles = 0
+        self.last_cycle = 0.0
+
+    # ================================================================ running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Restore the state from the store, then own the farm until cancelled.
+
+        Reports started once the state is restored and inputs are taken; printers are
+        reconciled after that (``running`` is set when dispatch begins).
+        """
+        await self._restore()
+        async with trio.open_nursery() as nursery:
+            self.effects.nursery = nursery
+            self.host.nursery = nursery
+            nursery.start_soon(self._loop)
+            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._redo_loop)
+            nursery.start_soon(self._flush_loop)
+            nursery.start_soon(self.host.forward)
+            self.post(i.Startup())
+            for pid in self.state.printers:
+                self.host.start(pid)
+            log.info("printer drivers started", extra={"printers": len(self.state.printers)})
+            task_status.started()
+
+    async def _restore(self) -> None:
+        saved = await self.store.settings()
+        sc = self.config.scheduler
+        settings = Settings(sc.max_retries, tuple(sc.retry_backoff), sc.cooldown_seconds)
+        if SETTINGS_KEY in saved:
+            s = saved[SETTINGS_KEY]
+            settings = Settings(
+                int(s["max_retries"]),
+                tuple(float(x) for x in s["retry_backoff"]),
+                float(s["cooldown_seconds"]),
+            )
+        paused = bool(saved.get(PAUSED_KEY, sc.dispatch_paused))
+        jobs = await self.store.load_live_jobs()
+        self.state = restore(
+            printers=self.config.printers,
+            memory=await self.store.printer_memory(),
+            jobs=jobs,
+            settings=settings,
+            paused=paused,
+            next_position=await self.store.max_position() + 1,
+            mono=trio.current_time(),
+            accept_without_printers=self.config.mqtt.host != "" and self.config.mqtt.discover,
+        )
+        log.info(
+            "queue restored",
+            extra={
+                "open_jobs": len(self.state.jobs),
+                "queued": len(self.state.queue),
+                "paused": paused,
+            },
+        )
+
+    def post(self, inp: i.Input) -> None:
+        """Send an event to the owner (never blocks; dropped once the owner stopped)."""
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            self._send.send_nowait(_Envelope(inp))
+
+    async def call(self, cmd: i.Input) -> Any:
+        """Send ``cmd`` and wait for its reply. Cancelling the wait loses only the reply."""
+        env = _Envelope(cmd, trio.Event())
+        try:
+            self._send.send_nowait(env)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ShuttingDown("the farm is shutting down") from None
+        assert env.done is not None
+        await env.done.wait()
+        if env.error is not None:
+            raise env.error
+        return env.value
+
+    def _now(self) -> Now:
+        return Now(self._wall(), trio.current_time())
+
+    async def _loop(self) -> None:
+        while True:
+            if self._kick and self._may_dispatch():
+                self._kick = False
+                batch = [_Envelope(i.Dispatch())]
+            else:
+                batch = [await self._recv.receive()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._process(batch)
+            self.cycles += 1
+            self.last_cycle = trio.current_time()
+
+    def _may_dispatch(self) -> bool:
+        return self.degraded is None and self.state.running and not self.state.paused
+
+    async def _process(self, batch: Sequence[_Envelope]) -> None:
+        """Decide ``batch``, commit it whole, then apply and act (see the module doc)."""
+        now = self._now()
+        tx = Tx(self.state)
+        decided: list[tuple[_Envelope, Any]] = []
+        for env in batch:
+            layer = Tx(tx)
+            try:
+                reply = decide(layer, env.input, now)
+            except FarmError as exc:
+                env.refuse(exc)
+                continue
+            layer.merge()
+            decided.append((env, reply))
+        appended: list[Any] = []
+        if tx.records:
+            await faults.hang_point("commit")  # tests: an owner that stops cycling
+            # Nothing may stop between the commit and the apply below: a cancelled
+            # caller or a stopping daemon must not leave the store ahead of memory.
+            with trio.CancelScope(shield=True):
+                if any(isinstance(env.input, i.WatchdogSweep) for env, _ in decided):
+                    faults.point("watchdog-before-commit")
+                try:
+                    appended = await self.store.commit(tx.records)
+                except FarmError as exc:
+                    await self._commit_failed(decided, exc)
+                    return
+            if any(isinstance(env.input, i.CreateJobs) for env, _ in decided):
+                faults.point("job-created")  # committed, not yet acknowledged (test F14)
+            if any(isinstance(env.input, i.WatchdogSweep) for env, _ in decided):
+                faults.point("watchdog-after-commit")
+            if self.degraded is not None:
+                log.warning(
+                    "storage writable again; the farm recovered",
+                    extra={"reason": self.degraded.message},
+                )
+                self.degraded = None
+                self._kick = True
+        was_running = self.state.running
+        self.state.apply(tx)
+        for env, reply in decided:
+            env.answer(reply)
+        for ev in appended:
+            self.bus.publish(ev)
+        for effect in tx.effects:
+            self.effects.run(effect)
+        if tx.kick:
+            self._kick = True
+        if self.state.running and not was_running:
+            self.running.set()
+
+    async def _commit_failed(self, decided: list[tuple[_Envelope, Any]], exc: FarmError) -> None:
+        if len(decided) > 1:
+            # Decide each input alone, so one input's refused write (a stale row, the
+            # disk filling up) refuses only that input: one without writes of its own
+            # (a ping, a printer's telemetry) goes through.
+            for env, _ in decided:
+                await self._process([env])
+            return
+        if isinstance(exc, StorageFull | StorageBusy):
+            if self.degraded is None:
+                log.error("storage failing; the farm is degraded", extra={"reason": exc.message})
+            self.degraded = exc
+        for env, _ in decided:
+            if env.done is not None:
+                env.refuse(exc)
+            elif isinstance(env.input, _FACTS):
+                self._keep(env.input)
+            else:
+                log.warning(
+                    "input not stored",
+                    extra={"input": type(env.input).__name__, "reason": exc.message},
+                )
+        self._redo_kick.set()
+
+    def _keep(self, inp: i.Input) -> None:
+        """Hold a fact back for the next attempt; a newer status report replaces an
+        older one of the same printer (only the latest state matters)."""
+        if isinstance(inp, i.Report) and isinstance(inp.event, StatusReport):
+            pid = inp.event.printer_id
+            self._redo = [
+                r
+                for r in self._redo
+                if not (
+                    isinstance(r, i.Report)
+                    and isinstance(r.event, StatusReport)
+                    and r.event.printer_id == pid
+                )
+            ]
+        self._redo.append(inp)
+
+    async def _redo_loop(self) -> None:
+        while True:
+            await self._redo_kick.wait()
+            self._redo_kick = trio.Event()
+            await trio.sleep(REDO_SECONDS)
+            held, self._redo = self._redo, []
+            for inp in held:
+                self.post(inp)
+            if self.degraded is not None and not held:
+                # Nothing held back to try with: probe with a progress flush.
+                self.post(i.FlushProgress())
+                self._redo_kick.set()
+
+    # ================================================================ timers and ticks
+
+    def _arm_timer(self, at: float, kind: out.TimerKind, key: str) -> None:
+        heapq.heappush(self._timers, (at, next(self._timer_seq), kind, key))
+        self._timer_kick.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, kind, key = heapq.heappop(self._timers)
+                self.post(i.TimerFired(kind, key))
+            deadline = self._timers[0][0] if self._timers else math.inf
+            with trio.move_on_at(deadline):
+                await self._timer_kick.wait()
+            if self._timer_kick.is_set():
+                self._timer_kick = trio.Event()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await trio.sleep(PROGRESS_FLUSH_SECONDS)
+            self.post(i.FlushProgress())
+
+    def _publish_progress(self, printer_id: str) -> None:
+        slot = self.state.printers.get(printer_id)
+        if slot is not None:
+            self.bus.publish(
+                ProgressUpdate(slot.id, slot.state, slot.current_job, slot.progress, slot.eta)
+            )
+
+    def _drivers_changed(self, effect: out.StartDriver | out.StopDriver) -> None:
+        if isinstance(effect, out.StartDriver):
+            self.host.start(effect.printer_id)
+        else:
+            self.host.stop(effect.printer_id)
+
+    # ================================================================ commands
+
+    async def file_facts(self, filename: str, *, allow_model: bool = False) -> i.FileFacts:
+        """Check ``filename`` (containment, existence, type) and read what it says.
+        Raises ``BadRequest``/``NotFound``/``ValidationFailed``. Worker thread."""
+        root = self.config.gcodes_path
+        if allow_model and slicing.is_model(filename) and self.config.slicer.command:
+            await trio.to_thread.run_sync(files.resolve_in, root, filename)
+            return i.FileFacts(model=True)
+        path = await trio.to_thread.run_sync(files.resolve_gcode, root, filename)
+        meta = await trio.to_thread.run_sync(files.read_meta, path)
+        return facts_of(meta)
+
+    async def submit(
+        self, request: i.JobRequest, idempotency_key: str | None = None
+    ) -> tuple[list[Job], bool]:
+        """Validate and store a submission; returns (jobs, created).
+
+        ``created`` is False when ``idempotency_key`` was seen before with the same
+        request: the original jobs are returned (as they are now) and nothing is stored.
+        The same key with a different request is a ``Conflict``. Validation failures
+        store nothing.
+        """
+        if idempotency_key is not None:
+            found = await self.store.find_idempotency_key(idempotency_key)
+            if found is not None:
+                if found[0] != request.digest():
+                    raise Conflict("Idempotency-Key was already used for a different request")
+                return await self._jobs(found[1]), False
+        facts = await self.file_facts(request.filename, allow_model=True)
+        created: Created = await self.call(i.CreateJobs(request, facts, idempotency_key))
+        if created.created:
+            return created.jobs, True
+        return await self._jobs(created.ids), False
+
+    async def _jobs(self, ids: Sequence[str]) -> list[Job]:
+        live = [self.state.jobs.get(jid) for jid in ids]
+        missing = [jid for jid, job in zip(ids, live, strict=True) if job is None]
+        stored = {j.id: j for j in await self.store.get_jobs(missing)} if missing else {}
+        return [
+            job or stored[jid] for jid, job in zip(ids, live, strict=True) if job or jid in stored
+        ]
+
+    async def _snapshot(self, job_id: str) -> Job | None:
+        """A job the farm does not keep in memory (finished), read from the store."""
+        if job_id in self.state.jobs:
+            return None
+        return await self.store.get_job(job_id)
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by operator") -> Job:
+        job: Job = await self.call(i.Cancel(job_id, reason, await self._snapshot(job_id)))
+        return job
+
+    async def release(self, job_id: str, printer_id: str) -> Job:
+        """Send a queued job to a chosen printer now (it must be idle and compatible)."""
+        job: Job = await self.call(i.Release(job_id, printer_id, await self._snapshot(job_id)))
+        return job
+
+    async def reprioritize(self, job_id: str, priority: int) -> Job:
+        job: Job = await self.call(i.Reprioritize(job_id, priority, await self._snapshot(job_id)))
+        return job
+
+    async def jump(self, job_id: str) -> Job:
+        """Put a queued job in front of every other one."""
+        job: Job = await self.call(i.Jump(job_id, await self._snapshot(job_id)))
+        return job
+
+    async def ship(self, job_id: str, tracking: str) -> Job:
+        job: Job = await self.call(i.Ship(job_id, tracking, await self._snapshot(job_id)))
+        return job
+
+    async def set_paused(self, paused: bool) -> None:
+        await self.call(i.SetPaused(paused))
+
+    async def update_settings(self, changes: Mapping[str, Any]) -> Settings:
+        """Apply validated ``changes`` (fields of ``Settings``) and persist them."""
+        settings: Settings = await self.call(i.UpdateSettings(dict(changes)))
+        return settings
+
+    async def clear_plate(self, printer_id: str, source: str = "operator") -> Printer:
+        """The plate of ``printer_id`` is clear: its finished job becomes ready."""
+        view: Printer = await self.call(i.ClearPlate(printer_id, source))
+        return view
+
+    async def set_maintenance(self, printer_id: str, enabled: bool) -> Printer:
+        view: Printer = await self.call(i.SetMaintenance(printer_id, enabled))
+        return view
+
+    async def set_queue(
+        self,
+        items: Sequence[str | i.QueueFile],
+        *,
+        cancel_unlisted: bool = False,
+        ordered: bool = True,
+    ) -> list[Job]:
+        """New jobs and order for the head of the queue (see ``inputs.SetQueue``)."""
+        jobs: list[Job] = await self.call(i.SetQueue(tuple(items), cancel_unlisted, ordered))
+        return jobs
+
+    async def cancel_queued(self, job_ids: Sequence[str], reason: str) -> list[str]:
+        """Cancel those of ``job_ids`` that are queued, together; returns the ids cancelled."""
+        done: list[str] = await self.call(i.CancelQueued(tuple(job_ids), reason))
+        return done
+
+    async def pause_job(self, job_id: str) -> Job:
+        job, _ = await self.call(i.PauseJob(job_id))
+        return self.fresh(job)
+
+    async def resume_job(self, job_id: str) -> Job:
+        job, _ = await self.call(i.ResumeJob(job_id))
+        return self.fresh(job)
+
+    async def emergency_stop(self, client: str) -> list[str]:
+        """Stop every printing printer now, pause dispatch, fail their jobs once."""
+        failed: list[str] = await self.call(i.EmergencyStopFarm(client))
+        return failed
+
+    async def watchdog_sweep(self, stale_threshold: float) -> list[str]:
+        """Requeue or fail printing jobs with no progress for ``stale_threshold`` s."""
+        acted: list[str] = await self.call(i.WatchdogSweep(stale_threshold))
+        return acted
+
+    async def flush_progress(self) -> None:
+        await self.call(i.FlushProgress())
+
+    async def ping(self) -> None:
+        await self.call(i.Ping())
+
+    # ================================================================ printers at run time
+
+    async def add_printer(self, config: PrinterConfig, driver: PrinterDriver) -> Printer:
+        """Start managing a printer that was not configured at start (discovery, reload).
+        ``Conflict`` if the id is taken."""
+        memory = (await self.store.printer_memory()).get(config.id)
+        if config.id in self.state.printers:
+            raise Conflict(f"printer {config.id} already exists")
+        self.host.register(config.id, driver)
+        try:
+            view: Printer = await self.call(
+                i.AddPrinter(
+                    config,
+                    plate_clear=memory.plate_clear if memory else True,
+                    maintenance=memory.maintenance if memory else False,
+                )
+            )
+        except FarmError:
+            if config.id not in self.state.printers:
+                self.host.drivers.pop(config.id, None)
+            raise
+        return view
+
+    async def reload_printers(
+        self,
+        printers: Sequence[PrinterConfig],
+        make_driver: Callable[[PrinterConfig], PrinterDriver],
+    ) -> PrinterReloadPlan:
+        """Make the managed printers match ``printers``; returns what was done.
+
+        Unchanged printers keep their driver; a capability-only change is applied in
+        place, even while printing. A printer that holds a job is never removed or
+        restarted: that part waits for a later reload (logged). Raises ``ValueError``
+        (from ``make_driver``) before changing anything if a new driver cannot be built.
+        """
+        plan = plan_printer_reload({k: s.config for k, s in self.state.printers.items()}, printers)
+        new_drivers = {p.id: make_driver(p) for p in (*plan.added, *plan.restarted)}
+        skipped: set[str] = set()
+        for pid in (*plan.removed, *(p.id for p in plan.restarted)):
+            try:
+                await self.call(i.RemovePrinter(pid))
+            except Conflict as exc:
+                log.warning(
+                    "printer busy: reload change deferred",
+                    extra={"printer": pid, "reason": exc.message},
+                )
+                skipped.add(pid)
+        for p in plan.updated:
+            await self.call(i.UpdatePrinter(p))
+        for p in (*plan.added, *(p for p in plan.restarted if p.id not in skipped)):
+            await self.add_printer(p, new_drivers[p.id])
+        done = PrinterReloadPlan(
+            added=plan.added,
+            removed=tuple(pid for pid in plan.removed if pid not in skipped),
+            updated=plan.updated,
+            restarted=tuple(p for p in plan.restarted if p.id not in skipped),
+        )
+        log.info(
+            "printers reloaded",
+            extra={
+                "added": ",".join(p.id for p in done.added),
+                "removed": ",".join(done.removed),
+                "updated": ",".join(p.id for p in done.updated),
+                "restarted": ",".join(p.id for p in done.restarted),
+            },
+        )
+        return done
+
+    # ================================================================ views (committed state)
+
+    @property
+    def ready(self) -> bool:
+        """Start-up is over: printers reconciled, dispatch running."""
+        return self.running.is_set()
+
+    @property
+    def jobs(self) -> Mapping[str, Job]:
+        """The live jobs (see ``core.farm.state.is_live``), as committed."""
+        return self.state.jobs
+
+    @property
+    def queue(self) -> Any:
+        return self.state.queue
+
+    @property
+    def printers(self) -> Mapping[str, Slot]:
+        return self.state.printers
+
+    @property
+    def paused(self) -> bool:
+        return self.state.paused
+
+    @property
+    def settings(self) -> Settings:
+        return self.state.settings
+
+    @property
+    def speed_factors(self) -> Mapping[str, float]:
+        return self.state.speed_factors
+
+    @property
+    def dispatching(self) -> bool:
+        """True while some job is being handed to a printer (the facade's ``loading``)."""
+        return any(s.handing is not None for s in self.state.printers.values())
+
+    def printer_views(self) -> list[Printer]:
+        return [slot.view() for slot in self.state.printers.values()]
+
+    def printer_view(self, printer_id: str) -> Printer:
+        slot = self.state.printers.get(printer_id)
+        if slot is None:
+            raise NotFound(f"printer {printer_id} not found")
+        return slot.view()
+
+    def fresh(self, job: Job) -> Job:
+        """``job`` as it is now: the committed live version, with its printer's latest
+        reported progress and estimate while it prints."""
+        job = self.state.jobs.get(job.id, job)
+        if job.state is JobState.PRINTING:
+            slot = self.state.printers.get(job.printer_id or "")
+            if slot is not None and slot.current_job == job.id and slot.confirmed:
+                return attrs.evolve(job, progress=slot.progress, eta=slot.eta)
+        return job
+
+    async def get_job(self, job_id: str) -> Job:
+        job = self.state.jobs.get(job_id) or await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        return self.fresh(job)
+
+    def health(self) -> QueueHealth:
+        """Counts for status and metrics: O(printers), never O(queue)."""
+        by_state: dict[str, int] = {}
+        printing = 0
+        for slot in self.state.printers.values():
+            by_state[slot.state.value] = by_state.get(slot.state.value, 0) + 1
+            job = self.state.jobs.get(slot.current_job or "")
+            if job is not None and job.state is JobState.PRINTING:
+                printing += 1
+        return QueueHealth(
+            paused=self.state.paused,
+            queue_depth=len(self.state.queue),
+            printing=printing,
+            dispatching=sum(1 for s in self.state.printers.values() if s.handing is not None),
+            awaiting_clear=sum(1 for s in self.state.printers.values() if not s.plate_clear),
+            retry_waiting=len(self.state.retry_waiting),
+            oldest_queued_at=self.state.queue.oldest_queued_at(),
+            printers_by_state=by_state,
+        )

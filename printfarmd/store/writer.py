@@ -1,0 +1,144 @@
+"""Group commit: one writer connection, many callers, one fsync for many changes.
+
+Callers hand the writer a unit of work (a function of the connection). The writer task
+drains every unit waiting (up to ``MAX_BATCH``) and runs them in ONE transaction on a
+worker thread, each unit inside its own savepoint so one failing unit cannot undo
+another. A caller's ``await`` returns only after ``COMMIT`` returned: commit before
+acknowledgement. A caller cancelled while waiting loses only the answer: its unit,
+once handed over, commits (or fails) whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sqlite3
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import attrs
+import trio
+
+from printfarmd.store.database import map_sqlite_error
+
+T = TypeVar("T")
+
+MAX_BATCH = 100
+
+
+@attrs.frozen
+class StoreStatistics:
+    """Counters since open: ``commits`` transactions holding ``units`` units of work."""
+
+    commits: int
+    units: int
+    failed_units: int
+    max_batch: int
+
+
+@attrs.define
+class _Unit(Generic[T]):
+    fn: Callable[[sqlite3.Connection], T]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: T | None = None
+    error: BaseException | None = None
+
+
+class Writer:
+    """The one writer of the database file."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._limiter = trio.CapacityLimiter(1)
+        self._send, self._recv = trio.open_memory_channel[_Unit[Any]](math.inf)
+        self._commits = 0
+        self._units = 0
+        self._failed_units = 0
+        self._max_batch = 0
+        #: Test hook: called on the writer thread after COMMIT, before callers are woken.
+        self.after_commit: Callable[[], None] | None = None
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(self._commits, self._units, self._failed_units, self._max_batch)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the next transaction; returns its result after COMMIT.
+
+        Raises what ``fn`` raised (its savepoint rolled back), or ``StorageFull`` /
+        ``StorageBusy`` when the transaction could not commit (nothing stored).
+        Checkpoint; a cancelled caller's unit still runs whole.
+        """
+        unit: _Unit[T] = _Unit(fn)
+        self._send.send_nowait(unit)
+        await unit.done.wait()
+        if unit.error is not None:
+            raise unit.error
+        return unit.result  # type: ignore[return-value]
+
+    async def run(self) -> None:
+        """The group-commit loop. Runs until cancelled; a batch in flight completes."""
+        async for first in self._recv:
+            batch: list[_Unit[Any]] = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            # Not cancellable: a started transaction always finishes (commits or
+            # rolls back) before the daemon moves on.
+            await trio.to_thread.run_sync(self._commit_batch, batch, limiter=self._limiter)
+            for unit in batch:
+                unit.done.set()
+
+    def _commit_batch(self, batch: list[_Unit[Any]]) -> None:
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            err = map_sqlite_error(exc)
+            for unit in batch:
+                unit.error = err
+            self._failed_units += len(batch)
+            return
+        ok: list[_Unit[Any]] = []
+        try:
+            for unit in batch:
+                conn.execute("SAVEPOINT unit")
+                try:
+                    unit.result = unit.fn(conn)
+                except sqlite3.OperationalError:
+                    raise  # disk full, I/O, lock: the whole transaction is lost
+                except sqlite3.IntegrityError as exc:
+                    conn.execute("ROLLBACK TO SAVEPOINT unit")
+                    unit.error = map_sqlite_error(exc)
+                except Exception as exc:
+                    # A FarmError, or a bug in one unit: only that unit fails, its caller
+                    # gets the exception, and the writer keeps serving everyone else.
+                    conn.execute("ROLLBACK TO SAVEPOINT unit")
+                    unit.error = exc
+                else:
+                    ok.append(unit)
+                conn.execute("RELEASE SAVEPOINT unit")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Disk full, I/O error, ...: the whole transaction is gone. Nobody gets
+            # an acknowledgement for anything in it.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            err = map_sqlite_error(exc)
+            for unit in batch:
+                unit.error = err
+                unit.result = None
+            self._failed_units += len(batch)
+            return
+        self._commits += 1
+        self._units += len(ok)
+        self._failed_units += len(batch) - len(ok)
+        self._max_batch = max(self._max_batch, len(batch))
+        if self.after_commit is not None:
+            self.after_commit()
+
+    def close(self) -> None:
+        self._send.close()
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
