@@ -27,6 +27,10 @@ def make_driver(printer: PrinterConfig, *, mqtt_hub: MqttHub | None = None) -> P
         from printfarmd.drivers.octoprint import OctoPrintDriver
 
         return OctoPrintDriver(printer.id, printer.octoprint)
+    if printer.driver == "prusalink":
+        from printfarmd.drivers.prusalink import PrusaLinkDriver
+
+        return PrusaLinkDriver(printer.id, printer.prusalink)
     if printer.driver == "mqtt":
         if mqtt_hub is None:
             raise ValueError(f"printer {printer.id} uses MQTT but no broker is configured")

@@ -233,13 +233,13 @@ class OctoPrintDriver:
     async def _poll(self) -> None:
         """``GET /api/job`` and apply it (``/api/printer``'s flags for a state text we do
         not know). A malformed answer is logged and ignored."""
-        answer = json_body(await self._request("GET", "/api/job"), "/api/job")
+        response = await self._request("GET", "/api/job")
         if self.health.answered() and self._seen_once:
             log.info("printer back online", extra={"printer": self._printer_id})
         self._seen_once = True
         try:
-            status, problems = op.from_job(answer)
-        except op.PayloadError as exc:
+            status, problems = op.from_job(json_body(response, "/api/job"))
+        except (op.PayloadError, DriverError) as exc:
             log.warning(
                 "odd answer from octoprint ignored",
                 extra={"printer": self._printer_id, "reason": str(exc)},
