@@ -37,7 +37,12 @@ from printfarmd.errors import ConfigError
 from printfarmd.models import PrinterState
 from tests.conftest import REPO, LiveFarm, live_farm, make_config
 from tests.keyleak import register_key
-from tests.octoprint_real import RealOctoPrint, dwell_gcode, start_octoprint
+from tests.octoprint_real import (
+    OCTOPRINT_VERSION,
+    RealOctoPrint,
+    dwell_gcode,
+    start_octoprint,
+)
 
 FAST = OctoPrintOptions(
     api_key="set-per-test",
@@ -205,6 +210,31 @@ async def test_pause_resume_cancel_gcode_and_busy(
         assert await driver.snapshot() is None  # no camera configured
 
 
+async def test_a_print_started_on_octoprint_is_printing_without_a_job(
+    fresh: RealOctoPrint, gcode: Callable[..., JobSpec]
+) -> None:
+    async with driven(fresh.url, fresh.api_key) as link:
+        with fresh.client() as http:
+            response = http.post(
+                "/api/files/local",
+                files={"file": ("benchy.gcode", dwell_gcode(30.0))},
+                data={"select": "true", "print": "true"},
+            )
+            assert response.status_code == 201, response.text
+        await wait_until(lambda: link.last_state() is PrinterState.PRINTING)
+        last = link.last()
+        assert last is not None and last.job_id is None
+        with pytest.raises(PrinterBusy):
+            await link.driver.start_job(gcode(1.0))
+        await link.driver.cancel_job(JOB)  # not the farm's print: left alone
+        assert fresh.job_state() == "Printing"
+        await trio.to_thread.run_sync(fresh.cancel)
+        await wait_until(lambda: link.last_state() is PrinterState.IDLE)
+        assert link.outcomes() == []
+    with fresh.client() as http:
+        http.delete("/api/files/local/benchy.gcode")
+
+
 async def test_a_print_cancelled_on_octoprint_fails_once(
     fresh: RealOctoPrint, gcode: Callable[..., JobSpec]
 ) -> None:
@@ -364,6 +394,11 @@ def test_config_knows_the_driver_and_checks_its_options() -> None:
     assert "printers[0].octoprint.heartbeat: must be > 0" in lines
 
 
+def test_ci_installs_the_octoprint_the_tests_expect() -> None:
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert f".venv-octoprint/bin/pip install -q 'OctoPrint=={OCTOPRINT_VERSION}'" in ci
+
+
 def test_driver_doc_examples_are_valid_configs() -> None:
     doc = (REPO / "docs" / "drivers.md").read_text(encoding="utf-8")
     blocks = [b for b in re.findall(r"```toml\n(.*?)```", doc, re.DOTALL) if "octoprint" in b]
@@ -442,7 +477,7 @@ async def test_farm_prints_a_job_to_post_process_and_cancels_another(
 
         async def printing_on_octoprint() -> bool:
             here = await api(farm, "/api/printers/op1")
-            return here["state"] == "printing" and here["current_job"] == long
+            return here["current_job"] == long and here["progress"] > 0  # OctoPrint says so
 
         await until(printing_on_octoprint)
         assert fresh.job_state() == "Printing"

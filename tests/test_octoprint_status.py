@@ -221,3 +221,15 @@ def test_upload_names_carry_the_job_id() -> None:
     assert op.job_id_of(op.upload_name(JOB, "a.gcode")) == JOB
     for other in ("benchy.gcode", "printfarmd/benchy.gcode", f"elsewhere/{JOB}_a.gcode"):
         assert op.job_id_of(other) is None
+
+
+def test_a_print_the_farm_did_not_start_is_printing_without_a_job() -> None:
+    answer = load("job_printing.json")
+    answer["job"]["file"]["path"] = "benchy.gcode"
+    status, _ = op.from_job(answer)
+    report = op.status_report("o1", status)
+    assert (report.state, report.job_id) == (PrinterState.PRINTING, None)
+    sd = load("job_printing.json") | {"state": "Printing from SD"}
+    sd["job"]["file"]["origin"] = "sdcard"  # same name, but on the printer's SD card
+    status, _ = op.from_job(sd)
+    assert (op.farm_state(status), status.job_id) == (PrinterState.PRINTING, None)

@@ -117,3 +117,12 @@ def test_odd_fields_are_skipped_and_named() -> None:
         "job.progress: unusable value 'half'",
         "job.time_remaining: unusable value -5",
     }
+
+
+def test_a_print_the_farm_did_not_start_is_printing_without_a_job() -> None:
+    status, _ = pl.parse_status(load("status_printing.json"))
+    report = pl.status_report("p1", status, None)
+    assert (report.state, report.job_id) == (PrinterState.PRINTING, None)
+    foreign = load("job_printing.json")
+    foreign["file"] = {"name": "BENCHY~1.GCO", "display_name": "benchy.gcode", "path": "/usb"}
+    assert pl.parse_job(foreign).job_id is None
