@@ -217,6 +217,18 @@ async def test_ends_on_the_printer_fail_or_finish_once(keep_job: bool) -> None:
         assert len(link.outcomes()) == 3
 
 
+async def test_driver_restarted_after_the_job_ended_reports_it_once() -> None:
+    async with sim(print_seconds=60.0) as printer:
+        async with driven(printer) as link:
+            await link.driver.start_job(JobSpec(JOB, "benchy_pla.gcode", GCODE))
+            await wait_until(lambda: link.last_state() is PrinterState.PRINTING)
+        printer.finish()  # while no driver watches
+        async with driven(printer) as again:
+            await wait_until(lambda: len(again.reports()) > 5)
+            assert again.outcomes() == [JobFinished("p1", JOB)]
+            assert {r.state for r in again.reports()} == {PrinterState.IDLE}
+
+
 async def test_wrong_credentials_are_a_clear_error_and_keep_it_offline(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
