@@ -151,6 +151,57 @@ class MoonrakerOptions:
 
 
 @attrs.frozen
+class OctoPrintOptions:
+    """How to reach a printer's OctoPrint (``driver = "octoprint"``)."""
+
+    #: Base URL of the OctoPrint server, e.g. ``http://octopi.local``.
+    url: str = ""
+    #: An OctoPrint API key (a user's or an application key); sent as ``X-Api-Key``.
+    api_key: str = ""
+    #: Seconds any one call (connect, request, answer) may take.
+    timeout: float = 10.0
+    #: Seconds a G-code upload may take.
+    upload_timeout: float = 300.0
+    #: Seconds between status polls (the websocket pushes in between).
+    heartbeat: float = 5.0
+    #: Consecutive failed polls/connects after which the printer is reported offline.
+    offline_after: int = 3
+    #: Reconnect backoff: first delay and cap (seconds), doubling in between.
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    #: Camera snapshot URL (absolute, or relative to ``url``); empty = no camera.
+    snapshot_url: str = ""
+
+
+@attrs.frozen
+class PrusaLinkOptions:
+    """How to reach a Prusa printer's PrusaLink (``driver = "prusalink"``)."""
+
+    #: Base URL of the printer's PrusaLink, e.g. ``http://prusa-mk4.local``.
+    url: str = ""
+    #: HTTP digest user and password (PrusaLink's settings page); the user is ``maker``
+    #: on Prusa's printers.
+    username: str = "maker"
+    password: str = ""
+    #: ``X-Api-Key`` for older firmware, instead of a password.
+    api_key: str = ""
+    #: Storage to upload to (``/local``, ``/usb``, ...); empty = the first writable one
+    #: ``/api/v1/storage`` lists.
+    storage: str = ""
+    #: Seconds any one call (connect, request, answer) may take.
+    timeout: float = 10.0
+    #: Seconds a G-code upload may take.
+    upload_timeout: float = 300.0
+    #: Seconds between status polls.
+    heartbeat: float = 5.0
+    #: Consecutive failed polls after which the printer is reported offline.
+    offline_after: int = 3
+    #: Reconnect backoff: first delay and cap (seconds), doubling in between.
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+
+
+@attrs.frozen
 class MqttTopics:
     """Topic templates of the MQTT job-handler protocol; ``{id}`` is a printer or robot id."""
 
@@ -223,8 +274,12 @@ class PrinterConfig:
     bed_size: tuple[float, float, float] = (220.0, 220.0, 250.0)
     tags: tuple[str, ...] = ()
     auto_clear: bool = False
+    #: Remove the file the farm uploaded to the printer once its job has ended.
+    remove_uploads: bool = True
     simulator: SimulatorOptions = attrs.field(factory=SimulatorOptions)
     moonraker: MoonrakerOptions = attrs.field(factory=MoonrakerOptions)
+    octoprint: OctoPrintOptions = attrs.field(factory=OctoPrintOptions)
+    prusalink: PrusaLinkOptions = attrs.field(factory=PrusaLinkOptions)
 
 
 @attrs.frozen
@@ -308,7 +363,9 @@ class Config:
 # Loading: TOML -> dict (tomllib) -> Config (one strict cattrs converter) -> semantic checks.
 
 #: Driver names a printer may use. Add a driver's name here when its module lands.
-KNOWN_DRIVERS: frozenset[str] = frozenset({"simulator", "moonraker", "mqtt"})
+KNOWN_DRIVERS: frozenset[str] = frozenset(
+    {"simulator", "moonraker", "mqtt", "octoprint", "prusalink"}
+)
 #: Accepted values of ``logging.level`` (case-insensitive in the file).
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 #: A printer id appears in URLs, topics and log lines, so keep it to a safe alphabet.
@@ -705,6 +762,8 @@ def _semantic_errors(config: Config) -> list[str]:
         )
         check(simulator.report_interval > 0, f"{key}.simulator.report_interval", "must be > 0")
         errors.extend(_moonraker_errors(printer, key))
+        errors.extend(_octoprint_errors(printer, key))
+        errors.extend(_prusalink_errors(printer, key))
         if printer.driver == "mqtt" and not config.mqtt.host.strip():
             errors.append(f'{key}.driver: "mqtt" needs a broker: set mqtt.host')
     errors.extend(_mqtt_errors(config.mqtt))
@@ -750,6 +809,44 @@ def _moonraker_errors(printer: PrinterConfig, key: str) -> list[str]:
         errors.append(f"{key}.offline_after: must be >= 1")
     if printer.driver == "moonraker" and not re.match(r"https?://[^/\s]+", opts.url):
         errors.append(f"{key}.url: expected an http:// or https:// URL, got {_quote(opts.url)}")
+    return errors
+
+
+_TIMING_KEYS = ("timeout", "upload_timeout", "heartbeat", "backoff_initial", "backoff_max")
+
+
+def _link_errors(opts: OctoPrintOptions | PrusaLinkOptions, key: str, used: bool) -> list[str]:
+    """Range rules shared by the network drivers' option tables; the URL only matters
+    when the printer uses that driver (``used``)."""
+    errors = [f"{key}.{name}: must be > 0" for name in _TIMING_KEYS if not getattr(opts, name) > 0]
+    if opts.offline_after < 1:
+        errors.append(f"{key}.offline_after: must be >= 1")
+    if used and not re.match(r"https?://[^/\s]+", opts.url):
+        errors.append(f"{key}.url: expected an http:// or https:// URL, got {_quote(opts.url)}")
+    return errors
+
+
+def _octoprint_errors(printer: PrinterConfig, key: str) -> list[str]:
+    """Problems with ``printers[i].octoprint``."""
+    opts, key, used = printer.octoprint, f"{key}.octoprint", printer.driver == "octoprint"
+    errors = _link_errors(opts, key, used)
+    if used and not opts.api_key.strip():
+        errors.append(f'{key}.api_key: required with driver = "octoprint"')
+    return errors
+
+
+def _prusalink_errors(printer: PrinterConfig, key: str) -> list[str]:
+    """Problems with ``printers[i].prusalink``: a password (digest) or an API key."""
+    opts, key, used = printer.prusalink, f"{key}.prusalink", printer.driver == "prusalink"
+    errors = _link_errors(opts, key, used)
+    if used and not opts.password and not opts.api_key:
+        errors.append(f'{key}.password: required with driver = "prusalink" (or set api_key)')
+    if opts.password and opts.api_key:
+        errors.append(f"{key}.api_key: set either password or api_key, not both")
+    if opts.password and not opts.username.strip():
+        errors.append(f"{key}.username: must not be empty with a password")
+    if opts.storage and not re.fullmatch(r"/[A-Za-z0-9_-]+", opts.storage):
+        errors.append(f"{key}.storage: expected a storage path like /local or /usb")
     return errors
 
 

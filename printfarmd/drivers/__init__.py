@@ -1,4 +1,5 @@
-"""Printer drivers: the simulator (and, later, Klipper via Moonraker, MQTT printers)."""
+"""Printer drivers: the simulator, Klipper via Moonraker, MQTT printers, OctoPrint and
+PrusaLink."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ def make_driver(printer: PrinterConfig, *, mqtt_hub: MqttHub | None = None) -> P
         from printfarmd.drivers.moonraker import MoonrakerDriver
 
         return MoonrakerDriver(printer.id, printer.moonraker)
+    if printer.driver == "octoprint":
+        from printfarmd.drivers.octoprint import OctoPrintDriver
+
+        return OctoPrintDriver(printer.id, printer.octoprint)
+    if printer.driver == "prusalink":
+        from printfarmd.drivers.prusalink import PrusaLinkDriver
+
+        return PrusaLinkDriver(printer.id, printer.prusalink)
     if printer.driver == "mqtt":
         if mqtt_hub is None:
             raise ValueError(f"printer {printer.id} uses MQTT but no broker is configured")

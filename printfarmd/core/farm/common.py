@@ -10,6 +10,7 @@ import attrs
 from printfarmd.core.farm.outputs import (
     AppendEvent,
     ArmTimer,
+    ForgetFile,
     InsertJob,
     Log,
     NewEvent,
@@ -154,6 +155,12 @@ def arm_autoclear(tx: Tx, slot: Slot, now: Now) -> None:
     if slot.config.auto_clear and not slot.plate_clear:
         at = now.mono + max(0.0, tx.settings.cooldown_seconds)
         tx.effect(ArmTimer(at, TimerKind.AUTOCLEAR, slot.id))
+
+
+def forget_upload(tx: Tx, slot: Slot, job_id: str) -> None:
+    """The job has left the printer: remove what the farm uploaded there (configurable)."""
+    if slot.config.remove_uploads:
+        tx.effect(ForgetFile(slot.id, job_id))
 
 
 def arm_retry(tx: Tx, job: Job, now: Now) -> None:

@@ -7,7 +7,7 @@ import attrs
 from printfarmd.core import retry as retry_rules
 from printfarmd.core import watchdog as watchdog_rules
 from printfarmd.core.farm import common
-from printfarmd.core.farm.outputs import Count, Escalate, ForgetFile, Log, StopPrint
+from printfarmd.core.farm.outputs import Count, Escalate, Log, StopPrint
 from printfarmd.core.farm.state import Now, Tx
 from printfarmd.models import Job, JobEvent, JobState
 
@@ -28,7 +28,7 @@ def fail_printing(tx: Tx, job: Job, reason: str, printer_id: str | None, now: No
         if started:
             slot = common.set_plate(tx, slot, False, now)
             common.arm_autoclear(tx, slot, now)
-        tx.effect(ForgetFile(slot.id, job.id))
+        common.forget_upload(tx, slot, job.id)
     after_failure(tx, new, printer_id, reason, now)
     return new
 

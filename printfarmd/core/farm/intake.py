@@ -16,7 +16,6 @@ from printfarmd.core.farm.inputs import (
     SliceResult,
 )
 from printfarmd.core.farm.outputs import (
-    ForgetFile,
     Log,
     NewEvent,
     PutIdempotency,
@@ -194,7 +193,7 @@ def cancel(tx: Tx, job: Job, reason: str, now: Now) -> Job:
         if not slot.plate_clear:
             common.arm_autoclear(tx, slot, now)
         if not handing:
-            tx.effect(ForgetFile(slot.id, job.id))
+            common.forget_upload(tx, slot, job.id)
         # A hand-over in flight is settled when it returns (StartResult): the printer is
         # told to stop then, and the plate flag decided by what it did.
     tx.effect(Log("info", "job cancelled", {"job": job.id, "reason": reason}))

@@ -22,7 +22,6 @@ from printfarmd.core.farm.inputs import CommandResult, StartOutcome, StartResult
 from printfarmd.core.farm.outputs import (
     AppendEvent,
     CapturePhoto,
-    ForgetFile,
     Log,
     NewEvent,
     PublishProgress,
@@ -210,7 +209,7 @@ def on_finished(tx: Tx, slot: Slot, job_id: str, now: Now) -> None:
         if factor is not None:
             tx.set_speed_factor(slot.id, factor)
     tx.effect(CapturePhoto(slot.id, job.id, now.wall))
-    tx.effect(ForgetFile(slot.id, job.id))
+    common.forget_upload(tx, slot, job.id)
     tx.effect(Log("info", "job printed", {"job": job.id, "printer": slot.id}))
     tx.effect(PublishProgress(slot.id))
 
@@ -238,7 +237,7 @@ def on_start_result(tx: Tx, res: StartResult, now: Now) -> None:
             )
             slot = common.set_plate(tx, slot, False, now)
             common.arm_autoclear(tx, slot, now)
-            tx.effect(ForgetFile(slot.id, res.job_id))
+            common.forget_upload(tx, slot, res.job_id)
     elif ours:
         assert job is not None
         if res.outcome is StartOutcome.FILE_ESCAPED:
