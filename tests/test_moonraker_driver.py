@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 import httpx
+import orjson
 import pytest
 import trio
 
@@ -275,6 +276,34 @@ async def test_a_job_the_printer_already_completed_is_not_printed_again() -> Non
             await second.driver.start_job(spec)
             assert len(sim.klipper.started) == 1
             await wait_until(lambda: JobFinished("m1", JOB) in second.events)
+
+
+async def test_a_retry_on_the_same_printer_is_not_failed_by_the_last_attempt() -> None:
+    async with (
+        open_moonraker_sim(print_time=60.0) as sim,
+        driven(sim, timeout=2.0, heartbeat=0.05) as link,
+    ):
+        spec = JobSpec(JOB, "benchy_pla.gcode", GCODE)
+        await link.driver.start_job(spec)
+        await wait_until(lambda: link.last_state() is PrinterState.PRINTING)
+        sim.cancel_on_printer()
+        await wait_until(lambda: any(isinstance(e, JobFailed) for e in link.events))
+        # The retry: while it uploads and starts (slowly), the printer still shows the
+        # same file cancelled; that is the last attempt's outcome, not this one's.
+        sim.klipper.print_time = 1.0
+        sim.delay = 0.3
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.driver.start_job, spec)
+            await wait_until(lambda: sim.calls.count("server.files.upload") == 2)
+            await trio.sleep(0.1)  # the upload answered; the start is on its way
+            stats = {"state": "cancelled", "filename": sim.klipper.filename}
+            frame = {"method": "notify_status_update", "params": [{"print_stats": stats}, 1.0]}
+            sim.inject(orjson.dumps({"jsonrpc": "2.0", **frame}).decode())
+        sim.delay = 0.0
+        await wait_until(lambda: JobFinished("m1", JOB) in link.events)
+        outcomes = [e for e in link.events if isinstance(e, JobFinished | JobFailed)]
+        assert len(outcomes) == 2 and isinstance(outcomes[0], JobFailed)
+        assert outcomes[1] == JobFinished("m1", JOB)
 
 
 @pytest.mark.parametrize("notices", [True, False])

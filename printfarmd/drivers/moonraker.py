@@ -124,6 +124,9 @@ class MoonrakerDriver:
     failures: int = attrs.field(init=False, default=0)
     _offline: bool = attrs.field(init=False, default=True)
     _sent_outcomes: list[str] = attrs.field(init=False, factory=list)
+    #: Jobs started again whose old outcome the printer may still show (the same file
+    #: ``cancelled``): no outcome for them until it prints them.
+    _restarting: set[str] = attrs.field(init=False, factory=set)
     #: Jobs the farm cancelled whose cancel has not reached the printer yet.
     pending_cancels: set[str] = attrs.field(init=False, factory=set)
     _cancel_retry_at: float = attrs.field(init=False, default=-math.inf)
@@ -393,8 +396,13 @@ class MoonrakerDriver:
             )
         if self._offline:
             return  # reports resume with the next successful poll
+        job_id = self.klipper.job_id
+        if job_id in self._restarting and self.klipper.busy:
+            self._restarting.discard(job_id)
+            if job_id in self._sent_outcomes:
+                self._sent_outcomes.remove(job_id)  # this attempt may end again
         done = ks.outcome(self._printer_id, self.klipper)
-        if done is not None:
+        if done is not None and done.job_id not in self._restarting:
             await self._send_outcome(done)
         await self._send(ks.status_report(self._printer_id, self.klipper))
         if (
@@ -559,8 +567,7 @@ class MoonrakerDriver:
             files={"file": (base, data, "application/octet-stream")},
             data={"root": "gcodes", "path": folder},
         )
-        if job.job_id in self._sent_outcomes:
-            self._sent_outcomes.remove(job.job_id)  # a retry of this job may end again
+        self._restarting.add(job.job_id)
         self.pending_cancels.discard(job.job_id)
         try:
             await self._request("POST", "/printer/print/start", params={"filename": name})
@@ -569,6 +576,11 @@ class MoonrakerDriver:
             again = await self._query()
             if again.filename != name or again.print_state is not ks.PrintState.PRINTING:
                 raise
+        # Klipper prints it now: what the printer says of this file from here on is
+        # about this attempt.
+        self._restarting.discard(job.job_id)
+        if job.job_id in self._sent_outcomes:
+            self._sent_outcomes.remove(job.job_id)
 
     async def _command(self, path: str, job_id: str, states: tuple[ks.PrintState, ...]) -> None:
         now = await self._query()
