@@ -1,4 +1,4 @@
-"""Printer drivers: the simulator (and, later, Klipper via Moonraker, MQTT printers)."""
+"""Printer drivers: the simulator, Klipper via Moonraker, MQTT printers, Bambu Lab."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ def make_driver(printer: PrinterConfig, *, mqtt_hub: MqttHub | None = None) -> P
         from printfarmd.drivers.moonraker import MoonrakerDriver
 
         return MoonrakerDriver(printer.id, printer.moonraker)
+    if printer.driver == "bambu":
+        from printfarmd.drivers.bambu import BambuDriver
+
+        return BambuDriver(printer.id, printer.bambu)
     if printer.driver == "mqtt":
         if mqtt_hub is None:
             raise ValueError(f"printer {printer.id} uses MQTT but no broker is configured")
