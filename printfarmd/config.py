@@ -202,6 +202,41 @@ class PrusaLinkOptions:
 
 
 @attrs.frozen
+class BambuOptions:
+    """How to reach a Bambu Lab printer in LAN mode (``driver = "bambu"``)."""
+
+    #: The printer's address (LAN mode on; see its network settings).
+    host: str = ""
+    #: Its serial number (the MQTT topics are ``device/<serial>/...``).
+    serial: str = ""
+    #: The LAN access code shown on the printer's screen (the password of user ``bblp``).
+    access_code: str = ""
+    mqtt_port: int = 8883
+    ftps_port: int = 990
+    #: SHA-256 of the printer's certificate (hex, colons allowed); empty = pin the one
+    #: it presents on first contact (stored in the data dir) and refuse any other.
+    ca_fingerprint: str = ""
+    #: Seconds for a connect, a command's answer, an FTPS step.
+    timeout: float = 10.0
+    #: Seconds an upload may take.
+    upload_timeout: float = 300.0
+    #: Seconds a printer has to show a started job (or answer the start).
+    start_timeout: float = 60.0
+    #: MQTT keepalive with the printer: a silent link is dropped after ~1.5x this.
+    keepalive: int = 30
+    #: Seconds between full-status requests (``pushing.pushall``); the P1 series sends only
+    #: changes in between, and asking more often than every 5 minutes slows a P1P down.
+    pushall_interval: float = 300.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    #: Print 3MF projects with the AMS (``use_ams``).
+    use_ams: bool = False
+    #: Where the certificate pins live: ``<data dir>/bambu``, filled in when the config
+    #: is loaded (empty: pins kept in memory only).
+    state_dir: str = attrs.field(default="", metadata={"internal": True})
+
+
+@attrs.frozen
 class MqttTopics:
     """Topic templates of the MQTT job-handler protocol; ``{id}`` is a printer or robot id."""
 
@@ -280,6 +315,7 @@ class PrinterConfig:
     moonraker: MoonrakerOptions = attrs.field(factory=MoonrakerOptions)
     octoprint: OctoPrintOptions = attrs.field(factory=OctoPrintOptions)
     prusalink: PrusaLinkOptions = attrs.field(factory=PrusaLinkOptions)
+    bambu: BambuOptions = attrs.field(factory=BambuOptions)
 
 
 @attrs.frozen
@@ -364,7 +400,7 @@ class Config:
 
 #: Driver names a printer may use. Add a driver's name here when its module lands.
 KNOWN_DRIVERS: frozenset[str] = frozenset(
-    {"simulator", "moonraker", "mqtt", "octoprint", "prusalink"}
+    {"simulator", "moonraker", "mqtt", "octoprint", "prusalink", "bambu"}
 )
 #: Accepted values of ``logging.level`` (case-insensitive in the file).
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
@@ -764,6 +800,7 @@ def _semantic_errors(config: Config) -> list[str]:
         errors.extend(_moonraker_errors(printer, key))
         errors.extend(_octoprint_errors(printer, key))
         errors.extend(_prusalink_errors(printer, key))
+        errors.extend(_bambu_errors(printer, key))
         if printer.driver == "mqtt" and not config.mqtt.host.strip():
             errors.append(f'{key}.driver: "mqtt" needs a broker: set mqtt.host')
     errors.extend(_mqtt_errors(config.mqtt))
@@ -850,6 +887,61 @@ def _prusalink_errors(printer: PrinterConfig, key: str) -> list[str]:
     return errors
 
 
+_BAMBU_SERIAL_RE = re.compile(r"[A-Za-z0-9]{1,40}")
+
+
+def _bambu_errors(printer: PrinterConfig, key: str) -> list[str]:
+    """Problems with ``printers[i].bambu`` (host, serial and code only for that driver)."""
+    opts, key = printer.bambu, f"{key}.bambu"
+    errors = [
+        f"{key}.{name}: must be > 0"
+        for name in (
+            "timeout",
+            "upload_timeout",
+            "start_timeout",
+            "pushall_interval",
+            "backoff_initial",
+            "backoff_max",
+        )
+        if not getattr(opts, name) > 0
+    ]
+    for name in ("mqtt_port", "ftps_port"):
+        port = getattr(opts, name)
+        if not 1 <= port <= 65535:
+            errors.append(f"{key}.{name}: must be between 1 and 65535, got {port}")
+    if opts.keepalive < 5:
+        errors.append(f"{key}.keepalive: must be >= 5")
+    if opts.ca_fingerprint and not re.fullmatch(
+        r"[0-9A-Fa-f]{64}", re.sub(r"[\s:]", "", opts.ca_fingerprint)
+    ):
+        errors.append(
+            f"{key}.ca_fingerprint: expected a SHA-256 fingerprint (64 hex digits, colons allowed)"
+        )
+    if printer.driver == "bambu":
+        if not opts.host.strip():
+            errors.append(f'{key}.host: required with driver = "bambu"')
+        if not _BAMBU_SERIAL_RE.fullmatch(opts.serial):
+            errors.append(
+                f"{key}.serial: expected the printer's serial number (letters and digits), "
+                f"got {_quote(opts.serial)}"
+            )
+        if not opts.access_code:
+            errors.append(f'{key}.access_code: required with driver = "bambu"')
+    return errors
+
+
+def _with_state_dirs(config: Config) -> Config:
+    """Give every Bambu printer its pin folder under the data dir."""
+    if not any(p.driver == "bambu" for p in config.printers):
+        return config
+    state = str(config.data_path / "bambu")
+    printers = tuple(
+        attrs.evolve(p, bambu=attrs.evolve(p.bambu, state_dir=state)) if p.driver == "bambu" else p
+        for p in config.printers
+    )
+    return attrs.evolve(config, printers=printers)
+
+
 def validate_config(config: Config) -> None:
     """Check the rules types cannot express (ranges, unique ids, known drivers).
 
@@ -874,7 +966,7 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path(".")) -> 
         raise ConfigError("\n".join(_error_lines(exc, ""))) from exc
     config = attrs.evolve(_normalize(config), base_dir=base_dir)
     validate_config(config)
-    return config
+    return _with_state_dirs(config)
 
 
 def load_config(path: Path) -> Config:

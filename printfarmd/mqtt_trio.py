@@ -82,6 +82,10 @@ class MqttLink:
     ``subscriptions`` are (topic filter, qos) pairs subscribed on every connect.
     ``on_message`` is called on the trio thread for every message (must not block).
     ``on_state`` is called with ``True``/``False`` when the link comes up/goes down.
+    ``on_connect_error`` is called on the trio thread with the reason when a connect
+    fails (TCP, TLS) or the broker refuses it (CONNACK), e.g. a wrong password.
+    ``ssl_context`` replaces the TLS settings of ``settings`` with a context of the
+    caller's (e.g. one that pins a certificate); it turns TLS on.
     """
 
     def __init__(
@@ -91,11 +95,15 @@ class MqttLink:
         subscriptions: Sequence[tuple[str, int]] = (),
         on_message: Callable[[Message], None] | None = None,
         on_state: Callable[[bool], None] | None = None,
+        on_connect_error: Callable[[str], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
         self._on_state = on_state
+        self._on_connect_error = on_connect_error
+        self._ssl_context = ssl_context
         self._token: trio.lowlevel.TrioToken | None = None
         self._trio_thread = threading.get_ident()
         self._write_wanted = trio.Event()
@@ -114,7 +122,9 @@ class MqttLink:
         )
         if s.username:
             client.username_pw_set(s.username, s.password or None)
-        if s.tls:
+        if self._ssl_context is not None:
+            client.tls_set_context(self._ssl_context)
+        elif s.tls:
             client.tls_set(
                 ca_certs=s.ca_certs or None,
                 certfile=s.certfile or None,
@@ -146,6 +156,7 @@ class MqttLink:
     ) -> None:
         if reason.is_failure:
             log.warning("mqtt broker refused the connection", extra={"reason": str(reason)})
+            self._connect_error(f"refused: {reason}")
             return
         for topic, qos in self._subscriptions:
             client.subscribe(topic, qos)
@@ -160,6 +171,19 @@ class MqttLink:
                 self._on_state(True)
 
         self._on_trio(up)
+
+    def _connect_error(self, reason: str) -> None:
+        callback = self._on_connect_error
+        if callback is None:
+            return
+
+        def tell() -> None:
+            try:
+                callback(reason)
+            except Exception:
+                log.exception("mqtt connect-error handler failed")
+
+        self._on_trio(tell)
 
     def _handle_disconnect(
         self, _client: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any
@@ -283,10 +307,11 @@ class MqttLink:
             else:
                 await trio.to_thread.run_sync(self._client.reconnect)
         except (OSError, ssl.SSLError, ValueError) as exc:
+            reason = str(exc) or type(exc).__name__
             log.warning(
-                "mqtt connect failed",
-                extra={"broker": f"{s.host}:{s.port}", "reason": str(exc) or type(exc).__name__},
+                "mqtt connect failed", extra={"broker": f"{s.host}:{s.port}", "reason": reason}
             )
+            self._connect_error(reason)
             return None
         sock = self._client.socket()
         return sock if isinstance(sock, socket.socket) else None

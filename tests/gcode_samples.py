@@ -59,6 +59,7 @@ def prusaslicer(name: str = "PrusaSlicer", version: str = "2.7.1+linux-x64-GTK3"
         "; filament_type = PETG\n"
         "; first_layer_bed_temperature = 85\n"
         "; first_layer_height = 0.2\n"
+        "; fill_density = 20%\n"
         "; first_layer_temperature = 240\n"
         "; layer_height = 0.15\n"
         "; max_layer_z = 10.35\n"
@@ -100,6 +101,7 @@ def orcaslicer() -> bytes:
         "; layer_height = 0.2\n"
         "; nozzle_diameter = 0.6\n"
         "; nozzle_temperature_initial_layer = 260,220\n"
+        "; sparse_infill_density = 15%\n"
         "; textured_plate_temp_initial_layer = 95,55\n"
         "; CONFIG_BLOCK_END\n"
     )
@@ -134,6 +136,7 @@ def bambustudio() -> bytes:
         "; layer_height = 0.2\n"
         "; nozzle_diameter = 0.4\n"
         "; nozzle_temperature_initial_layer = 220\n"
+        "; sparse_infill_density = 10%\n"
         "; CONFIG_BLOCK_END\n"
     )
     return (head + body() + tail).encode()
@@ -151,7 +154,18 @@ def cura() -> bytes:
         "M140 S60\nM104 S210\n"
     )
     layers = "".join(f";LAYER:{n}\n;TYPE:WALL-OUTER\nG1 X1 Y1 E0.1\n" for n in range(5))
-    tail = ';TIME_ELAPSED:5025.0\n;End of Gcode\n;SETTING_3 {"global_quality": "x"}\n'
+    # Cura serializes its profile into one string and cuts it into ;SETTING_3 lines: the
+    # infill value here is split across two of them.
+    profile = (
+        '{"extruder_quality": ["[general]\\\\nversion = 4\\\\nname = Standard\\\\n\\\\n'
+        '[values]\\\\nwall_line_count = 3\\\\ninfill_sparse_density = 25\\\\n\\\\n"], '
+        '"global_quality": "[general]\\\\nversion = 4\\\\n"}'
+    )
+    cut = profile.index("density = 25") + len("density = 2")
+    tail = (
+        ";TIME_ELAPSED:5025.0\n;End of Gcode\n"
+        f";SETTING_3 {profile[:cut]}\n;SETTING_3 {profile[cut:]}\n"
+    )
     return (head + layers + body() + tail).encode()
 
 

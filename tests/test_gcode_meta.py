@@ -31,6 +31,7 @@ def test_prusaslicer() -> None:
     assert m.first_layer_extr_temp == 240
     assert m.first_layer_bed_temp == 85
     assert m.object_height == 10.35
+    assert m.infill == 20.0
     assert [(t.width, t.height) for t in m.thumbnails] == [(16, 16), (220, 124)]
     assert m.thumbnails[0].png == gs.tiny_png(16, 16)
 
@@ -56,6 +57,7 @@ def test_orcaslicer_multi_material_and_plate_type() -> None:
     assert m.first_layer_extr_temp == 260
     assert m.first_layer_bed_temp == 95  # textured plate, not the hot plate's 100
     assert m.object_height == 16.0
+    assert m.infill == 15.0
     assert [(t.width, t.height) for t in m.thumbnails] == [(300, 300)]
 
 
@@ -71,6 +73,7 @@ def test_bambustudio() -> None:
     assert m.first_layer_extr_temp == 220
     assert m.object_height == 8.0
     assert m.nozzle_diameter == 0.4
+    assert m.infill == 10.0
     assert len(m.thumbnails) == 1 and m.thumbnails[0].width == 512
 
 
@@ -81,6 +84,7 @@ def test_cura_marlin() -> None:
     assert m.filament_total == pytest.approx(1523.45)
     assert m.layer_height == 0.12
     assert m.object_height == 22.5
+    assert m.infill == 25.0  # from the profile, cut across two ;SETTING_3 lines
     # Cura's Marlin header names no material, nozzle or weight: none is invented.
     assert m.filament_type is None and m.nozzle_diameter is None
     assert m.filament_weight_total is None and m.thumbnails == ()
@@ -98,6 +102,24 @@ def test_cura_griffin() -> None:
 def test_unknown_slicer_gives_only_what_it_says() -> None:
     m = parse(b"; made by hand\n; layer_height = 0.3\n; first_layer_height = 75%\nG28\n")
     assert m == GcodeMeta(layer_height=0.3)  # a percentage is not a height
+
+
+@pytest.mark.parametrize(
+    ("text", "infill"),
+    [
+        (b"; fill_density = 0%\n", 0.0),
+        (b"; fill_density = 17.5%\n", 17.5),
+        (b"; fill_density = 0.2\n", None),  # no percent sign: not guessed
+        (b"; fill_density = 120%\n", None),
+        (b"; sparse_infill_density = nan%\n", None),
+        (b';SETTING_3 {"x": "infill_sparse_density = 30\\\\n"}\n', 30.0),
+        # Cut after the digits with nothing after them: the number may go on.
+        (b';SETTING_3 {"x": "infill_sparse_density = 3\n', None),
+        (b';SETTING_3 {"x": "infill_sparse_density = 1000\\\\n"}\n', None),
+    ],
+)
+def test_infill_is_a_percentage_or_nothing(text: bytes, infill: float | None) -> None:
+    assert parse(text).infill == infill
 
 
 def test_head_and_tail_split_never_joins_a_line() -> None:
@@ -199,6 +221,8 @@ _READ_KEYS = [
     ("nozzle_diameter", " = "),
     ("first_layer_temperature", " = "),
     ("first_layer_bed_temperature", " = "),
+    ("fill_density", " = "),
+    ("sparse_infill_density", " = "),
     ("curr_bed_type", " = "),
     ("max_layer_z", " = "),
     ("MAXZ", ":"),

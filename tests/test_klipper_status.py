@@ -60,7 +60,9 @@ def test_printing_names_the_job_and_prefers_the_slicer_progress() -> None:
     assert report.state is PrinterState.PRINTING
     assert report.job_id == JOB
     assert report.progress == pytest.approx(25.0)  # display_status, not the file position
-    assert report.remaining == pytest.approx(600.2 * 0.75 / 0.25)
+    # Time left: the rest of the file at the rate so far, from total_duration (the whole
+    # print) and the file position, not print_duration (counted from the first extrusion).
+    assert report.remaining == pytest.approx(612.4 * (1 - 0.2413) / 0.2413)
     assert ks.outcome(PID, PRINTING) is None
 
 
@@ -70,7 +72,58 @@ def test_partial_update_merges_into_the_known_status() -> None:
     assert status.print_state is ks.PrintState.PRINTING
     report = ks.status_report(PID, status)
     assert report.progress == pytest.approx(50.0)
-    assert report.remaining == pytest.approx(1200.4)
+    assert report.remaining == pytest.approx(1212.6 * (1 - 0.4981) / 0.4981)
+
+
+def test_a_pause_neither_counts_as_printing_time_nor_takes_progress_back() -> None:
+    status = updated(PRINTING, "update_progress.json")
+    paused = updated(status, "update_paused_at.json")
+    report = ks.status_report(PID, paused)
+    assert report.state is PrinterState.PAUSED and report.progress == pytest.approx(50.0)
+    # After 600 s paused, the slicer's M73 progress (45 %) is behind what was shown.
+    resumed = updated(paused, "update_resumed_m73_behind.json")
+    report = ks.status_report(PID, resumed)
+    assert report.state is PrinterState.PRINTING
+    assert report.progress == pytest.approx(50.0)  # never steps back
+    assert resumed.running_for == pytest.approx(1900.0 - 600.0)
+    assert report.remaining == pytest.approx(1300.0 * 0.48 / 0.52)
+    # The next print starts from nothing.
+    idle = updated(updated(resumed, "update_complete.json"), "update_standby.json")
+    again, _ = ks.apply_update(
+        idle,
+        {
+            "print_stats": {"state": "printing", "filename": PRINTING.filename},
+            "display_status": {"progress": 0.01},
+        },
+    )
+    assert ks.status_report(PID, again).progress == pytest.approx(1.0)
+    assert again.paused_for == 0.0
+
+
+def test_an_idle_printer_shows_no_progress_after_a_print() -> None:
+    done = updated(updated(PRINTING, "update_progress.json"), "update_complete.json")
+    assert ks.status_report(PID, done).progress == 0.0
+    standby = updated(done, "update_standby.json")
+    report = ks.status_report(PID, standby)
+    assert (report.state, report.progress, report.remaining) == (PrinterState.IDLE, 0.0, None)
+
+
+@pytest.mark.parametrize("state", ["disconnected", "startup"])
+def test_klippy_not_ready_says_so_and_never_idle(state: str) -> None:
+    status, _ = ks.apply_update(PRINTING, {"webhooks": {"state": state}})
+    report = ks.status_report(PID, status)
+    assert report.state is PrinterState.OFFLINE
+    assert report.message == f"Klippy not ready ({state})"  # not the stale "Printer is ready"
+    standby, _ = ks.apply_update(
+        ks.KlipperStatus(), {"webhooks": {"state": state}, "print_stats": {"state": "standby"}}
+    )
+    assert ks.status_report(PID, standby).state is PrinterState.OFFLINE
+    with_words, _ = ks.apply_update(
+        PRINTING, {"webhooks": {"state": state, "state_message": "Klipper is starting"}}
+    )
+    assert ks.status_report(PID, with_words).message == (
+        f"Klippy not ready ({state}): Klipper is starting"
+    )
 
 
 def test_paused_then_resumed() -> None:
@@ -86,7 +139,7 @@ def test_complete_finishes_the_job_and_leaves_the_printer_idle() -> None:
     status = updated(PRINTING, "update_complete.json")
     assert ks.outcome(PID, status) == JobFinished(PID, JOB)
     report = ks.status_report(PID, status)
-    assert (report.state, report.job_id, report.progress) == (PrinterState.IDLE, None, 100.0)
+    assert (report.state, report.job_id, report.progress) == (PrinterState.IDLE, None, 0.0)
 
 
 def test_cancelled_on_the_printer_fails_the_job() -> None:

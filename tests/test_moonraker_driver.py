@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 import httpx
+import orjson
 import pytest
 import trio
 
@@ -176,7 +177,7 @@ async def test_refusals_and_errors_become_driver_errors() -> None:
         with pytest.raises(DriverError, match="cannot read"):
             await link.driver.start_job(JobSpec(JOB, "missing.gcode", "/nonexistent/x.gcode"))
         sim.set_klippy("shutdown", "MCU shutdown")
-        with pytest.raises(PrinterBusy, match="klippy is shutdown"):
+        with pytest.raises(PrinterBusy, match=r"Klippy not ready \(shutdown\)"):
             await link.driver.start_job(JobSpec(JOB, "benchy_pla.gcode", GCODE))
         await wait_until(lambda: link.last_state() is PrinterState.ERROR)
         sim.set_network(NetworkMode.RESET)
@@ -226,6 +227,195 @@ async def test_lost_notifications_and_slow_answers() -> None:
             await link.driver.status()
         sim.delay = 0.0
         await wait_until(lambda: link.last_state() is PrinterState.IDLE)
+
+
+# ------------------------------------------------------------------ against a real Klipper
+# What a real Klipper behind Moonraker v0.10 showed, each point with the stand-in
+# behaving like the real one (see moonraker_sim's docstring).
+
+
+async def test_klippy_not_ready_is_offline_and_says_so_never_idle() -> None:
+    async with open_moonraker_sim(klippy="startup") as sim, driven(sim) as link:
+        assert link.last_state() is PrinterState.OFFLINE
+        report = await link.driver.status()
+        assert report.state is PrinterState.OFFLINE and "Klippy not ready" in report.message
+        with pytest.raises(PrinterBusy, match=r"Klippy not ready \(startup\)"):
+            await link.driver.start_job(JobSpec(JOB, "benchy_pla.gcode", GCODE))
+        await trio.sleep(3 * FAST.heartbeat)
+        sim.set_klippy("ready", "Printer is ready")
+        await wait_until(lambda: link.last_state() is PrinterState.IDLE)
+        before = link.reports()[:-1]
+        assert before and all(r.state is PrinterState.OFFLINE for r in before)
+        assert all(r.message.startswith("Klippy not ready (startup)") for r in before)
+        # Klippy leaves again (a host restart): the stale "Printer is ready" is not
+        # what an offline printer says.
+        sim.set_klippy("disconnected")
+        await wait_until(lambda: link.last_state() is PrinterState.OFFLINE)
+        gone = link.reports()[-1]
+        assert gone.message == "Klippy not ready (disconnected)"
+        report = await link.driver.status()  # Moonraker's 404 for printer.* now
+        assert report.state is PrinterState.OFFLINE and "Klippy not ready" in report.message
+        assert "Printer is ready" not in report.message
+
+
+async def test_a_job_the_printer_already_completed_is_not_printed_again() -> None:
+    async with open_moonraker_sim(print_time=0.5) as sim, driven(sim) as link:
+        spec = JobSpec(JOB, "benchy_pla.gcode", GCODE)
+        await link.driver.start_job(spec)
+        await wait_until(lambda: JobFinished("m1", JOB) in link.events)
+        assert sim.klipper.state == "complete"  # and it stays so until the next print
+        # The farm starts it again (its answer was lost, or it restarted meanwhile).
+        await link.driver.start_job(spec)
+        assert sim.klipper.started == [ks.upload_name(JOB, "benchy_pla.gcode")]
+        await wait_until(lambda: link.events.count(JobFinished("m1", JOB)) == 2)
+    async with open_moonraker_sim(print_time=0.5) as sim:
+        async with driven(sim) as first:
+            await first.driver.start_job(spec)
+            await wait_until(lambda: sim.klipper.state == "complete")
+        async with driven(sim) as second:  # a new driver remembers nothing
+            await second.driver.start_job(spec)
+            assert len(sim.klipper.started) == 1
+            await wait_until(lambda: JobFinished("m1", JOB) in second.events)
+
+
+async def test_a_retry_on_the_same_printer_is_not_failed_by_the_last_attempt() -> None:
+    async with (
+        open_moonraker_sim(print_time=60.0) as sim,
+        driven(sim, timeout=2.0, heartbeat=0.05) as link,
+    ):
+        spec = JobSpec(JOB, "benchy_pla.gcode", GCODE)
+        await link.driver.start_job(spec)
+        await wait_until(lambda: link.last_state() is PrinterState.PRINTING)
+        sim.cancel_on_printer()
+        await wait_until(lambda: any(isinstance(e, JobFailed) for e in link.events))
+        # The retry: while it uploads and starts (slowly), the printer still shows the
+        # same file cancelled; that is the last attempt's outcome, not this one's.
+        sim.klipper.print_time = 1.0
+        sim.delay = 0.3
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.driver.start_job, spec)
+            await wait_until(lambda: sim.calls.count("server.files.upload") == 2)
+            await trio.sleep(0.1)  # the upload answered; the start is on its way
+            stats = {"state": "cancelled", "filename": sim.klipper.filename}
+            frame = {"method": "notify_status_update", "params": [{"print_stats": stats}, 1.0]}
+            sim.inject(orjson.dumps({"jsonrpc": "2.0", **frame}).decode())
+        sim.delay = 0.0
+        await wait_until(lambda: JobFinished("m1", JOB) in link.events)
+        outcomes = [e for e in link.events if isinstance(e, JobFinished | JobFailed)]
+        assert len(outcomes) == 2 and isinstance(outcomes[0], JobFailed)
+        assert outcomes[1] == JobFinished("m1", JOB)
+
+
+@pytest.mark.parametrize("notices", [True, False])
+async def test_klippy_restart_is_followed_by_a_new_subscription(notices: bool) -> None:
+    # With notices, a long heartbeat: only notifications can tell the driver of the
+    # print, so a driver that did not subscribe again would hear nothing.
+    heartbeat = 30.0 if notices else FAST.heartbeat
+    async with (
+        open_moonraker_sim(print_time=60.0) as sim,
+        driven(sim, heartbeat=heartbeat) as link,
+    ):
+        assert sim.subscriptions  # subscribed on connect
+        sim.drop_klippy_notices = not notices
+        if notices:
+            sim.restart_klippy()  # disconnected and back between two heartbeats
+        else:
+            # Without notices: server.info shows Klippy gone, then back.
+            sim.set_klippy("disconnected")
+            await wait_until(lambda: link.last_state() is PrinterState.OFFLINE)
+            sim.restart_firmware()
+        await wait_until(lambda: bool(sim.subscriptions))
+        await wait_until(lambda: link.last_state() is PrinterState.IDLE)
+        seen = len(link.events)
+        await link.driver.start_job(JobSpec(JOB, "benchy_pla.gcode", GCODE))
+        await wait_until(
+            lambda: any(
+                isinstance(e, StatusReport) and e.state is PrinterState.PRINTING and e.progress > 0
+                for e in link.events[seen:]
+            )
+        )
+
+
+async def test_a_cancel_that_cannot_reach_the_printer_is_sent_when_it_is_back() -> None:
+    async with open_moonraker_sim(print_time=60.0) as sim, driven(sim) as link:
+        await link.driver.start_job(JobSpec(JOB, "benchy_pla.gcode", GCODE))
+        await wait_until(lambda: link.last_state() is PrinterState.PRINTING)
+        sim.set_network(NetworkMode.RESET)
+        with pytest.raises(PrinterUnreachable):
+            await link.driver.cancel_job(JOB)
+        assert link.driver.pending_cancels == {JOB}
+        assert sim.klipper.state == "printing"
+        sim.set_network(NetworkMode.OK)
+        await wait_until(lambda: sim.klipper.state == "cancelled")
+        await wait_until(lambda: not link.driver.pending_cancels)  # once it was answered
+        await trio.sleep(3 * FAST.heartbeat)
+        assert sim.calls.count("printer.print.cancel") == 1
+        assert not [e for e in link.events if isinstance(e, JobFailed)]  # the farm asked
+    async with open_moonraker_sim(print_time=60.0) as sim, driven(sim) as link:
+        await link.driver.start_job(JobSpec(JOB, "benchy_pla.gcode", GCODE))
+        sim.set_network(NetworkMode.RESET)
+        with pytest.raises(PrinterUnreachable):
+            await link.driver.cancel_job(JOB)
+        sim.restart_firmware()  # it comes back without that job: nothing to cancel
+        sim.set_network(NetworkMode.OK)
+        await wait_until(lambda: link.last_state() is PrinterState.IDLE)
+        await wait_until(lambda: not link.driver.pending_cancels)
+        assert "printer.print.cancel" not in sim.calls
+
+
+async def test_progress_never_steps_back_and_an_idle_printer_shows_none() -> None:
+    async with open_moonraker_sim(print_time=4.0) as sim, driven(sim) as link:
+        await link.driver.start_job(JobSpec(JOB, "benchy_pla.gcode", GCODE))
+        await wait_until(lambda: sim.klipper.progress(trio.current_time()) > 0.3)
+        await link.driver.pause_job(JOB)
+        await wait_until(lambda: link.last_state() is PrinterState.PAUSED)
+        await trio.sleep(1.0)  # paused: total_duration runs on, the print does not
+        await link.driver.resume_job(JOB)
+        assert sim.klipper.state == "printing"
+        # After a resume the slicer's M73 progress can be behind the file position
+        # Klipper showed while paused: what the farm sees never goes back.
+        sim.inject(
+            '{"jsonrpc": "2.0", "method": "notify_status_update",'
+            ' "params": [{"display_status": {"progress": 0.01}}, 1.0]}'
+        )
+        await wait_until(lambda: JobFinished("m1", JOB) in link.events)
+        busy = [
+            r
+            for r in link.reports()
+            if r.state in (PrinterState.PRINTING, PrinterState.PAUSED) and r.job_id == JOB
+        ]
+        progress = [r.progress for r in busy]
+        assert progress == sorted(progress) and progress[-1] > 30
+        # Time left is for the print, not for the pause: at most what is left of it.
+        for r in busy:
+            if r.remaining is not None and r.progress > 40:
+                assert r.remaining <= 4.0 * (1 - r.progress / 100) + 1.0
+        done = link.events.index(JobFinished("m1", JOB))
+        idle = [e for e in link.events[done:] if isinstance(e, StatusReport)]
+        assert idle and all(r.state is PrinterState.IDLE and r.progress == 0.0 for r in idle)
+        report = await link.driver.status()
+        assert (report.state, report.progress, report.remaining) == (PrinterState.IDLE, 0.0, None)
+
+
+async def test_forget_job_deletes_the_uploaded_file() -> None:
+    async with open_moonraker_sim(print_time=0.5) as sim, driven(sim) as link:
+        other = "FEDCBA9876543210"
+        await link.driver.forget_job(JOB)  # nothing uploaded yet: fine
+        await link.driver.start_job(JobSpec(JOB, "benchy_pla.gcode", GCODE))
+        await wait_until(lambda: JobFinished("m1", JOB) in link.events)
+        await link.driver.start_job(JobSpec(other, "benchy_pla.gcode", GCODE))
+        assert set(sim.klipper.files) == {
+            ks.upload_name(JOB, "benchy_pla.gcode"),
+            ks.upload_name(other, "benchy_pla.gcode"),
+        }
+        await link.driver.forget_job(JOB)
+        assert set(sim.klipper.files) == {ks.upload_name(other, "benchy_pla.gcode")}
+        await link.driver.forget_job(JOB)  # already gone: fine
+        await link.driver.forget_job(other)  # still printing: kept, not an error
+        assert set(sim.klipper.files) == {ks.upload_name(other, "benchy_pla.gcode")}
+        sim.set_network(NetworkMode.RESET)
+        with pytest.raises(PrinterUnreachable):
+            await link.driver.forget_job(other)
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:

@@ -13,6 +13,10 @@ MiB of a file (``HEAD_TAIL_BYTES`` each; the caller reads them, this module does
 - Cura: ``;FLAVOR:``, ``;TIME:``, ``;Filament used: 1.2m``, ``;Layer height:``, ``;MAXZ:``
   and ``;Generated with Cura_SteamEngine VERSION``; the Griffin flavour adds
   ``;EXTRUDER_TRAIN.0.NOZZLE.DIAMETER:`` and friends.
+- Infill (percent): ``; fill_density = 20%`` (PrusaSlicer family),
+  ``; sparse_infill_density = 15%`` (OrcaSlicer, Bambu Studio), and Cura's
+  ``infill_sparse_density = 20`` inside the ``;SETTING_3`` profile lines at the end
+  (one serialized text cut into lines, so the lines are joined before reading it).
 - Embedded thumbnails: ``; thumbnail begin WxH LEN`` (or ``thumbnail_PNG``), base64 lines,
   ``; thumbnail end``. Only blocks that decode to a PNG are kept.
 
@@ -58,6 +62,10 @@ _THUMB_BEGIN = re.compile(
 _THUMB_END = re.compile(rb"^;[ \t]*thumbnail(?:_PNG)?[ \t]+end[ \t]*\r?$", re.M)
 _MAX_THUMB_B64 = 512 * 1024
 _COMMENT = re.compile(rb";[^\n]*")
+_CURA_SETTINGS = re.compile(rb"^;SETTING_3 ([^\r\n]*)", re.M)
+# The value must end where Cura ends it (an escaped newline, i.e. a backslash, or the
+# closing quote): a number cut at the end of a line or of the read is not taken.
+_CURA_INFILL = re.compile(rb'infill_sparse_density\s*=\s*(\d{1,3}(?:\.\d{1,6})?)(?=[\\"])')
 
 # Orca/Bambu name the first-layer bed temperature after the selected plate type.
 _BED_TYPE_KEYS = {
@@ -101,6 +109,8 @@ class GcodeMeta:
     first_layer_extr_temp: float | None = None
     first_layer_bed_temp: float | None = None
     object_height: float | None = None
+    #: Sparse infill density, percent (0..100).
+    infill: float | None = None
     thumbnails: tuple[Thumbnail, ...] = ()
 
 
@@ -143,6 +153,27 @@ def _sum(text: str | None, sep: str = ",") -> float | None:
             return None
         total += v
     return total
+
+
+def _percent(text: str | None) -> float | None:
+    """``"20%"`` -> 20.0 (0..100); anything else (no ``%``, out of range) -> ``None``."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text.endswith("%"):
+        return None
+    v = _num(text[:-1])
+    return v if v is not None and 0.0 <= v <= 100.0 else None
+
+
+def _cura_infill(segment: bytes) -> float | None:
+    """Cura's sparse infill density from the ``;SETTING_3`` lines of one segment."""
+    settings = b"".join(m.group(1) for m in _CURA_SETTINGS.finditer(segment))
+    found = _CURA_INFILL.findall(settings)
+    if not found:
+        return None
+    v = _num(found[-1].decode())
+    return v if v is not None and 0.0 <= v <= 100.0 else None
 
 
 def _complete_lines(head: bytes, tail: bytes) -> list[bytes]:
@@ -205,8 +236,11 @@ def parse(head: bytes, tail: bytes = b"") -> GcodeMeta:
     thumbs: list[Thumbnail] = []
     slicer: str | None = None
     version: str | None = None
+    cura_infill: float | None = None
     for whole_lines in _complete_lines(head, tail):
         segment = _comments(whole_lines)
+        if (found := _cura_infill(segment)) is not None:
+            cura_infill = found  # the last segment (the end of the file) wins
         # Later lines win: the config block at the end is what the slicer used.
         for m in _KV_EQ.finditer(segment):
             eq[m.group(1).decode("utf-8", "replace").strip().lower()] = m.group(2).decode(
@@ -278,6 +312,12 @@ def parse(head: bytes, tail: bytes = b"") -> GcodeMeta:
     if height is None:
         height = _num(colon.get("maxz"))
 
+    infill = _percent(eq.get("fill_density"))
+    if infill is None:
+        infill = _percent(eq.get("sparse_infill_density"))
+    if infill is None:
+        infill = cura_infill
+
     return GcodeMeta(
         estimated_time=estimated,
         filament_type=ftype.upper() if ftype else None,
@@ -293,5 +333,6 @@ def parse(head: bytes, tail: bytes = b"") -> GcodeMeta:
         first_layer_extr_temp=extr,
         first_layer_bed_temp=bed,
         object_height=height,
+        infill=infill,
         thumbnails=tuple(thumbs),
     )

@@ -30,7 +30,11 @@ class PrinterReloadPlan:
 
 def same_driver(a: PrinterConfig, b: PrinterConfig) -> bool:
     """Whether ``a`` and ``b`` need the same driver instance (driver kind and options)."""
-    return (a.driver, a.simulator, a.moonraker) == (b.driver, b.simulator, b.moonraker)
+
+    def key(p: PrinterConfig) -> tuple[object, ...]:
+        return (p.driver, p.simulator, p.moonraker, p.octoprint, p.prusalink, p.bambu)
+
+    return key(a) == key(b)
 
 
 def plan_printer_reload(

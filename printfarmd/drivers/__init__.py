@@ -1,5 +1,5 @@
-"""Printer drivers: the simulator, Klipper via Moonraker, MQTT printers, OctoPrint and
-PrusaLink."""
+"""Printer drivers: the simulator, Klipper via Moonraker, MQTT printers, OctoPrint,
+PrusaLink and Bambu Lab."""
 
 from __future__ import annotations
 
@@ -31,6 +31,10 @@ def make_driver(printer: PrinterConfig, *, mqtt_hub: MqttHub | None = None) -> P
         from printfarmd.drivers.prusalink import PrusaLinkDriver
 
         return PrusaLinkDriver(printer.id, printer.prusalink)
+    if printer.driver == "bambu":
+        from printfarmd.drivers.bambu import BambuDriver
+
+        return BambuDriver(printer.id, printer.bambu)
     if printer.driver == "mqtt":
         if mqtt_hub is None:
             raise ValueError(f"printer {printer.id} uses MQTT but no broker is configured")

@@ -17,6 +17,7 @@ Rules every driver keeps:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import attrs
@@ -45,6 +46,10 @@ class NotSupported(DriverError):
     """The printer cannot do this (no camera, no G-code console, ...)."""
 
 
+def _copy_params(value: Mapping[str, float]) -> dict[str, float]:
+    return dict(value)
+
+
 @attrs.frozen
 class JobSpec:
     """What a driver needs to print a job.
@@ -52,7 +57,12 @@ class JobSpec:
     ``path`` is the absolute, already containment-checked file path; ``filename`` the
     path relative to the gcodes folder. ``estimated_time`` is in seconds of real
     printing (``None`` if unknown). ``resume_progress`` (0..100) asks a driver that can
-    resume to start from that point; others ignore it.
+    resume to start from that point; others ignore it. ``priority`` is the job's queue
+    priority (the farm has already ordered its queue; protocols that carry it, like the
+    MQTT job-handler assignment, pass it on). ``parameters`` are the print settings the
+    file was sliced with, under the MQTT job-handler spec's names (``layerHeight`` mm,
+    ``infill`` %, ``nozzleTemp`` and ``bedTemp`` degrees C); only known ones are present
+    (see ``drivers.params.assignment_parameters``).
     """
 
     job_id: str
@@ -61,6 +71,8 @@ class JobSpec:
     estimated_time: float | None = None
     material: str | None = None
     resume_progress: float = 0.0
+    priority: int = 0
+    parameters: Mapping[str, float] = attrs.field(factory=dict, converter=_copy_params, hash=False)
 
 
 @attrs.frozen
@@ -103,7 +115,18 @@ class PlateCleared:
     printer_id: str
 
 
-DriverEvent = StatusReport | JobFinished | JobFailed | PlateCleared
+@attrs.frozen
+class MaterialsReport:
+    """The filaments loaded on the printer now, index-aligned: ``materials`` upper-case
+    (``"PLA"``), ``colours`` ``#RRGGBB`` upper-case (``""`` when the printer does not
+    say); the first entry is the active one. Sent when it changes (e.g. AMS trays)."""
+
+    printer_id: str
+    materials: tuple[str, ...]
+    colours: tuple[str, ...]
+
+
+DriverEvent = StatusReport | JobFinished | JobFailed | PlateCleared | MaterialsReport
 
 
 class PrinterDriver(Protocol):
@@ -148,6 +171,13 @@ class PrinterDriver(Protocol):
     async def pause_job(self, job_id: str) -> None: ...
 
     async def resume_job(self, job_id: str) -> None: ...
+
+    async def forget_job(self, job_id: str) -> None:
+        """Remove what the farm uploaded to the printer for ``job_id`` (its G-code or
+        project file), so uploads do not pile up. A no-op where nothing was uploaded;
+        never raises for a file that is already gone. Raises ``PrinterUnreachable`` (a
+        ``DriverError``) only when the printer cannot be reached."""
+        ...
 
     async def run_gcode(self, script: str) -> None:
         """Run a clearing or transition G-code; ``NotSupported`` where impossible."""

@@ -59,10 +59,20 @@ class PayloadError(ValueError):
     """A frame that is not valid JSON-RPC; ``str(exc)`` says why (safe to log)."""
 
 
+_BUSY = ("printing", "paused")
+
+
 @attrs.frozen
 class KlipperStatus:
     """What the driver knows of one printer. ``sd_progress`` and ``display_progress``
-    are fractions 0..1 (``display_progress`` is ``None`` until the printer sends one)."""
+    are fractions 0..1 (``display_progress`` is ``None`` until the printer sends one).
+
+    Derived per print (kept by ``apply_update``): ``peak_progress`` (the highest
+    progress fraction reported for the print, so it never steps back, e.g. when the
+    slicer's M73 progress takes over again after a resume), ``paused_for`` (seconds of
+    ``total_duration`` spent paused) and ``paused_since`` (``total_duration`` when the
+    current pause began).
+    """
 
     klippy: KlippyState = KlippyState.DISCONNECTED
     klippy_message: str = ""
@@ -70,8 +80,12 @@ class KlipperStatus:
     filename: str = ""
     print_message: str = ""
     print_duration: float = 0.0
+    total_duration: float = 0.0
     sd_progress: float = 0.0
     display_progress: float | None = None
+    peak_progress: float = 0.0
+    paused_for: float = 0.0
+    paused_since: float | None = None
 
     @property
     def job_id(self) -> str | None:
@@ -79,12 +93,44 @@ class KlipperStatus:
         return job_id_of(self.filename)
 
     @property
-    def progress(self) -> float:
-        """Percent 0..100: the slicer's M73 progress if any, else the file position."""
+    def busy(self) -> bool:
+        return self.print_state.value in _BUSY
+
+    @property
+    def raw_progress(self) -> float:
+        """Fraction 0..1 as the printer says it now: M73 if any, else the file position."""
         fraction = self.display_progress if self.display_progress is not None else self.sd_progress
+        return min(max(fraction, 0.0), 1.0)
+
+    @property
+    def progress(self) -> float:
+        """Percent 0..100: the slicer's M73 progress if any, else the file position;
+        never lower than before during one print; 100 once complete."""
         if self.print_state is PrintState.COMPLETE:
-            fraction = 1.0
-        return min(max(fraction, 0.0), 1.0) * 100.0
+            return 100.0
+        fraction = self.raw_progress
+        if self.busy:
+            fraction = max(fraction, self.peak_progress)
+        return fraction * 100.0
+
+    @property
+    def running_for(self) -> float:
+        """Seconds the print has been running: ``total_duration`` (from the start of
+        the print, heating included) less the time spent paused."""
+        elapsed = self.total_duration or self.print_duration
+        paused = self.paused_for
+        if self.paused_since is not None:
+            paused += max(elapsed - self.paused_since, 0.0)
+        return max(elapsed - paused, 0.0)
+
+    def remaining(self) -> float | None:
+        """Seconds left, from the file position and the time the print has run: the
+        rest of the file at the rate so far. ``None`` before there is a rate."""
+        fraction = min(max(self.sd_progress, 0.0), 1.0)
+        running = self.running_for
+        if not (0.0 < fraction < 1.0) or running <= 0.0:
+            return None
+        return running * (1.0 - fraction) / fraction
 
 
 # ------------------------------------------------------------------------ file names
@@ -253,9 +299,36 @@ def apply_update(
     take("print_stats", "filename", text, "filename")
     take("print_stats", "message", text, "print_message")
     take("print_stats", "print_duration", _number, "print_duration")
+    take("print_stats", "total_duration", _number, "total_duration")
     take("virtual_sdcard", "progress", _number, "sd_progress")
     take("display_status", "progress", _number, "display_progress")
-    return attrs.evolve(status, **changes), problems
+    if "klippy" in changes and changes["klippy"] is not status.klippy:
+        # A new Klippy state without its own message: the old one ("Printer is
+        # ready") no longer describes it.
+        changes.setdefault("klippy_message", "")
+    return _per_print(status, attrs.evolve(status, **changes)), problems
+
+
+def _per_print(old: KlipperStatus, new: KlipperStatus) -> KlipperStatus:
+    """Carry the per-print fields (peak progress, pause time) from ``old`` to ``new``."""
+    fresh = new.busy and (not old.busy or new.filename != old.filename)
+    if not new.busy:
+        return attrs.evolve(new, peak_progress=0.0, paused_for=0.0, paused_since=None)
+    peak, paused_for, paused_since = (
+        (0.0, 0.0, None) if fresh else (old.peak_progress, old.paused_for, old.paused_since)
+    )
+    elapsed = new.total_duration or new.print_duration
+    if new.print_state is PrintState.PAUSED and paused_since is None:
+        paused_since = elapsed
+    elif new.print_state is PrintState.PRINTING and paused_since is not None:
+        paused_for += max(elapsed - paused_since, 0.0)
+        paused_since = None
+    return attrs.evolve(
+        new,
+        peak_progress=max(peak, new.raw_progress),
+        paused_for=paused_for,
+        paused_since=paused_since,
+    )
 
 
 # ------------------------------------------------------------------------ to driver events
@@ -282,15 +355,18 @@ def farm_state(status: KlipperStatus) -> PrinterState:
 
 
 def status_report(printer_id: str, status: KlipperStatus) -> StatusReport:
-    """The ``StatusReport`` for a Klipper status. Pure."""
+    """The ``StatusReport`` for a Klipper status. Pure.
+
+    Progress and time left only while a print is on (an idle printer shows 0, not the
+    100 of its last print); Klippy not ready says so, with Klippy's own words if any.
+    """
     state = farm_state(status)
     busy = state in (PrinterState.PRINTING, PrinterState.PAUSED)
-    progress = status.progress
-    remaining: float | None = None
-    fraction = progress / 100.0
-    if busy and 0.0 < fraction < 1.0 and status.print_duration > 0:
-        remaining = status.print_duration * (1.0 - fraction) / fraction
-    if state is PrinterState.ERROR or state is PrinterState.OFFLINE:
+    if state is PrinterState.OFFLINE:
+        message = f"Klippy not ready ({status.klippy.value})"
+        if status.klippy_message:
+            message = f"{message}: {status.klippy_message}"
+    elif state is PrinterState.ERROR:
         message = status.klippy_message or f"klippy {status.klippy.value}"
     elif status.print_state is PrintState.ERROR:
         message = f"last print failed: {status.print_message or 'error'}"
@@ -300,8 +376,8 @@ def status_report(printer_id: str, status: KlipperStatus) -> StatusReport:
         printer_id,
         state,
         job_id=status.job_id if busy else None,
-        progress=progress if busy or status.print_state is PrintState.COMPLETE else 0.0,
-        remaining=remaining,
+        progress=status.progress if busy else 0.0,
+        remaining=status.remaining() if busy else None,
         message=message,
     )
 

@@ -14,18 +14,27 @@ consecutive failures the printer is reported OFFLINE; the first good answer rese
 the count and reports the real state. Before the first successful connection a
 failure reports OFFLINE at once (nothing better is known).
 
+Klippy restarts: Moonraker drops every subscription when Klippy disconnects, so the
+driver subscribes again after any Klippy notice (``notify_klippy_ready`` above all) and
+whenever ``server.info`` says Klippy is ready after it was not; until Klippy is ready
+the printer is OFFLINE ("Klippy not ready"), never IDLE.
+
 Starting a job uploads its G-code as ``printfarmd/<job id>--<name>`` and then starts
 that file. If the printer already prints that file (a start whose answer was lost),
-it is not started again.
+it is not started again; if it already printed it to the end (``complete``), it is not
+printed again either and the job is reported finished. A cancel that cannot reach the
+printer stays pending in the driver and is sent again once the printer is back and
+still working on that job. ``forget_job`` deletes the job's uploaded file.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import attrs
 import httpx
@@ -59,6 +68,14 @@ _Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
 class _LinkDown(Exception):
     """The websocket session ended; ``str(exc)`` says why."""
+
+
+class _HttpError(DriverError):
+    """Moonraker answered with an error status (``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def backoff_delays(initial: float, cap: float) -> Any:
@@ -107,6 +124,15 @@ class MoonrakerDriver:
     failures: int = attrs.field(init=False, default=0)
     _offline: bool = attrs.field(init=False, default=True)
     _sent_outcomes: list[str] = attrs.field(init=False, factory=list)
+    #: Jobs started again whose old outcome the printer may still show (the same file
+    #: ``cancelled``): no outcome for them until it prints them.
+    _restarting: set[str] = attrs.field(init=False, factory=set)
+    #: Jobs the farm cancelled whose cancel has not reached the printer yet.
+    pending_cancels: set[str] = attrs.field(init=False, factory=set)
+    _cancel_retry_at: float = attrs.field(init=False, default=-math.inf)
+    #: Bumped by every Klippy notice: a subscription made before it is gone.
+    _klippy_epoch: int = attrs.field(init=False, default=0)
+    _subscribed_epoch: int | None = attrs.field(init=False, default=None)
     _events: trio.MemorySendChannel[DriverEvent] | None = attrs.field(init=False, default=None)
     _http: httpx.AsyncClient | None = attrs.field(init=False, default=None)
     _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
@@ -255,15 +281,17 @@ class MoonrakerDriver:
 
     async def _converse(self, ws: trio_websocket.WebSocketConnection, ready: trio.Event) -> None:
         pending = _Pending()
+        self._subscribed_epoch = None  # a new connection has no subscription
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._reader, ws, pending)
-            subscribed = await self._poll(ws, pending, subscribed=False)
+            await self._poll(ws, pending)
             ready.set()
             while True:
+                await self._send_pending_cancels()
                 with trio.move_on_after(self._options.heartbeat):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                subscribed = await self._poll(ws, pending, subscribed=subscribed)
+                await self._poll(ws, pending)
 
     async def _reader(self, ws: trio_websocket.WebSocketConnection, pending: _Pending) -> None:
         while True:
@@ -312,11 +340,10 @@ class MoonrakerDriver:
             raise DriverError(f"{method}: {response.error[1]} ({response.error[0]})")
         return response.result
 
-    async def _poll(
-        self, ws: trio_websocket.WebSocketConnection, pending: _Pending, *, subscribed: bool
-    ) -> bool:
-        """Ask Moonraker for Klippy's state and, when it is there, the printer objects
-        (subscribing first if not ``subscribed``). Returns whether we are subscribed."""
+    async def _poll(self, ws: trio_websocket.WebSocketConnection, pending: _Pending) -> None:
+        """Ask Moonraker for Klippy's state and, when it is ready, the printer objects:
+        subscribing if no subscription survives (a new link, or Klippy came back since
+        the last one), else a plain query."""
         info = await self._rpc(ws, pending, "server.info", {})
         self._answered()
         klippy = info.get("klippy_state") if isinstance(info, dict) else None
@@ -324,11 +351,15 @@ class MoonrakerDriver:
             state = ks.KlippyState(str(klippy))
         except ValueError:
             state = ks.KlippyState.DISCONNECTED
+        if state is not ks.KlippyState.READY:
+            # Not ready (or restarting): Moonraker drops subscriptions when Klippy goes.
+            self._subscribed_epoch = None
         if state in (ks.KlippyState.DISCONNECTED, ks.KlippyState.STARTUP):
-            # A restarted Klippy forgets subscriptions: subscribe again when it is back.
-            await self._klippy(state)
-            return False
-        method = "printer.objects.query" if subscribed else "printer.objects.subscribe"
+            await self._update({"webhooks": {"state": state.value}})
+            return
+        epoch = self._klippy_epoch
+        subscribe = self._subscribed_epoch != epoch
+        method = "printer.objects.subscribe" if subscribe else "printer.objects.query"
         try:
             result = await self._rpc(ws, pending, method, {"objects": _QUERY})
             objects = ks.status_objects(result)
@@ -337,19 +368,24 @@ class MoonrakerDriver:
                 "printer status not available",
                 extra={"printer": self._printer_id, "reason": str(exc)},
             )
-            await self._klippy(state)
-            return False
+            self._subscribed_epoch = None
+            await self._update({"webhooks": {"state": state.value}})
+            return
+        if subscribe:
+            # A Klippy notice that arrived meanwhile bumped the epoch: subscribe again.
+            self._subscribed_epoch = epoch
         # A full answer: Klippy's state from server.info wins over a stale webhooks field.
         hooks = objects.get("webhooks")
         hooks = hooks if isinstance(hooks, dict) else {}
         await self._update({**objects, "webhooks": {**hooks, "state": state.value}})
-        return True
 
     async def _klippy(self, state: ks.KlippyState) -> None:
-        if state is ks.KlippyState.READY:
-            self._wake.set()  # query the objects again at once
-            return
-        await self._update({"webhooks": {"state": state.value}})
+        """A ``notify_klippy_*`` notice: Klippy (re)connected, shut down or left. Any of
+        them means our subscription may be gone; poll (and subscribe) at once."""
+        self._klippy_epoch += 1
+        self._wake.set()
+        if state is not ks.KlippyState.READY:
+            await self._update({"webhooks": {"state": state.value}})
 
     async def _update(self, objects: Mapping[str, Any]) -> None:
         self.klipper, problems = ks.apply_update(self.klipper, objects)
@@ -360,10 +396,45 @@ class MoonrakerDriver:
             )
         if self._offline:
             return  # reports resume with the next successful poll
+        job_id = self.klipper.job_id
+        if job_id in self._restarting and self.klipper.busy:
+            self._restarting.discard(job_id)
+            if job_id in self._sent_outcomes:
+                self._sent_outcomes.remove(job_id)  # this attempt may end again
         done = ks.outcome(self._printer_id, self.klipper)
-        if done is not None:
+        if done is not None and done.job_id not in self._restarting:
             await self._send_outcome(done)
         await self._send(ks.status_report(self._printer_id, self.klipper))
+        if (
+            self.pending_cancels
+            and self.klipper.klippy is ks.KlippyState.READY
+            and trio.current_time() >= self._cancel_retry_at
+        ):
+            self._wake.set()  # the converse loop sends or drops the pending cancels
+
+    async def _send_pending_cancels(self) -> None:
+        """Send each pending cancel whose job the printer still works on; drop those it
+        no longer does. A cancel that fails again stays pending. Checkpoint."""
+        await trio.lowlevel.checkpoint()
+        now = self.klipper
+        if now.klippy is not ks.KlippyState.READY or self._offline:
+            return
+        for job_id in sorted(self.pending_cancels):
+            if now.job_id != job_id or not now.busy:
+                self.pending_cancels.discard(job_id)
+                continue
+            try:
+                await self._request("POST", "/printer/print/cancel")
+            except DriverError as exc:
+                # Not again before the next heartbeat, however many reports arrive.
+                self._cancel_retry_at = trio.current_time() + self._options.heartbeat
+                log.warning(
+                    "pending cancel failed again",
+                    extra={"printer": self._printer_id, "job": job_id, "reason": exc.message},
+                )
+                continue
+            self.pending_cancels.discard(job_id)
+            log.info("pending cancel sent", extra={"printer": self._printer_id, "job": job_id})
 
     async def _send_outcome(self, done: JobFinished | JobFailed) -> None:
         if done.job_id in self._sent_outcomes:
@@ -407,7 +478,10 @@ class MoonrakerDriver:
                 f"printer {self._printer_id} did not answer {path}: {_describe(exc)}"
             ) from None
         if response.status_code >= 400:
-            raise DriverError(f"{path}: {_error_message(response)} (HTTP {response.status_code})")
+            raise _HttpError(
+                f"{path}: {_error_message(response)} (HTTP {response.status_code})",
+                response.status_code,
+            )
         if not response.content:
             return None
         try:
@@ -417,6 +491,17 @@ class MoonrakerDriver:
         return body.get("result", body) if isinstance(body, dict) else body
 
     async def _query(self) -> ks.KlipperStatus:
+        """The printer's status now, over HTTP. Klippy's state comes from
+        ``/server/info`` (Moonraker answers that even without Klippy); the objects are
+        queried only when it is ready. Raises ``PrinterUnreachable`` or ``DriverError``."""
+        info = await self._request("GET", "/server/info")
+        raw = info.get("klippy_state") if isinstance(info, dict) else None
+        try:
+            klippy = ks.KlippyState(str(raw))
+        except ValueError:
+            klippy = ks.KlippyState.DISCONNECTED
+        if klippy in (ks.KlippyState.DISCONNECTED, ks.KlippyState.STARTUP):
+            return ks.KlipperStatus(klippy=klippy)
         result = await self._request(
             "GET", "/printer/objects/query", params=dict.fromkeys(_QUERY, "")
         )
@@ -424,6 +509,9 @@ class MoonrakerDriver:
             objects = ks.status_objects(result)
         except ks.PayloadError as exc:
             raise DriverError(f"odd answer to a status query: {exc}") from None
+        hooks = objects.get("webhooks")
+        hooks = hooks if isinstance(hooks, dict) else {}
+        objects = {**objects, "webhooks": {**hooks, "state": klippy.value}}
         status, _ = ks.apply_update(ks.KlipperStatus(), objects)
         return status
 
@@ -434,24 +522,39 @@ class MoonrakerDriver:
         except PrinterUnreachable:
             raise
         except DriverError as exc:
-            # Moonraker answers but Klippy is not there (queries fail while disconnected).
-            return StatusReport(self._printer_id, PrinterState.OFFLINE, message=exc.message)
+            message = exc.message
+            if isinstance(exc, _HttpError) and exc.status in (404, 503):
+                # Moonraker answers but Klippy is not there (its endpoints 404 or 503).
+                message = f"Klippy not ready: {message}"
+            return StatusReport(self._printer_id, PrinterState.OFFLINE, message=message)
         return ks.status_report(self._printer_id, status)
 
     async def start_job(self, job: JobSpec) -> None:
-        """Upload ``job``'s file and start it; a no-op if it already prints it.
+        """Upload ``job``'s file and start it; a no-op if it already prints it, and
+        ``JobFinished`` instead of a second print if it already printed it to the end.
 
         Raises ``PrinterBusy`` (printing something else, or Klippy not ready),
         ``PrinterUnreachable`` or ``DriverError`` (upload or start refused).
         """
         name = ks.upload_name(job.job_id, job.filename)
         now = await self._query()
+        if now.klippy is not ks.KlippyState.READY:
+            raise PrinterBusy(f"printer {self._printer_id}: Klippy not ready ({now.klippy.value})")
         if now.print_state in (ks.PrintState.PRINTING, ks.PrintState.PAUSED):
             if now.filename == name:
                 return  # our earlier start got through: never start a job twice
             raise PrinterBusy(f"printer {self._printer_id} is printing {now.filename}")
-        if now.klippy is not ks.KlippyState.READY:
-            raise PrinterBusy(f"printer {self._printer_id}: klippy is {now.klippy.value}")
+        if now.print_state is ks.PrintState.COMPLETE and now.filename == name:
+            # It printed this job to the end already (a start whose answer was lost, a
+            # restart): the plate holds it. Printing it again would print on top of it.
+            log.warning(
+                "job already printed on the printer: not printed again",
+                extra={"printer": self._printer_id, "job": job.job_id},
+            )
+            if job.job_id not in self._sent_outcomes:
+                self._sent_outcomes.append(job.job_id)
+            await self._send(JobFinished(self._printer_id, job.job_id))
+            return
         try:
             data = await trio.Path(job.path).read_bytes()
         except OSError as exc:
@@ -464,8 +567,8 @@ class MoonrakerDriver:
             files={"file": (base, data, "application/octet-stream")},
             data={"root": "gcodes", "path": folder},
         )
-        if job.job_id in self._sent_outcomes:
-            self._sent_outcomes.remove(job.job_id)  # a retry of this job may end again
+        self._restarting.add(job.job_id)
+        self.pending_cancels.discard(job.job_id)
         try:
             await self._request("POST", "/printer/print/start", params={"filename": name})
         except PrinterUnreachable:
@@ -473,6 +576,11 @@ class MoonrakerDriver:
             again = await self._query()
             if again.filename != name or again.print_state is not ks.PrintState.PRINTING:
                 raise
+        # Klipper prints it now: what the printer says of this file from here on is
+        # about this attempt.
+        self._restarting.discard(job.job_id)
+        if job.job_id in self._sent_outcomes:
+            self._sent_outcomes.remove(job.job_id)
 
     async def _command(self, path: str, job_id: str, states: tuple[ks.PrintState, ...]) -> None:
         now = await self._query()
@@ -481,18 +589,71 @@ class MoonrakerDriver:
         await self._request("POST", path)
 
     async def cancel_job(self, job_id: str) -> None:
-        """Cancel ``job_id`` if it is printing or paused; no ``JobFailed`` follows."""
+        """Cancel ``job_id`` if it is printing or paused; no ``JobFailed`` follows.
+
+        If the printer cannot be reached the cancel stays pending and is sent when the
+        printer is back while it still reports this job; the error is raised all the
+        same (the caller logs it)."""
         if job_id not in self._sent_outcomes:
             self._sent_outcomes.append(job_id)  # the farm asked: not a printer failure
-        await self._command(
-            "/printer/print/cancel", job_id, (ks.PrintState.PRINTING, ks.PrintState.PAUSED)
-        )
+        self.pending_cancels.add(job_id)
+        try:
+            await self._command(
+                "/printer/print/cancel", job_id, (ks.PrintState.PRINTING, ks.PrintState.PAUSED)
+            )
+        except DriverError as exc:
+            log.warning(
+                "cancel kept until the printer is back",
+                extra={"printer": self._printer_id, "job": job_id, "reason": exc.message},
+            )
+            raise
+        self.pending_cancels.discard(job_id)
 
     async def pause_job(self, job_id: str) -> None:
         await self._command("/printer/print/pause", job_id, (ks.PrintState.PRINTING,))
 
     async def resume_job(self, job_id: str) -> None:
         await self._command("/printer/print/resume", job_id, (ks.PrintState.PAUSED,))
+
+    async def forget_job(self, job_id: str) -> None:
+        """Delete the file uploaded for ``job_id`` (``gcodes/printfarmd/<job id>--*``).
+
+        Files already gone, or a folder that does not exist, are fine. A file the
+        printer refuses to delete (it is printing it) is logged and kept. Raises
+        ``PrinterUnreachable`` only."""
+        try:
+            listing = await self._request(
+                "GET", "/server/files/directory", params={"path": f"gcodes/{ks.UPLOAD_DIR}"}
+            )
+        except PrinterUnreachable:
+            raise
+        except DriverError as exc:
+            log.info(
+                "nothing to forget on the printer",
+                extra={"printer": self._printer_id, "job": job_id, "reason": exc.message},
+            )
+            return
+        files = listing.get("files") if isinstance(listing, dict) else None
+        for entry in files if isinstance(files, list) else []:
+            filename = entry.get("filename") if isinstance(entry, dict) else None
+            if not isinstance(filename, str):
+                continue
+            name = f"{ks.UPLOAD_DIR}/{filename}"
+            if ks.job_id_of(name) != job_id:
+                continue
+            try:
+                await self._request("DELETE", f"/server/files/gcodes/{quote(name)}")
+            except PrinterUnreachable:
+                raise
+            except DriverError as exc:
+                log.warning(
+                    "uploaded file not deleted",
+                    extra={"printer": self._printer_id, "job": job_id, "reason": exc.message},
+                )
+            else:
+                log.info(
+                    "uploaded file deleted", extra={"printer": self._printer_id, "job": job_id}
+                )
 
     async def run_gcode(self, script: str) -> None:
         """Run ``script`` through ``/printer/gcode/script`` (waits for Klipper)."""

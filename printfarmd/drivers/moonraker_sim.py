@@ -4,10 +4,18 @@
 handle with its ``url`` and knobs; ``printfarmd simulate moonraker --port P`` runs one
 by hand. It speaks HTTP (``/server/info``, ``/printer/info``,
 ``/printer/objects/query``, ``/printer/print/start|cancel|pause|resume``,
-``/printer/gcode/script``, ``/server/files/upload``, ``/webcam/snapshot``) and
-JSON-RPC on ``/websocket`` (the same methods plus ``printer.objects.subscribe``), and
-pushes ``notify_status_update`` with the changed fields of ``print_stats``,
-``virtual_sdcard``, ``webhooks`` and ``display_status``.
+``/printer/gcode/script``, ``/server/files/upload``, ``/server/files/directory``,
+``DELETE /server/files/gcodes/<path>``, ``/webcam/snapshot``) and JSON-RPC on
+``/websocket`` (the same methods plus ``printer.objects.subscribe``), and pushes
+``notify_status_update`` with the changed fields of the objects each client subscribed
+to.
+
+Like Moonraker v0.10 with a real Klipper: while Klippy is disconnected the
+``printer.*`` methods do not exist (404); while it starts up only ``webhooks`` answers
+a query and commands get 503; when Klippy disconnects (a restart) every subscription
+is dropped and a client hears nothing until it subscribes again after
+``notify_klippy_ready``; a finished print stays ``complete`` with its file name until
+the next one starts, and ``printer.print.start`` prints a file again if asked.
 
 Two layers: quart-trio on hypercorn serves the protocol on an internal port, and a
 small TCP relay owns the public port so that network faults are real socket faults:
@@ -16,7 +24,8 @@ small TCP relay owns the public port so that network faults are real socket faul
 Application knobs: ``delay`` before every answer, ``drop_notifications``, ``errors``
 (method -> error answer), ``inject`` (a raw frame to every websocket client).
 Printer knobs: ``finish``, ``fail``, ``cancel_on_printer``, ``restart_firmware``,
-``set_klippy``. A print takes ``print_time`` trio seconds.
+``restart_klippy``, ``set_klippy``; ``open_moonraker_sim(klippy="startup")`` starts with
+Klippy not ready. A print takes ``print_time`` trio seconds.
 """
 
 from __future__ import annotations
@@ -72,6 +81,10 @@ class SimKlipper:
     #: Fraction printed when the current running segment began, and when it began.
     base: float = 0.0
     since: float | None = None
+    #: When the print started and (once over) ended: ``total_duration`` is the time
+    #: between, pauses included; ``print_duration`` only the time spent printing.
+    started_at: float | None = None
+    ended_at: float | None = None
     files: dict[str, bytes] = attrs.field(factory=dict)
     #: Every file ``printer.print.start`` started, in order.
     started: list[str] = attrs.field(factory=list)
@@ -85,7 +98,13 @@ class SimKlipper:
     def advance(self, now: float) -> None:
         """Complete the print once its time is up."""
         if self.state == "printing" and self.progress(now) >= 1.0:
-            self.base, self.since, self.state = 1.0, None, "complete"
+            end = now if self.since is None else self.since + (1 - self.base) * self.print_time
+            self.base, self.since, self.state, self.ended_at = 1.0, None, "complete", end
+
+    def total_duration(self, now: float) -> float:
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at if self.ended_at is not None else now) - self.started_at
 
     def objects(self, now: float) -> dict[str, dict[str, Any]]:
         progress = self.progress(now)
@@ -95,7 +114,7 @@ class SimKlipper:
                 "state": self.state,
                 "message": self.message,
                 "print_duration": round(progress * self.print_time, 3),
-                "total_duration": round(progress * self.print_time, 3),
+                "total_duration": round(self.total_duration(now), 3),
                 "filament_used": round(progress * 1000.0, 1),
                 "info": {"total_layer": None, "current_layer": None},
             },
@@ -113,6 +132,18 @@ class SimKlipper:
     def stop(self, now: float, state: str, message: str = "") -> None:
         self.base, self.since = self.progress(now), None
         self.state, self.message = state, message
+        if state != "paused":
+            self.ended_at = now
+
+    def begin(self, now: float, filename: str) -> None:
+        self.state, self.filename, self.message, self.base, self.since = (
+            "printing",
+            filename,
+            "",
+            0.0,
+            now,
+        )
+        self.started_at, self.ended_at = now, None
 
 
 @attrs.define(eq=False)
@@ -124,12 +155,16 @@ class MoonrakerSim:
     api_key: str = ""
     delay: float = 0.0
     drop_notifications: bool = False
+    #: Lose the ``notify_klippy_*`` notices (the driver must notice from ``server.info``).
+    drop_klippy_notices: bool = False
     #: Method name (e.g. ``printer.print.start``) -> (HTTP status, message) to answer.
     errors: dict[str, tuple[int, str]] = attrs.field(factory=dict)
     #: Every method called, over HTTP or websocket, in order.
     calls: list[str] = attrs.field(factory=list)
     network: NetworkMode = NetworkMode.OK
     _clients: set[trio.MemorySendChannel[str]] = attrs.field(factory=set)
+    #: Objects each websocket client subscribed to (dropped when Klippy disconnects).
+    subscriptions: dict[trio.MemorySendChannel[str], set[str]] = attrs.field(factory=dict)
     _relays: set[trio.CancelScope] = attrs.field(factory=set)
     _network_changed: trio.Event = attrs.field(factory=trio.Event)
     _last_sent: dict[str, dict[str, Any]] = attrs.field(factory=dict)
@@ -156,6 +191,7 @@ class MoonrakerSim:
         k = self.klipper
         if k.state in ("printing", "paused"):
             k.base, k.since, k.state = 1.0, None, "complete"
+            k.ended_at = trio.current_time()
 
     def fail(self, message: str, *, shutdown: bool = False) -> None:
         """End the current print with an error; ``shutdown`` also shuts Klipper down."""
@@ -171,27 +207,45 @@ class MoonrakerSim:
             k.stop(trio.current_time(), "cancelled")
 
     def restart_firmware(self) -> None:
-        """What FIRMWARE_RESTART leaves: Klipper ready, nothing printing, no file."""
+        """What FIRMWARE_RESTART leaves: Klipper ready, nothing printing, no file.
+
+        Klippy reconnects to Moonraker on the way, so every subscription is dropped
+        (and connected clients hear ``notify_klippy_disconnected``, then ``_ready``)."""
         k = self.klipper
-        k.klippy, k.klippy_message = "ready", "Printer is ready"
+        self.set_klippy("disconnected", "Klippy disconnected")
         k.state, k.filename, k.message, k.base, k.since = "standby", "", "", 0.0, None
+        k.started_at = k.ended_at = None
+        self.set_klippy("ready", "Printer is ready")
+
+    def restart_klippy(self) -> None:
+        """A Klippy host restart (RESTART): like ``restart_firmware``, in one instant."""
+        self.restart_firmware()
 
     def set_klippy(self, state: str, message: str = "") -> None:
         """Set Klipper's host state (``ready``, ``startup``, ``shutdown``, ``error``,
-        ``disconnected``) and notify websocket clients as Moonraker does."""
+        ``disconnected``) and notify websocket clients as Moonraker does. Klippy leaving
+        drops every subscription, as Moonraker does."""
         self.klipper.klippy, self.klipper.klippy_message = state, message
+        if state in ("disconnected", "startup"):
+            self.subscriptions.clear()
         notice = {
             "ready": "notify_klippy_ready",
             "shutdown": "notify_klippy_shutdown",
             "disconnected": "notify_klippy_disconnected",
         }.get(state)
-        if notice is not None:
+        if notice is not None and not self.drop_klippy_notices:
             self.inject(orjson.dumps({"jsonrpc": "2.0", "method": notice}).decode())
 
     # -- the protocol -------------------------------------------------------------------
 
-    def call(self, method: str, params: Mapping[str, Any]) -> Any:
-        """Answer one method (HTTP or JSON-RPC). Raises ``SimError``."""
+    def call(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        client: trio.MemorySendChannel[str] | None = None,
+    ) -> Any:
+        """Answer one method (HTTP, or JSON-RPC from websocket ``client``). Raises
+        ``SimError``."""
         self.calls.append(method)
         if method in self.errors:
             code, message = self.errors[method]
@@ -209,8 +263,23 @@ class MoonrakerSim:
                 "warnings": [],
                 "moonraker_version": "v0.10.0-printfarmd-sim",
             }
-        if k.klippy in ("disconnected", "startup"):
-            raise SimError(503, f"Klippy {k.klippy.title()}")
+        if method == "server.files.directory":
+            return self._directory(str(params.get("path", "gcodes")))
+        if method == "server.files.delete_file":
+            return self._delete(str(params.get("path", "")))
+        if k.klippy == "disconnected" and method.startswith("printer."):
+            # Klippy's endpoints are registered only while it is connected.
+            raise SimError(404, "Not Found")
+        if k.klippy == "startup" and method in (
+            "printer.objects.query",
+            "printer.objects.subscribe",
+        ):
+            hooks = {"state": "startup", "state_message": k.klippy_message}
+            if method == "printer.objects.subscribe" and client is not None:
+                self.subscriptions[client] = {"webhooks"}
+            return {"eventtime": now, "status": {"webhooks": hooks}}
+        if k.klippy == "startup":
+            raise SimError(503, "Klippy Host not ready")
         if method == "printer.info":
             return {
                 "state": k.klippy,
@@ -222,6 +291,8 @@ class MoonrakerSim:
             wanted = params.get("objects")
             names = list(wanted) if isinstance(wanted, dict) else list(OBJECTS)
             full = k.objects(now)
+            if method == "printer.objects.subscribe" and client is not None:
+                self.subscriptions[client] = {n for n in names if n in full}
             return {"eventtime": now, "status": {n: full[n] for n in names if n in full}}
         if k.klippy != "ready":
             raise SimError(503, f"Klippy is {k.klippy}: {k.klippy_message}")
@@ -231,7 +302,7 @@ class MoonrakerSim:
                 raise SimError(400, "SD busy")
             if filename not in k.files:
                 raise SimError(400, f"File {filename} does not exist")
-            k.state, k.filename, k.message, k.base, k.since = "printing", filename, "", 0.0, now
+            k.begin(now, filename)
             k.started.append(filename)
             return "ok"
         if method == "printer.print.cancel":
@@ -251,6 +322,33 @@ class MoonrakerSim:
             return "ok"
         raise SimError(404, "Not Found")
 
+    def _directory(self, path: str) -> dict[str, Any]:
+        root, _, folder = path.strip("/").partition("/")
+        if root != "gcodes":
+            raise SimError(400, f"Invalid root {root}")
+        prefix = f"{folder}/" if folder else ""
+        names = [n for n in self.klipper.files if n.startswith(prefix)]
+        if folder and not names:
+            raise SimError(404, f"Directory does not exist ({path})")
+        files = [
+            {"filename": n[len(prefix) :], "size": len(self.klipper.files[n])}
+            for n in sorted(names)
+            if "/" not in n[len(prefix) :]
+        ]
+        return {"dirs": [], "files": files, "root_info": {"name": "gcodes"}}
+
+    def _delete(self, path: str) -> dict[str, Any]:
+        root, _, name = path.strip("/").partition("/")
+        if root != "gcodes" or ".." in name.split("/"):
+            raise SimError(400, f"Invalid path {path}")
+        k = self.klipper
+        if name not in k.files:
+            raise SimError(404, f"File {path} does not exist")
+        if name == k.filename and k.state in ("printing", "paused"):
+            raise SimError(403, f"File is loaded, DELETE not permitted: {name}")
+        del k.files[name]
+        return {"item": {"path": name, "root": "gcodes"}, "action": "delete_file"}
+
     def _tick(self) -> None:
         """Advance the print and push the changed fields to every websocket client."""
         now = trio.current_time()
@@ -263,9 +361,15 @@ class MoonrakerSim:
             if changed:
                 diff[name] = changed
         self._last_sent = full
-        if diff and not self.drop_notifications:
-            frame = {"jsonrpc": "2.0", "method": "notify_status_update", "params": [diff, now]}
-            self.inject(orjson.dumps(frame).decode())
+        if not diff or self.drop_notifications:
+            return
+        for client, objects in list(self.subscriptions.items()):
+            mine = {name: fields for name, fields in diff.items() if name in objects}
+            if not mine:
+                continue
+            frame = {"jsonrpc": "2.0", "method": "notify_status_update", "params": [mine, now]}
+            with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                client.send_nowait(orjson.dumps(frame).decode())
 
     def authorized(self, headers: Any) -> bool:
         return not self.api_key or headers.get("X-Api-Key") == self.api_key
@@ -301,6 +405,18 @@ def _make_app(sim: MoonrakerSim) -> QuartTrio:
         item = {"path": name, "root": "gcodes", "size": len(data), "permissions": "rw"}
         return _json({"action": "create_file", "item": item, "print_started": False}, 201)
 
+    @app.route("/server/files/gcodes/<path:name>", methods=["DELETE"])
+    async def delete_file(name: str) -> Response:
+        if not sim.authorized(request.headers):
+            return _json({"error": {"code": 401, "message": "Unauthorized"}}, 401)
+        await trio.sleep(sim.delay)
+        try:
+            return _json(
+                {"result": sim.call("server.files.delete_file", {"path": f"gcodes/{name}"})}
+            )
+        except SimError as exc:
+            return _json({"error": {"code": exc.code, "message": exc.message}}, exc.code)
+
     @app.route("/webcam/snapshot")
     async def snapshot() -> Response:
         await trio.sleep(sim.delay)
@@ -335,6 +451,7 @@ def _make_app(sim: MoonrakerSim) -> QuartTrio:
                     nursery.start_soon(_answer, sim, text, send)
         finally:
             sim._clients.discard(send)
+            sim.subscriptions.pop(send, None)
 
     return app
 
@@ -353,7 +470,7 @@ async def _answer(sim: MoonrakerSim, text: str | bytes, send: trio.MemorySendCha
     else:
         await trio.sleep(sim.delay)
         try:
-            reply = {"result": sim.call(method, params), "id": rid}
+            reply = {"result": sim.call(method, params, send), "id": rid}
         except SimError as exc:
             code = -32601 if exc.code == 404 else exc.code
             reply = {"error": {"code": code, "message": exc.message}, "id": rid}
@@ -440,12 +557,18 @@ async def open_moonraker_sim(
     print_time: float = 20.0,
     api_key: str = "",
     update_interval: float = 0.1,
+    klippy: str = "ready",
 ) -> AsyncIterator[MoonrakerSim]:
     """Run a simulated Moonraker printer on 127.0.0.1:``port`` (0 = a free port).
 
-    Yields the handle once it accepts connections; stops it on exit.
+    ``klippy`` is Klippy's state at start (``"startup"``: not ready yet, as right after
+    a boot). Yields the handle once it accepts connections; stops it on exit.
     """
-    sim = MoonrakerSim(SimKlipper(print_time=print_time), api_key=api_key)
+    message = "Printer is ready" if klippy == "ready" else "Printer is not ready"
+    sim = MoonrakerSim(
+        SimKlipper(print_time=print_time, klippy=klippy, klippy_message=message),
+        api_key=api_key,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(_serve, sim, port, update_interval)
         try:

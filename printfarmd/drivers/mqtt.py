@@ -243,6 +243,11 @@ class MqttPrinter:
     async def resume_job(self, job_id: str) -> None:
         await self._command(proto.Command.RESUME, job_id)
 
+    async def forget_job(self, job_id: str) -> None:
+        """Nothing to remove: the job-handler protocol has no files on the printer (it
+        fetches ``modelUrl``). Checkpoint."""
+        await trio.lowlevel.checkpoint()
+
     async def run_gcode(self, script: str) -> None:
         """Publish a ``gcode`` command (printers without a console ignore it)."""
         await self._command(proto.Command.GCODE, None, script)

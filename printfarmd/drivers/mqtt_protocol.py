@@ -304,27 +304,29 @@ def parse_announcement(payload: bytes) -> tuple[str, str | None]:
 # ------------------------------------------------------------------ farm -> printer
 
 
-def build_assignment(
-    job: JobSpec,
-    *,
-    model_url: str,
-    now: float,
-    priority: int = 0,
-    parameters: dict[str, Any] | None = None,
-) -> bytes:
-    """The seed's assignment payload for ``job`` (plus ``resumeProgress``)."""
+def build_assignment(job: JobSpec, *, model_url: str, now: float) -> bytes:
+    """The seed's assignment payload for ``job`` (plus ``resumeProgress``).
+
+    ``priority`` is the job's; ``parameters`` are ``job.parameters`` (the spec's
+    ``layerHeight``, ``infill``, ``nozzleTemp``, ``bedTemp``), whole numbers written as
+    integers as in the spec's example (``"infill": 20``).
+    """
     return orjson.dumps(
         {
             "jobId": job.job_id,
             "modelUrl": model_url,
             "filamentType": job.material,
             "estimatedTime": job.estimated_time,
-            "priority": priority,
+            "priority": job.priority,
             "assignedAt": format_timestamp(now),
-            "parameters": parameters or {},
+            "parameters": {k: _json_number(v) for k, v in job.parameters.items()},
             "resumeProgress": job.resume_progress,
         }
     )
+
+
+def _json_number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
 
 
 def parse_assignment(payload: bytes) -> Assignment:

@@ -49,7 +49,8 @@ class FleetOptions:
 
 class SimPrinter:
     """One simulated MQTT printer. ``started`` lists every job it began (tests check no
-    job began twice); ``assignments`` counts every assignment message received."""
+    job began twice); ``assignments`` counts every assignment message received and
+    ``received`` keeps the parsed assignment of every job it began."""
 
     def __init__(self, printer_id: str, fleet: MqttFleet) -> None:
         self.printer_id = printer_id
@@ -58,6 +59,7 @@ class SimPrinter:
         self.status = proto.DeviceStatus.IDLE
         self.finished: str | None = None
         self.started: list[str] = []
+        self.received: list[proto.Assignment] = []
         self.assignments = 0
         self.fail_next = False
         self._base = 0.0
@@ -99,6 +101,7 @@ class SimPrinter:
         self.job = a.job_id
         self.finished = None
         self.started.append(a.job_id)
+        self.received.append(a)
         self._recent.append(a.job_id)
         self.status = proto.DeviceStatus.PRINTING
         self._base = min(max(a.resume_progress, 0.0), 100.0)

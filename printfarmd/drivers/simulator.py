@@ -355,6 +355,10 @@ class SimulatedPrinter:
         self._notify()
         self._emit(self._current_report())
 
+    async def forget_job(self, job_id: str) -> None:
+        """Nothing to remove: a simulated printer keeps no uploaded files. Checkpoint."""
+        await trio.lowlevel.checkpoint()
+
     async def run_gcode(self, script: str) -> None:
         """Record ``script`` in ``gcode_log``. Checkpoint. ``PrinterUnreachable`` offline."""
         await trio.lowlevel.checkpoint()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -20,6 +21,7 @@ from printfarmd.core.farm import inputs as i
 from printfarmd.core.farm import outputs as out
 from printfarmd.core.gcode_meta import GcodeMeta
 from printfarmd.drivers.base import DriverError, JobSpec, PrinterDriver
+from printfarmd.drivers.params import assignment_parameters
 from printfarmd.errors import FarmError
 from printfarmd.models import Job
 from printfarmd.services import files, photos, slicing
@@ -171,6 +173,8 @@ class Effects:
             estimated_time=job.estimated_time,
             material=job.material,
             resume_progress=job.resume_progress,
+            priority=job.priority,
+            parameters=await self._parameters(path),
         )
         try:
             with trio.fail_after(START_TIMEOUT):
@@ -184,6 +188,14 @@ class Effects:
             self._post(i.StartResult(printer_id, job.id, i.StartOutcome.REFUSED, message))
             return
         self._post(i.StartResult(printer_id, job.id, i.StartOutcome.ACCEPTED))
+
+    async def _parameters(self, path: Path) -> dict[str, float]:
+        """The print settings the file states (the MQTT assignment's ``parameters``)."""
+        try:
+            meta = await trio.to_thread.run_sync(files.read_meta, path)
+        except OSError:
+            return {}  # the driver reports the unreadable file itself
+        return assignment_parameters(meta)
 
     async def _command(
         self,

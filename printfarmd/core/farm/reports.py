@@ -16,6 +16,8 @@ Reports are facts; the farm decides. The rules:
 
 from __future__ import annotations
 
+import attrs
+
 from printfarmd.core import eta as eta_rules
 from printfarmd.core.farm import common, failures, fleet
 from printfarmd.core.farm.inputs import CommandResult, StartOutcome, StartResult
@@ -27,11 +29,19 @@ from printfarmd.core.farm.outputs import (
     PublishProgress,
     StopPrint,
 )
-from printfarmd.core.farm.state import START_GRACE, STRAY_STOP_INTERVAL, Now, Slot, Tx
+from printfarmd.core.farm.state import (
+    START_GRACE,
+    STRAY_STOP_INTERVAL,
+    Now,
+    Slot,
+    Tx,
+    capabilities_of,
+)
 from printfarmd.drivers.base import (
     DriverEvent,
     JobFailed,
     JobFinished,
+    MaterialsReport,
     PlateCleared,
     StatusReport,
 )
@@ -56,6 +66,14 @@ def on_driver_event(tx: Tx, ev: DriverEvent, now: Now) -> None:
         held = tx.job(slot.current_job or "")
         if held is None or held.state is not JobState.PRINTING:
             fleet.clear_plate(tx, slot, "printer", now)
+    elif isinstance(ev, MaterialsReport):
+        # What is loaded now (an AMS, say) is what routing goes by; the configured
+        # materials stand when the printer names none.
+        loaded = tuple(m.strip().upper() for m in ev.materials if m.strip())
+        caps = attrs.evolve(capabilities_of(slot.config), materials=loaded or slot.config.materials)
+        if caps != slot.capabilities:
+            common.set_slot(tx, slot, capabilities=caps)
+            tx.kick = True
 
 
 def _held(tx: Tx, slot: Slot, job_id: str) -> Job | None:
