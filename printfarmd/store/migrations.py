@@ -6,6 +6,8 @@ never edit a released step, add a new one.
 
 from __future__ import annotations
 
+from printfarmd.store import history
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: jobs, the event log, idempotency keys, settings, printer memory.
     """
@@ -102,4 +104,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX notifications_job ON notifications (job_id);
     CREATE INDEX notifications_pending ON notifications (status) WHERE status = 'pending';
     """,
+    # 4 (issue 14): print history, one row per attempt, kept by a trigger on the event log
+    # and backfilled from the events already recorded (see store/history.py).
+    history.MIGRATION,
 )

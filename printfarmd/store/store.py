@@ -768,6 +768,20 @@ class Store:
 
         return await self._read(q)
 
+    # ------------------------------------------------------------------ other store modules
+    # (issue 14) Modules under store/ that keep their own SQL (store/history.py) run it here.
+
+    async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` on the reader connection in a worker thread; SQLite errors become
+        ``StorageBusy``/``StorageFull``. Checkpoint."""
+        return await self._read(fn)
+
+    async def run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` as one unit of the group-commit writer (its own savepoint);
+        returns ``fn``'s result after COMMIT, or raises what ``fn`` raised (nothing of it
+        stored). Checkpoint."""
+        return await self._write(fn)
+
 
 _DELIVERY_FIELDS = tuple(f.name for f in attrs.fields(Delivery))
 _DELIVERY_COLUMNS = ", ".join(_DELIVERY_FIELDS)
