@@ -1404,6 +1404,116 @@ class Scheduler:
         self._kick()
         return done
 
+    # ==== helper h14: farm emergency stop (issue 14) ====
+    # One farm command for Moonraker's printer.emergency_stop (websocket and HTTP) and the
+    # dashboard. Self-contained: it uses only set_paused, _fail_job_locked, _commit and the
+    # drivers' emergency_stop, so the owner rewrite can port it as one input. (A method has
+    # to live in the class: this block ends the class body.)
+
+    async def emergency_stop(self, client: str) -> list[str]:
+        """Stop the whole farm at once, for ``client`` (a label: "mainsail (192.0.2.7)").
+
+        In this order: pause dispatch (persisted, as ``set_paused(True)``; nothing starts
+        until an operator resumes); under the lock, fail every PRINTING job once through
+        the ordinary failure path (``_fail_job_locked``: reason "emergency stop by
+        <client>", plate marked not clear, retry timer armed as for any failure: the
+        retried job waits QUEUED while dispatch is paused); then, outside the lock and
+        concurrently, call ``emergency_stop`` on the driver of every printer that held
+        one of those jobs, was being handed one, or reports printing or paused (a print
+        the farm did not start too), each bounded by ``STATUS_TIMEOUT``; a printer that
+        was being handed a job is stopped once more when the hand-over ends (in the
+        background). Last, one ``farm.emergency_stop`` event (reason as above; data:
+        client, jobs, printers stopped, printers unreachable, whether dispatch was
+        already paused) is committed and published.
+
+        Returns the ids of the jobs failed. Raises ``FarmError`` only if the pause or a
+        job failure could not be stored (the printers are stopped even then).
+        """
+        reason = f"emergency stop by {client}"
+        was_paused = self.paused
+        failed: list[str] = []
+        targets: dict[str, PrinterSlot] = {}
+        handover: list[PrinterSlot] = []
+        stopped: list[str] = []
+        unreachable: list[str] = []
+        try:
+            if not was_paused:
+                await self.set_paused(True)
+            async with self._lock:
+                for slot in self.printers.values():
+                    if slot.dispatching:
+                        handover.append(slot)
+                    if slot.dispatching or slot.reported in (
+                        PrinterState.PRINTING,
+                        PrinterState.PAUSED,
+                    ):
+                        targets[slot.id] = slot
+                for job in [j for j in self.jobs.values() if j.state is JobState.PRINTING]:
+                    held = self.printers.get(job.printer_id or "")
+                    if held is not None:
+                        targets[held.id] = held
+                    await self._fail_job_locked(job.id, reason, job.printer_id)
+                    failed.append(job.id)
+        finally:
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as nursery:
+                    for slot in targets.values():
+                        nursery.start_soon(self._estop_one, slot, stopped, unreachable)
+        if self._nursery is not None:
+            for slot in handover:
+                self._nursery.start_soon(self._estop_after_handover, slot)
+        event = NewEvent(
+            "farm.emergency_stop",
+            self._wall(),
+            reason=reason,
+            data={
+                "client": client,
+                "jobs": failed,
+                "stopped": sorted(stopped),
+                "unreachable": sorted(unreachable),
+                "dispatch_was_paused": was_paused,
+            },
+        )
+        async with self._lock:
+            await self._commit([], [event])
+        log.critical(
+            "emergency stop",
+            extra={
+                "client": client,
+                "jobs": ",".join(failed),
+                "stopped": ",".join(sorted(stopped)),
+                "unreachable": ",".join(sorted(unreachable)),
+            },
+        )
+        return failed
+
+    @staticmethod
+    async def _estop_one(slot: PrinterSlot, stopped: list[str], unreachable: list[str]) -> None:
+        """``emergency_stop`` on one printer's driver; never raises (the others go on)."""
+        try:
+            with trio.fail_after(STATUS_TIMEOUT):
+                await slot.driver.emergency_stop()
+        except (DriverError, trio.TooSlowError) as exc:
+            message = exc.message if isinstance(exc, DriverError) else "timed out"
+            log.error("emergency stop not delivered", extra={"printer": slot.id, "reason": message})
+            unreachable.append(slot.id)
+            return
+        except Exception as exc:  # a driver bug must not keep the other printers printing
+            log.error("emergency stop failed", exc_info=exc, extra={"printer": slot.id})
+            unreachable.append(slot.id)
+            return
+        stopped.append(slot.id)
+
+    async def _estop_after_handover(self, slot: PrinterSlot) -> None:
+        """A job being handed to ``slot`` when the farm stopped may reach it afterwards:
+        once the hand-over ended (bounded), stop the printer again. Never raises."""
+        with trio.move_on_after(4 * STATUS_TIMEOUT):
+            while slot.dispatching:  # noqa: ASYNC110 - the hand-over task sets no event
+                await trio.sleep(0.05)
+        await self._estop_one(slot, [], [])
+
+    # ==== end helper h14 ====
+
 
 _PIPELINE_FROM = frozenset(
     {
