@@ -209,6 +209,10 @@ _COLUMNS = (
     "close_seq",
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM history"
+#: The same without the metadata (statistics read many rows and need only the figures).
+_SELECT_FIGURES = (
+    "SELECT " + ", ".join("NULL" if c == "metadata" else c for c in _COLUMNS) + " FROM history"
+)
 #: Most entries one listing returns.
 MAX_PAGE = 1000
 
@@ -399,7 +403,7 @@ def totals(conn: sqlite3.Connection) -> dict[str, float | int]:
     ``total_filament_used`` is in mm; times in seconds."""
     after = _mark(conn, "totals_after_seq")
     rows = conn.execute(
-        f"{_SELECT} WHERE close_seq IS NOT NULL AND close_seq > ?",
+        f"{_SELECT_FIGURES} WHERE close_seq IS NOT NULL AND close_seq > ?",
         (after,),
     ).fetchall()
     attempts = [_attempt(r) for r in rows]
@@ -422,8 +426,9 @@ def totals_reset_at(conn: sqlite3.Connection) -> float | None:
 def attempts_between(
     conn: sqlite3.Connection, since: float | None, before: float | None
 ) -> list[Attempt]:
-    """Every attempt (deleted ones too) that started after ``since`` and before ``before``:
-    the input of the farm's statistics."""
+    """Every attempt (deleted ones too) that started after ``since`` and before ``before``,
+    without its metadata (``None``; the filament figures are kept): the input of the farm's
+    statistics."""
     clauses: list[str] = []
     params: list[object] = []
     if since is not None:
@@ -433,7 +438,7 @@ def attempts_between(
         clauses.append("start_time < ?")
         params.append(before)
     clause = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = conn.execute(f"{_SELECT}{clause} ORDER BY id", params).fetchall()
+    rows = conn.execute(f"{_SELECT_FIGURES}{clause} ORDER BY id", params).fetchall()
     return [_attempt(r) for r in rows]
 
 

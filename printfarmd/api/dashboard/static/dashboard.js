@@ -486,7 +486,8 @@
   async function loadHistory(limit) {
     const [page, stats] = await Promise.all([
       api("GET", `/api/history?${historyQuery(Math.min(Math.max(limit, HISTORY_PAGE), 1000), 0)}`),
-      api("GET", "/api/stats?days=30"),
+      // The summary covers what its bars show: the last 30 days.
+      api("GET", `/api/stats?days=30&since=${Math.floor(Date.now() / 1000) - 30 * 86400}`),
     ]);
     state.history = { entries: page.entries, total: page.total };
     state.stats = stats;
@@ -505,9 +506,9 @@
   function scheduleHistory() {
     if (state.historyTimer) return;
     state.historyTimer = setTimeout(async () => {
-      state.historyTimer = null;
       try { await loadHistory(state.history.entries.length); } catch (_e) { /* next event */ }
-    }, 300);
+      state.historyTimer = null;
+    }, 1000);
   }
 
   // One bar per day, stacked by how the attempts that ended that day ended.
