@@ -185,6 +185,13 @@ async def test_gcode_is_refused_visibly_and_changes_nothing(tmp_path: Path, scri
         ("printer.query_endstops.status", {}, "no endstops"),
         ("machine.reboot", {}, "host"),
         ("machine.shutdown", {}, "host"),
+        ("server.restart", {}, "systemctl restart printfarmd"),
+        ("machine.services.restart", {"service": "klipper"}, "systemctl restart printfarmd"),
+        ("server.files.move", {"source": f"gcodes/{A}", "dest": "gcodes/x.gcode"}, "rename"),
+        ("server.files.copy", {"source": f"gcodes/{A}", "dest": "gcodes/x.gcode"}, "copy"),
+        ("server.files.zip", {"items": [f"gcodes/{A}"]}, "zip"),
+        ("server.files.post_directory", {"path": "gcodes/new"}, "folders"),
+        ("server.files.delete_directory", {"path": "gcodes/new"}, "folders"),
     ],
 )
 async def test_controls_the_farm_cannot_honour_answer_a_visible_400(

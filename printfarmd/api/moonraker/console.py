@@ -331,6 +331,14 @@ _NO_FIRMWARE = (
     "own UI; after an emergency stop, RESUME resumes the farm"
 )
 _NO_HOST = "printfarmd does not reboot or shut down its host from a UI: do it on the host"
+_NO_SERVICES = (
+    "printfarmd does not restart services from a UI: on the host, "
+    "`systemctl restart printfarmd` restarts the farm"
+)
+_FILES_ONLY = (
+    "the farm's file manager uploads, downloads and deletes files: rename, copy, zip and "
+    "folders on the farm's disk (the gcodes folder)"
+)
 
 REFUSED: dict[str, tuple[tuple[str, str], str]] = {
     "printer.print.start": (("POST", "/printer/print/start"), _PRINTS_FROM_QUEUE),
@@ -345,6 +353,16 @@ REFUSED: dict[str, tuple[tuple[str, str], str]] = {
     ),
     "machine.reboot": (("POST", "/machine/reboot"), _NO_HOST),
     "machine.shutdown": (("POST", "/machine/shutdown"), _NO_HOST),
+    "server.restart": (("POST", "/server/restart"), _NO_SERVICES),
+    "machine.services.restart": (("POST", "/machine/services/restart"), _NO_SERVICES),
+    "machine.services.start": (("POST", "/machine/services/start"), _NO_SERVICES),
+    "machine.services.stop": (("POST", "/machine/services/stop"), _NO_SERVICES),
+    # Mainsail's and Fluidd's file managers (rename, duplicate, zip, folders).
+    "server.files.move": (("POST", "/server/files/move"), _FILES_ONLY),
+    "server.files.copy": (("POST", "/server/files/copy"), _FILES_ONLY),
+    "server.files.zip": (("POST", "/server/files/zip"), _FILES_ONLY),
+    "server.files.post_directory": (("POST", "/server/files/directory"), _FILES_ONLY),
+    "server.files.delete_directory": (("DELETE", "/server/files/directory"), _FILES_ONLY),
 }
 
 

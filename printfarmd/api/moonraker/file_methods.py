@@ -269,6 +269,14 @@ async def metadata(caller: Caller, args: Args) -> dict[str, Any]:
     return meta
 
 
+@method("server.files.metascan", ("POST", "/server/files/metascan"))
+async def metascan(caller: Caller, args: Args) -> dict[str, Any]:
+    """Fluidd's "refresh metadata": the file read again (the cache keys on its size and
+    modification time, so a changed file is never stale), then as ``metadata``."""
+    result: dict[str, Any] = await metadata(caller, args)
+    return result
+
+
 def _delete(root: Path, rel: str) -> Path:
     if not rel:
         raise RpcError(400, "Invalid path")
