@@ -1414,68 +1414,74 @@ class Scheduler:
         """Stop the whole farm at once, for ``client`` (a label: "mainsail (192.0.2.7)").
 
         In this order: pause dispatch (persisted, as ``set_paused(True)``; nothing starts
-        until an operator resumes); under the lock, fail every PRINTING job once through
-        the ordinary failure path (``_fail_job_locked``: reason "emergency stop by
-        <client>", plate marked not clear, retry timer armed as for any failure: the
-        retried job waits QUEUED while dispatch is paused); then, outside the lock and
-        concurrently, call ``emergency_stop`` on the driver of every printer that held
-        one of those jobs, was being handed one, or reports printing or paused (a print
-        the farm did not start too), each bounded by ``STATUS_TIMEOUT``; a printer that
-        was being handed a job is stopped once more when the hand-over ends (in the
-        background). Last, one ``farm.emergency_stop`` event (reason as above; data:
-        client, jobs, printers stopped, printers unreachable, whether dispatch was
-        already paused) is committed and published.
+        until an operator resumes). Then, under the lock: call ``emergency_stop`` on the
+        driver of every printer that holds a PRINTING job, is being handed one, or reports
+        printing or paused (a print the farm did not start too), concurrently and shielded,
+        each bounded by ``STATUS_TIMEOUT``: this is the one printer I/O under the lock, so
+        that no report of a stopping printer ("went idle") is taken for its own failure
+        before the job is failed; then fail every PRINTING job once through the ordinary
+        failure path (``_fail_job_locked``: reason "emergency stop by <client>", plate
+        marked not clear, retry timer armed as for any failure: the retried job waits
+        QUEUED while dispatch is paused). A printer that was being handed a job is stopped
+        once more when the hand-over ends (in the background). Last, one
+        ``farm.emergency_stop`` event (reason as above; data: client, jobs, printers
+        stopped, printers not reached, whether dispatch was already paused) is committed
+        and published.
 
-        Returns the ids of the jobs failed. Raises ``FarmError`` only if the pause or a
-        job failure could not be stored (the printers are stopped even then).
+        Returns the ids of the jobs failed. The printers are stopped even when the store
+        cannot be written; then the first ``FarmError`` is raised at the end.
         """
         reason = f"emergency stop by {client}"
         was_paused = self.paused
         failed: list[str] = []
-        targets: dict[str, PrinterSlot] = {}
-        handover: list[PrinterSlot] = []
         stopped: list[str] = []
         unreachable: list[str] = []
-        try:
-            if not was_paused:
+        trouble: FarmError | None = None
+        if not was_paused:
+            try:
                 await self.set_paused(True)
-            async with self._lock:
-                for slot in self.printers.values():
-                    if slot.dispatching:
-                        handover.append(slot)
-                    if slot.dispatching or slot.reported in (
-                        PrinterState.PRINTING,
-                        PrinterState.PAUSED,
-                    ):
-                        targets[slot.id] = slot
-                for job in [j for j in self.jobs.values() if j.state is JobState.PRINTING]:
-                    held = self.printers.get(job.printer_id or "")
-                    if held is not None:
-                        targets[held.id] = held
-                    await self._fail_job_locked(job.id, reason, job.printer_id)
-                    failed.append(job.id)
-        finally:
+            except FarmError as exc:  # the printers are stopped all the same
+                trouble = exc
+        async with self._lock:
+            printing = [j for j in self.jobs.values() if j.state is JobState.PRINTING]
+            targets = {
+                slot.id: slot
+                for slot in self.printers.values()
+                if slot.dispatching
+                or slot.reported in (PrinterState.PRINTING, PrinterState.PAUSED)
+                or any(j.printer_id == slot.id for j in printing)
+            }
+            handover = [slot for slot in self.printers.values() if slot.dispatching]
             with trio.CancelScope(shield=True):
                 async with trio.open_nursery() as nursery:
                     for slot in targets.values():
                         nursery.start_soon(self._estop_one, slot, stopped, unreachable)
-        if self._nursery is not None:
-            for slot in handover:
-                self._nursery.start_soon(self._estop_after_handover, slot)
-        event = NewEvent(
-            "farm.emergency_stop",
-            self._wall(),
-            reason=reason,
-            data={
-                "client": client,
-                "jobs": failed,
-                "stopped": sorted(stopped),
-                "unreachable": sorted(unreachable),
-                "dispatch_was_paused": was_paused,
-            },
-        )
-        async with self._lock:
-            await self._commit([], [event])
+            for job in printing:
+                try:
+                    await self._fail_job_locked(job.id, reason, job.printer_id)
+                except FarmError as exc:
+                    trouble = trouble or exc
+                    continue
+                failed.append(job.id)
+            if self._nursery is not None:
+                for slot in handover:
+                    self._nursery.start_soon(self._estop_after_handover, slot)
+            event = NewEvent(
+                "farm.emergency_stop",
+                self._wall(),
+                reason=reason,
+                data={
+                    "client": client,
+                    "jobs": failed,
+                    "stopped": sorted(stopped),
+                    "unreachable": sorted(unreachable),
+                    "dispatch_was_paused": was_paused,
+                },
+            )
+            try:
+                await self._commit([], [event])
+            except FarmError as exc:
+                trouble = trouble or exc
         log.critical(
             "emergency stop",
             extra={
@@ -1485,6 +1491,8 @@ class Scheduler:
                 "unreachable": ",".join(sorted(unreachable)),
             },
         )
+        if trouble is not None:
+            raise trouble
         return failed
 
     @staticmethod
