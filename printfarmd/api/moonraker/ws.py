@@ -161,6 +161,9 @@ async def _history(facade: Facade, conn: Connection, events: list[Message]) -> N
         except FarmError as exc:  # storage trouble: this notification is lost, not the socket
             log.warning("history notification not sent", extra={"reason": exc.message})
             continue
+        except Exception as exc:  # a bug loses the notification, never the client's socket
+            log.error("history notification failed", exc_info=exc)
+            continue
         for params in notes:
             conn.push(notify_frame("notify_history_changed", [params]))
 
