@@ -12,7 +12,7 @@ dispatch paused so the queue stays put). One client, one request at a time:
 - websocket: one ``trio-websocket`` connection, the JSON-RPC request, wait for its answer.
 
 Baselines, same run, same daemon and client: ``GET /api/health`` (HTTP floor of the
-stack) and ``server.webcams.list`` over the websocket (constant tiny answer). The
+stack) and ``server.connection.id`` over the websocket (constant tiny answer). The
 Moonraker figures from the issue (same machine class) are printed alongside:
 0.55 / 2.1 ms (HTTP, 0 / 1000 jobs), 0.19 / 2.4 ms (websocket).
 """
@@ -134,7 +134,7 @@ def main() -> int:
                     fill_queue(port, jobs)
                 floors = {
                     "http": http_times(port, "/api/health", args.requests),
-                    "ws": ws_times(port, "server.webcams.list", args.requests),
+                    "ws": ws_times(port, "server.connection.id", args.requests),
                 }
                 cases = {
                     "http": http_times(port, "/server/job_queue/status", args.requests),
@@ -184,7 +184,7 @@ def main() -> int:
                 rows,
             )
         )
-        print("floor: GET /api/health (HTTP), server.webcams.list (websocket), same run")
+        print("floor: GET /api/health (HTTP), server.connection.id (websocket), same run")
     return 0
 
 

@@ -6,6 +6,8 @@ Screenshots land in ``test-artifacts/`` for people to look at.
 
 from __future__ import annotations
 
+import csv
+import io
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -382,3 +384,109 @@ def test_usable_on_a_phone(open_dash: Callable[..., Dash], tmp_path: Path) -> No
 def page_width(page: Page) -> int:
     width: int = page.evaluate("document.documentElement.scrollWidth")
     return width
+
+
+# ------------------------------------------------------------ issue 14: history, summary, e-stop
+
+
+def test_history_view_and_printer_summary(open_dash: Callable[..., Dash], tmp_path: Path) -> None:
+    printers = (
+        sim_printer("p1", speed=20000.0, auto_clear=True),
+        sim_printer("p2", speed=20000.0, failure_rate=1.0, auto_clear=True, name="flaky"),
+    )
+    dash = open_dash(
+        farm_config(tmp_path, *printers, dispatch_paused=True, retry_backoff=(3600.0,))
+    )
+    page = dash.page
+    pw_expect(page.locator("#history-empty")).to_be_visible()  # nothing printed yet
+    ok = submit(dash, name="good", sku="SKU-OK")[0]
+    bad = submit(dash, name="bad")[0]
+    with dash.api() as c:
+        c.post(f"/api/jobs/{ok['id']}/release", json={"printerId": "p1"})
+        c.post(f"/api/jobs/{bad['id']}/release", json={"printerId": "p2"})
+    body = wait_api(
+        dash,
+        "/api/history",
+        lambda b: {e["status"] for e in b["entries"]} == {"completed", "error"},
+    )
+    # the history view fills in live: one row per attempt, with its outcome
+    rows = page.locator("#history-rows tr")
+    pw_expect(rows).to_have_count(2)
+    pw_expect(page.locator('#history-rows tr[data-status="completed"] .badge')).to_have_text(
+        "completed"
+    )
+    failed = page.locator('#history-rows tr[data-status="error"]')
+    pw_expect(failed.locator(".badge")).to_have_text("failed")
+    pw_expect(failed.locator('td[data-col="printer"]')).to_have_text("flaky")
+    reason = next(e["reason"] for e in body["entries"] if e["status"] == "error")
+    pw_expect(failed).to_contain_text(reason)
+    # the summary: success rate, hours, last failure, and a bar of outcomes per day
+    flaky = page.locator('#summary-rows tr[data-summary-printer="p2"]')
+    pw_expect(flaky.locator(".success")).to_have_text("0 %")
+    pw_expect(flaky.locator(".last-failure")).to_contain_text(reason)
+    good = page.locator('#summary-rows tr[data-summary-printer="p1"]')
+    pw_expect(good.locator(".success")).to_have_text("100 %")
+    assert good.locator("svg.outcomes rect.day").count() == 30
+    pw_expect(good.locator('svg.outcomes rect[data-outcome="completed"]')).to_have_count(1)
+    pw_expect(flaky.locator('svg.outcomes rect[data-outcome="error"]')).to_have_count(1)
+    assert "1 completed" in (good.locator("svg.outcomes").get_attribute("aria-label") or "")
+    # filter by printer, then by outcome
+    page.locator("#history-printer").select_option("p2")
+    pw_expect(rows).to_have_count(1)
+    pw_expect(rows.first).to_have_attribute("data-printer", "p2")
+    page.locator("#history-printer").select_option("")
+    page.locator("#history-status").select_option("completed")
+    pw_expect(rows).to_have_count(1)
+    pw_expect(rows.first).to_have_attribute("data-status", "completed")
+    page.locator("#history-status").select_option("")
+    pw_expect(rows).to_have_count(2)
+    # CSV, as the API gives it
+    with page.expect_download() as download:
+        page.locator("#history-csv").click()
+    saved = Path(download.value.path())
+    parsed = list(csv.DictReader(io.StringIO(saved.read_text())))
+    assert sorted(r["status"] for r in parsed) == ["completed", "error"]
+    assert {r["sku"] for r in parsed} == {"SKU-OK", ""}
+    dash.shot("history")
+    # no external script or stylesheet: everything is the farm's own
+    sources = page.evaluate(
+        "[...document.querySelectorAll('script[src], link[href]')].map(e => e.src || e.href)"
+    )
+    assert all(s.startswith(dash.daemon.url) or s.startswith("data:") for s in sources), sources
+    assert dash.errors == [], dash.errors
+
+
+def test_emergency_stop_button_asks_then_stops_the_farm(
+    open_dash: Callable[..., Dash], tmp_path: Path
+) -> None:
+    config = farm_config(
+        tmp_path,
+        sim_printer("p1", speed=1.0),
+        sim_printer("p2", speed=1.0),
+        retry_backoff=(3600.0,),
+    )
+    dash = open_dash(config)
+    jobs = [submit(dash, name=f"part {n}")[0] for n in range(2)]
+    wait_api(dash, "/api/jobs?status=printing", lambda b: b["total"] == 2)
+    button = dash.page.locator("#estop")
+    pw_expect(button).to_be_enabled()
+    # dismissed: nothing happens
+    button.click()
+    assert dash.dialogs and "Emergency stop" in dash.dialogs[-1]
+    assert wait_api(dash, "/api/jobs?status=printing", lambda b: b["total"] == 2)
+    # confirmed: the farm stops
+    dash.answers.append("")
+    button.click()
+    wait_api(dash, "/api/orchestrator/status", lambda s: s["paused"] is True)
+    for job in jobs:
+        stopped = wait_api(dash, f"/api/jobs/{job['id']}", lambda j: j["state"] == "failed")
+        assert stopped["last_error"] == "emergency stop by dashboard (127.0.0.1)"
+    events = wait_api(
+        dash, "/api/events/history?type=farm.emergency_stop", lambda b: len(b["events"]) == 1
+    )["events"]
+    assert events[0]["data"]["printers"] == ["p1", "p2"]
+    pw_expect(dash.page.locator("#notice")).to_contain_text("Emergency stop by dashboard")
+    pw_expect(dash.page.locator("#pause-toggle")).to_have_text("Resume all")
+    pw_expect(dash.page.locator('#history-rows tr[data-status="error"]')).to_have_count(2)
+    dash.shot("emergency-stop")
+    assert dash.errors == [], dash.errors

@@ -56,6 +56,16 @@ ARG_NAMES = [
     "type",
     "url",
     "depth",
+    # issue 14: the console, history, process statistics and emergency stop arguments
+    "script",
+    "uid",
+    "start",
+    "limit",
+    "order",
+    "since",
+    "before",
+    "count",
+    "client",
     "",
 ]
 

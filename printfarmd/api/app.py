@@ -12,6 +12,7 @@ from printfarmd.api import (
     dashboard,
     errors,
     events,
+    history,
     jobs,
     metrics,
     moonraker,
@@ -20,6 +21,7 @@ from printfarmd.api import (
     orchestrator,
     photos,
     printers,
+    stats,
 )
 from printfarmd.api.auth import PUBLIC_ROUTES, Verdict, public_by_config
 from printfarmd.api.closeshield import CloseShield
@@ -44,6 +46,8 @@ def create_app(svc: Services) -> QuartTrio:
     app.register_blueprint(notifications.bp)
     app.register_blueprint(metrics.bp)  # issue 8: /metrics
     app.register_blueprint(photos.bp)  # issue 7: plate photos, signed URLs
+    app.register_blueprint(history.bp)  # issue 14: print history (+ CSV)
+    app.register_blueprint(stats.bp)  # issue 14: per printer and per file statistics
     events.install(app)  # SSE routes and the stream guard
     app.register_blueprint(dashboard.bp)
     moonraker.install(

@@ -45,6 +45,8 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/access/info"),
         # A pre-signed photo URL: the view checks its HMAC and expiry itself (403).
         ("GET", "/api/photos/low/<path:key>"),
+        # issue 14: a webcam's pre-signed snapshot URL (the same HMAC as the photos').
+        ("GET", "/server/webcams/snapshot/<printer_id>"),
     }
 )
 

@@ -16,6 +16,7 @@ from printfarmd.api.context import services
 from printfarmd.api.respond import json_response
 from printfarmd.config import SchedulerConfig
 from printfarmd.models import JobState, PrinterState
+from printfarmd.store.history import STATUSES as HISTORY_STATUSES
 
 bp = Blueprint("openapi", __name__)
 
@@ -57,6 +58,11 @@ def _text(max_length: int | None = None, **extra: Any) -> dict[str, Any]:
 
 #: Event sequence numbers are SQLite integers.
 MAX_SEQ = 2**63 - 1
+#: Time filters (history, stats) in Unix seconds; ISO-8601 is accepted too (docs/api.md).
+MAX_UNIX_TIME = 1e11
+_UNIX_TIME = {"type": "number", "minimum": 0, "maximum": MAX_UNIX_TIME}
+_HISTORY_STATUS = "|".join(HISTORY_STATUSES)
+_HISTORY_STATUS_LIST = f"^(({_HISTORY_STATUS})(,({_HISTORY_STATUS}))*)?$"
 _STATE = "|".join(s.value for s in JobState)
 #: ``status`` filters: states separated by commas (the handler also takes any case).
 _STATE_LIST = f"^(({_STATE})(,({_STATE}))*)?$"
@@ -221,6 +227,76 @@ SCHEMAS: dict[str, Any] = {
             "updated_at": _TS,
             "delivered_at": _TS,
             "next_attempt_at": _TS,
+        },
+    },
+    # issue 14: print history and statistics.
+    "HistoryEntry": {
+        "type": "object",
+        "required": ["id", "job_id", "filename", "status", "started_at", "duration", "deleted"],
+        "properties": {
+            "id": {"type": "string", "description": "the attempt (Moonraker's history uid)"},
+            "job_id": {"type": "string", "pattern": _JOB_ID_PATTERN},
+            "printer_id": _NULLABLE_STR,
+            "filename": {"type": "string"},
+            "sku": _NULLABLE_STR,
+            "status": {"type": "string", "enum": list(HISTORY_STATUSES)},
+            "started_at": _TS,
+            "ended_at": _TS,
+            "duration": {"type": "number", "minimum": 0, "description": "seconds"},
+            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+            "reason": _NULLABLE_STR,
+            "filament_used_mm": {"type": "number", "minimum": 0},
+            "filament_used_g": {"type": "number", "minimum": 0},
+            "deleted": {
+                "type": "boolean",
+                "description": "a Moonraker client deleted it from its history view",
+            },
+        },
+    },
+    "HistoryList": {
+        "type": "object",
+        "required": ["entries", "total", "offset", "limit"],
+        "properties": {
+            "entries": {"type": "array", "items": {"$ref": "#/components/schemas/HistoryEntry"}},
+            "total": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "limit": {"type": "integer"},
+        },
+    },
+    "StatsGroup": {
+        "type": "object",
+        "required": ["attempts", "success_rate", "print_hours", "filament_m", "filament_g"],
+        "properties": {
+            "printer_id": _NULLABLE_STR,
+            "filename": {"type": "string"},
+            "attempts": {"type": "integer", "minimum": 0},
+            **{s: {"type": "integer", "minimum": 0} for s in HISTORY_STATUSES},
+            "success_rate": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "print_hours": {"type": "number", "minimum": 0},
+            "filament_m": {"type": "number", "minimum": 0},
+            "filament_g": {"type": "number", "minimum": 0},
+            "mtbf_hours": {"type": ["number", "null"], "minimum": 0},
+            "last_failure": {"type": ["object", "null"]},
+            "outcomes_by_day": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["date"],
+                    "properties": {"date": {"type": "string", "format": "date"}},
+                },
+            },
+        },
+    },
+    "Stats": {
+        "type": "object",
+        "required": ["farm", "printers", "files", "days"],
+        "properties": {
+            "since": _TS,
+            "before": _TS,
+            "days": {"type": "integer"},
+            "farm": {"$ref": "#/components/schemas/StatsGroup"},
+            "printers": {"type": "array", "items": {"$ref": "#/components/schemas/StatsGroup"}},
+            "files": {"type": "array", "items": {"$ref": "#/components/schemas/StatsGroup"}},
         },
     },
     "Event": {
@@ -761,6 +837,50 @@ PATHS: dict[str, Any] = {
                 ),
                 _q("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size"),
                 _q("offset", _OFFSET, "page start"),
+            ],
+        )
+    },
+    "/api/history": {
+        "get": _op(
+            "Print attempts, newest first (CSV with Accept: text/csv)",
+            {
+                "200": {
+                    "description": "OK (CSV: the same columns, a header row, X-Total-Count)",
+                    "content": {
+                        "application/json": {"schema": _ref("HistoryList")},
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                }
+            },
+            parameters=[
+                _q("printer", {"type": "string"}, "only this printer"),
+                _q("file", {"type": "string"}, "only this file (path in the gcodes folder)"),
+                _q("sku", {"type": "string"}, "only this SKU"),
+                _q(
+                    "status",
+                    {"type": "string", "pattern": _HISTORY_STATUS_LIST},
+                    "comma-separated statuses",
+                ),
+                _q("since", _UNIX_TIME, "started after (Unix seconds or ISO-8601)"),
+                _q("before", _UNIX_TIME, "ended before (Unix seconds or ISO-8601)"),
+                _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+                _q("offset", _OFFSET, "page start"),
+                _q("order", {"type": "string", "enum": ["asc", "desc"]}, "default desc"),
+            ],
+        )
+    },
+    "/api/stats": {
+        "get": _op(
+            "Per printer and per file: attempts, success rate, print hours, filament, MTBF",
+            _ok("Stats"),
+            parameters=[
+                _q("since", _UNIX_TIME, "attempts started after (Unix seconds or ISO-8601)"),
+                _q("before", _UNIX_TIME, "attempts started before (Unix seconds or ISO-8601)"),
+                _q(
+                    "days",
+                    {"type": "integer", "minimum": 1, "maximum": 366},
+                    "days of outcomes_by_day per printer (default 30)",
+                ),
             ],
         )
     },

@@ -479,6 +479,24 @@ class BambuDriver:
             lambda seq: proto.print_command(seq, "stop"), stopped, self._options.timeout, "stop"
         )
 
+    async def emergency_stop(self) -> None:
+        """Stop whatever the printer prints at once with ``print.stop`` (LAN mode offers
+        no M112); no ``JobFailed`` follows for a farm job. ``PrinterUnreachable`` while
+        the link is down."""
+        now = self._require_status()
+        if now.job_id is not None and now.job_id not in self._sent_outcomes:
+            self._sent_outcomes.append(now.job_id)  # the farm asked: not a printer failure
+        if proto.farm_state(now) not in _BUSY:
+            await trio.lowlevel.checkpoint()
+            return
+
+        def stopped() -> bool:
+            return proto.farm_state(self.bambu) not in _BUSY
+
+        await self._request(
+            lambda seq: proto.print_command(seq, "stop"), stopped, self._options.timeout, "stop"
+        )
+
     async def _pause_resume(self, job_id: str, command: str, when: PrinterState) -> None:
         now = self._require_status()
         if now.job_id != job_id or proto.farm_state(now) is not when:

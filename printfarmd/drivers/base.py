@@ -3,7 +3,7 @@
 A driver owns the link to one printer. It runs as a long-lived trio task
 (``run``) that keeps the link up and *reports* what the printer does by sending
 ``DriverEvent`` values on the channel it was given; the scheduler *commands* it with
-``start_job``/``cancel_job``/``pause_job``/``resume_job``. Parsing of a printer's
+``start_job``/``cancel_job``/``pause_job``/``resume_job``/``emergency_stop``. Parsing of a printer's
 protocol is pure and lives beside the driver; the network loop is thin around it.
 
 Rules every driver keeps:
@@ -177,6 +177,16 @@ class PrinterDriver(Protocol):
         project file), so uploads do not pile up. A no-op where nothing was uploaded;
         never raises for a file that is already gone. Raises ``PrinterUnreachable`` (a
         ``DriverError``) only when the printer cannot be reached."""
+
+    async def emergency_stop(self) -> None:
+        """Stop whatever the printer is doing at once: M112, Moonraker's
+        ``printer.emergency_stop``, the MQTT ``emergency_stop`` command. Checkpoint.
+
+        Stops any print, ours or not, and sends no ``JobFailed`` for it (the farm asked
+        and fails the job itself). What the printer reports afterwards is the printer's
+        own state (a Klipper printer is shut down until its firmware is restarted).
+        Raises ``DriverError`` (``PrinterUnreachable``) if the printer cannot be reached.
+        """
         ...
 
     async def run_gcode(self, script: str) -> None:

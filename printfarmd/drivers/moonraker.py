@@ -655,6 +655,17 @@ class MoonrakerDriver:
                     "uploaded file deleted", extra={"printer": self._printer_id, "job": job_id}
                 )
 
+    async def emergency_stop(self) -> None:
+        """``POST /printer/emergency_stop``: Klipper shuts down at once, as after M112, and
+        the printer reports ERROR until its firmware is restarted. No ``JobFailed`` is
+        sent for the print it stopped (the farm asked). Raises ``PrinterUnreachable`` or
+        ``DriverError`` (Moonraker refused, e.g. Klippy not connected)."""
+        job_id = self.klipper.job_id
+        if job_id is not None and job_id not in self._sent_outcomes:
+            self._sent_outcomes.append(job_id)
+            del self._sent_outcomes[:-OUTCOME_MEMORY]
+        await self._request("POST", "/printer/emergency_stop")
+
     async def run_gcode(self, script: str) -> None:
         """Run ``script`` through ``/printer/gcode/script`` (waits for Klipper)."""
         await self._request(

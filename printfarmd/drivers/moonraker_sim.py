@@ -4,8 +4,9 @@
 handle with its ``url`` and knobs; ``printfarmd simulate moonraker --port P`` runs one
 by hand. It speaks HTTP (``/server/info``, ``/printer/info``,
 ``/printer/objects/query``, ``/printer/print/start|cancel|pause|resume``,
-``/printer/gcode/script``, ``/server/files/upload``, ``/server/files/directory``,
-``DELETE /server/files/gcodes/<path>``, ``/webcam/snapshot``) and JSON-RPC on
+``/printer/emergency_stop``, ``/printer/gcode/script``, ``/server/files/upload``,
+``/server/files/directory``, ``DELETE /server/files/gcodes/<path>``,
+``/webcam/snapshot``) and JSON-RPC on
 ``/websocket`` (the same methods plus ``printer.objects.subscribe``), and pushes
 ``notify_status_update`` with the changed fields of the objects each client subscribed
 to.
@@ -88,6 +89,8 @@ class SimKlipper:
     files: dict[str, bytes] = attrs.field(factory=dict)
     #: Every file ``printer.print.start`` started, in order.
     started: list[str] = attrs.field(factory=list)
+    #: How many times ``printer.emergency_stop`` was called.
+    emergency_stops: int = 0
     gcode: list[str] = attrs.field(factory=list)
 
     def progress(self, now: float) -> float:
@@ -316,6 +319,15 @@ class MoonrakerSim:
         if method == "printer.print.resume":
             if k.state == "paused":
                 k.state, k.since = "printing", now
+            return "ok"
+        if method == "printer.emergency_stop":
+            # What Klipper does on M112 / the webhooks request: the print stops in error
+            # and Klippy shuts down until FIRMWARE_RESTART (``restart_firmware``).
+            k.emergency_stops += 1
+            message = "Shutdown due to webhooks request"
+            if k.state in ("printing", "paused"):
+                k.stop(now, "error", message)
+            self.set_klippy("shutdown", message)
             return "ok"
         if method == "printer.gcode.script":
             k.gcode.append(str(params.get("script", "")))

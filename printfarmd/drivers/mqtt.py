@@ -248,6 +248,12 @@ class MqttPrinter:
         fetches ``modelUrl``). Checkpoint."""
         await trio.lowlevel.checkpoint()
 
+    async def emergency_stop(self) -> None:
+        """Publish an ``emergency_stop`` command (``jobId`` null: whatever it prints).
+        Checkpoint. ``PrinterUnreachable`` while the broker is not connected. The seed
+        protocol has no emergency stop: this command is the farm's (docs/drivers.md)."""
+        await self._command(proto.Command.EMERGENCY_STOP, None)
+
     async def run_gcode(self, script: str) -> None:
         """Publish a ``gcode`` command (printers without a console ignore it)."""
         await self._command(proto.Command.GCODE, None, script)

@@ -14,7 +14,8 @@ Messages (JSON objects, camelCase keys as in the seed):
   ``filamentType``, ``estimatedTime``, ``priority``, ``assignedAt``, ``parameters``,
   plus ``resumeProgress`` (0..100; a retried job may continue from there).
 - ``device/printer/<id>/command`` (farm -> printer, not in the seed): ``command``
-  (``cancel``/``pause``/``resume``/``gcode``), ``jobId``, ``script``.
+  (``cancel``/``pause``/``resume``/``gcode``/``emergency_stop``), ``jobId``, ``script``.
+  ``emergency_stop`` (``jobId`` null) stops whatever the printer does at once.
 - ``device/printers`` (farm -> robots): ``printerId``, ``jobId``, ``status``
   (``idle``), ``progress`` (100), ``timestamp``: this plate needs clearing.
 - ``device/robot/<id>/progress`` (robot -> farm): ``robotId``, ``printerId``,
@@ -66,6 +67,8 @@ class Command(enum.StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
     GCODE = "gcode"
+    #: Stop whatever the printer does at once (the seed has no such command: ours).
+    EMERGENCY_STOP = "emergency_stop"
 
 
 def for_id(template: str, device_id: str) -> str:

@@ -62,6 +62,9 @@ class SimPrinter:
         self.received: list[proto.Assignment] = []
         self.assignments = 0
         self.fail_next = False
+        #: How many ``emergency_stop`` commands it obeyed.
+        self.emergency_stops = 0
+        self._message = ""
         self._base = 0.0
         self._since: float | None = None
         self._rate = 0.0
@@ -100,6 +103,7 @@ class SimPrinter:
         seconds = (total or opts.default_print_time) / opts.speed
         self.job = a.job_id
         self.finished = None
+        self._message = ""
         self.started.append(a.job_id)
         self.received.append(a)
         self._recent.append(a.job_id)
@@ -115,7 +119,15 @@ class SimPrinter:
         now = trio.current_time()
         if cmd.job_id is not None and cmd.job_id != self.job:
             return
-        if cmd.command is proto.Command.CANCEL and self.job is not None:
+        if cmd.command is proto.Command.EMERGENCY_STOP:
+            # Stops at once whatever it prints; the part stays on the plate (no robot is
+            # called: nothing finished). Reports idle with the reason until the next job.
+            self.emergency_stops += 1
+            self.job, self._since, self._base = None, None, 0.0
+            self.finished = None
+            self.status = proto.DeviceStatus.IDLE
+            self._message = "emergency stop"
+        elif cmd.command is proto.Command.CANCEL and self.job is not None:
             self.job, self._since, self._base = None, None, 0.0
             self.status = proto.DeviceStatus.IDLE
         elif cmd.command is proto.Command.PAUSE and self.status is proto.DeviceStatus.PRINTING:
@@ -152,7 +164,7 @@ class SimPrinter:
                 self.printer_id, proto.DeviceStatus.IDLE, self.finished, 100.0, time.time()
             )
         return proto.build_printer_progress(
-            self.printer_id, proto.DeviceStatus.IDLE, None, 0.0, time.time()
+            self.printer_id, proto.DeviceStatus.IDLE, None, 0.0, time.time(), self._message
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

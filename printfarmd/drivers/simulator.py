@@ -101,12 +101,14 @@ class SimulatedPrinter:
 
     Construct with ``SimulatedPrinter(printer_id, options)``. A fresh instance knows
     no job (a daemon restart loses what the in-memory printer was doing).
-    ``gcode_log`` records every script passed to ``run_gcode``.
+    ``gcode_log`` records every script passed to ``run_gcode``; ``emergency_stops``
+    counts ``emergency_stop`` calls.
     """
 
     _printer_id: str
     _options: SimulatorOptions = attrs.field(factory=SimulatorOptions)
     gcode_log: list[str] = attrs.field(init=False, factory=list)
+    emergency_stops: int = attrs.field(init=False, default=0)
 
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _outbox: trio.MemorySendChannel[DriverEvent] | None = attrs.field(init=False, default=None)
@@ -358,6 +360,21 @@ class SimulatedPrinter:
     async def forget_job(self, job_id: str) -> None:
         """Nothing to remove: a simulated printer keeps no uploaded files. Checkpoint."""
         await trio.lowlevel.checkpoint()
+
+    async def emergency_stop(self) -> None:
+        """Stop the current print at once (no ``JobFailed``: the farm asked) and report
+        IDLE with the message "emergency stop"; the part stays on the plate. A simulated
+        printer has no firmware to restart: it can print again once its plate is cleared.
+        Checkpoint. Raises ``PrinterUnreachable`` while offline.
+        """
+        await trio.lowlevel.checkpoint()
+        self._check_online()
+        self.emergency_stops += 1
+        p = self._print
+        if p is not None:
+            self._print = None
+            p.scope.cancel()
+        self._emit(StatusReport(self._printer_id, PrinterState.IDLE, message="emergency stop"))
 
     async def run_gcode(self, script: str) -> None:
         """Record ``script`` in ``gcode_log``. Checkpoint. ``PrinterUnreachable`` offline."""

@@ -9,10 +9,11 @@ settled by the core. Nothing here raises into the owner: a failing effect is an 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from printfarmd import faults
@@ -46,6 +47,21 @@ def facts_of(meta: GcodeMeta, *, model: bool = False) -> i.FileFacts:
     )
 
 
+@attrs.define
+class Outcomes:
+    """What the printers told to do something for one command answered: printer id ->
+    ``None`` (done) or the error message. ``arrived`` is set at every answer."""
+
+    results: dict[str, str | None] = attrs.field(factory=dict)
+    arrived: trio.Event = attrs.field(factory=trio.Event)
+
+    async def wait_for(self, printers: Sequence[str]) -> None:
+        """Until every one of ``printers`` answered (the caller bounds the wait)."""
+        while not all(p in self.results for p in printers):
+            await self.arrived.wait()
+            self.arrived = trio.Event()
+
+
 class Effects:
     """Runs effects for the owner. ``post`` sends an input back to the owner (never
     blocks); ``driver`` finds a printer's driver (``None`` once it was removed)."""
@@ -70,11 +86,19 @@ class Effects:
         self._drivers_changed = drivers_changed
         self.escalate: Callable[[Job], None] | None = None
         self.nursery: trio.Nursery | None = None
+        self._watches: dict[str, Outcomes] = {}
+
+    def watch(self, token: str) -> Outcomes:
+        """Collect the outcomes of effects carrying ``token`` (until ``unwatch``)."""
+        return self._watches.setdefault(token, Outcomes())
+
+    def unwatch(self, token: str) -> None:
+        self._watches.pop(token, None)
 
     def run(self, effect: out.Effect) -> None:
         """Start ``effect`` (sync: tasks are spawned, never awaited here)."""
         if isinstance(effect, out.Log):
-            log.log(
+            farm_log.log(
                 logging.getLevelNamesMapping()[effect.level.upper()],
                 effect.message,
                 extra=dict(effect.fields),
@@ -126,7 +150,11 @@ class Effects:
                     lambda d: d.resume_job(effect.job_id),
                 )
             elif isinstance(effect, out.EmergencyStop):
-                await self._command(effect.printer_id, None, "emergency_stop", _emergency_stop)
+                ok = await self._command(effect.printer_id, None, "emergency_stop", _emergency_stop)
+                watch = self._watches.get(effect.token) if effect.token else None
+                if watch is not None:
+                    watch.results[effect.printer_id] = ok
+                    watch.arrived.set()
             elif isinstance(effect, out.ForgetFile):
                 await self._forget(effect)
             elif isinstance(effect, out.Slice):
@@ -203,18 +231,21 @@ class Effects:
         job_id: str | None,
         name: str,
         call: Callable[[PrinterDriver], Awaitable[None]],
-    ) -> None:
+    ) -> str | None:
+        """Run ``call`` on the printer's driver, bounded; its outcome goes to the owner.
+        Returns ``None`` when done, else the error message."""
         driver = self._driver(printer_id)
         if driver is None:
-            return
+            return "printer removed"
         try:
             with trio.fail_after(COMMAND_TIMEOUT):
                 await call(driver)
         except (DriverError, trio.TooSlowError) as exc:
             message = exc.message if isinstance(exc, DriverError) else "timed out"
             self._post(i.CommandResult(printer_id, job_id, name, False, message))
-            return
+            return message
         self._post(i.CommandResult(printer_id, job_id, name, True))
+        return None
 
     async def _forget(self, effect: out.ForgetFile) -> None:
         driver = self._driver(effect.printer_id)

@@ -23,6 +23,7 @@ import heapq
 import itertools
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -46,7 +47,7 @@ from printfarmd.models import Job, JobState, Printer
 from printfarmd.services import files, slicing
 from printfarmd.services.bus import Bus, ProgressUpdate
 from printfarmd.services.drivers import DriverHost
-from printfarmd.services.effects import Effects, facts_of
+from printfarmd.services.effects import COMMAND_TIMEOUT, Effects, facts_of
 from printfarmd.services.metrics import FarmCounters
 from printfarmd.store.store import Store
 
@@ -78,6 +79,16 @@ class _Envelope:
         self.error = error
         if self.done is not None:
             self.done.set()
+
+
+@attrs.frozen
+class EmergencyStopped:
+    """What an emergency stop did: the jobs failed, the printers stopped, the printers
+    the stop did not reach (unreachable, or no answer within the command timeout)."""
+
+    jobs: tuple[str, ...]
+    stopped: tuple[str, ...]
+    unreachable: tuple[str, ...]
 
 
 @attrs.frozen
@@ -488,10 +499,24 @@ class Owner:
         job, _ = await self.call(i.ResumeJob(job_id))
         return self.fresh(job)
 
-    async def emergency_stop(self, client: str) -> list[str]:
-        """Stop every printing printer now, pause dispatch, fail their jobs once."""
-        failed: list[str] = await self.call(i.EmergencyStopFarm(client))
-        return failed
+    async def emergency_stop(self, client: str) -> EmergencyStopped:
+        """Stop every printing printer now, pause dispatch, fail their jobs once (all
+        committed first, then the printers are stopped), and wait (bounded) to learn
+        which printers the stop reached."""
+        token = secrets.token_hex(8)
+        outcomes = self.effects.watch(token)
+        try:
+            failed, printers = await self.call(i.EmergencyStopFarm(client, token))
+            with trio.move_on_after(COMMAND_TIMEOUT + 1.0):
+                await outcomes.wait_for(printers)
+        finally:
+            self.effects.unwatch(token)
+        stopped = [p for p in printers if p in outcomes.results and outcomes.results[p] is None]
+        return EmergencyStopped(
+            jobs=tuple(failed),
+            stopped=tuple(stopped),
+            unreachable=tuple(p for p in printers if p not in stopped),
+        )
 
     async def watchdog_sweep(self, stale_threshold: float) -> list[str]:
         """Requeue or fail printing jobs with no progress for ``stale_threshold`` s."""

@@ -6,6 +6,8 @@ never edit a released step, add a new one.
 
 from __future__ import annotations
 
+from printfarmd.store import history
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: jobs, the event log, idempotency keys, settings, printer memory.
     """
@@ -107,4 +109,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_at ON events (at);
     CREATE INDEX idempotency_created ON idempotency_keys (created_at);
     """,
+    # 5 (issue 14): print history, one row per attempt, kept by a trigger on the event log
+    # and backfilled from the events already recorded (see store/history.py).
+    history.MIGRATION,
 )

@@ -243,6 +243,20 @@ class Store:
     async def unnotified_failures(self, since: float, error_prefix: str) -> list[Job]:
         return await self._read(lambda conn: jobs.unnotified_failures(conn, since, error_prefix))
 
+    # ------------------------------------------------------------------ other store modules
+    # (issue 14) Modules under store/ that keep their own SQL (store/history.py) run it here.
+
+    async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` on the reader connection in a worker thread; SQLite errors become
+        ``StorageBusy``/``StorageFull``. Checkpoint."""
+        return await self._read(fn)
+
+    async def run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` as one unit of the group-commit writer (its own savepoint);
+        returns ``fn``'s result after COMMIT, or raises what ``fn`` raised (nothing of it
+        stored). Checkpoint."""
+        return await self.writer.write(fn)
+
 
 @contextlib.asynccontextmanager
 async def open_store(path: Path, synchronous: str = "FULL") -> AsyncIterator[Store]:

@@ -8,6 +8,7 @@ from quart_trio import QuartTrio
 
 from printfarmd.api.auth import OneshotTokens
 from printfarmd.api.context import Services
+from printfarmd.api.history import BOOK_KEY
 from printfarmd.api.moonraker.facade import Facade
 from printfarmd.api.moonraker.http import (
     FACADE_KEY,
@@ -29,7 +30,8 @@ def install(app: QuartTrio, svc: Services, tokens: OneshotTokens) -> None:
     Call before the app's auth hook is registered: CORS preflights (which carry no
     credentials by design) are answered here, for allowed origins only.
     """
-    app.config[FACADE_KEY] = Facade(svc, tokens)
+    facade = app.config[FACADE_KEY] = Facade(svc, tokens)
+    app.config[BOOK_KEY] = facade.history  # the REST history and stats read the same book
     app.config["PRINTFARMD_MAX_UPLOAD"] = svc.config.server.max_upload_bytes + 64 * 1024
     app.request_class = UploadAwareRequest
     app.register_blueprint(bp)

@@ -1,5 +1,7 @@
 """The facade's live state: the queue's cached wire form, the database namespaces,
-the open websocket connections and the one-shot tokens.
+the open websocket connections, the one-shot tokens, the farm console's recent lines
+(``server.gcode_store``), the process statistics sampler, which printers have cameras,
+the metadata cache and the history book.
 
 The queue's wire form is rebuilt only when the farm queue changed (``JobQueue.version``);
 per request only ``time_in_queue`` is computed, so a status call with 1000 jobs is one
@@ -8,6 +10,7 @@ string join, not 1000 dicts through ``json.dumps``.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import time
 from collections.abc import Callable
@@ -19,10 +22,16 @@ import trio
 
 from printfarmd.api.auth import OneshotTokens
 from printfarmd.api.context import Services
+from printfarmd.api.history import HistoryBook
+from printfarmd.api.moonraker.file_methods import MetaCache
+from printfarmd.api.moonraker.procstats import ProcStats
+from printfarmd.api.moonraker.webcam_methods import CameraProbe
 from printfarmd.models import Job
 
 MOONRAKER_VERSION = "v0.10.0-0-gprintfarmd"
 DB_PREFIX = "moonraker.db."
+#: Console lines kept for ``server.gcode_store`` (Moonraker keeps 1000 by default).
+GCODE_STORE_SIZE = 200
 
 
 class QueueState:
@@ -44,6 +53,13 @@ class Facade:
         self._db_lock = trio.Lock()
         self._ids = itertools.count(1)
         self.connections: set[Any] = set()
+        self.gcode_store: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=GCODE_STORE_SIZE
+        )
+        self.procstats = ProcStats()
+        self.cameras = CameraProbe()
+        self.meta_cache = MetaCache()
+        self.history = HistoryBook(svc, self.meta_cache)
 
     # ---------------------------------------------------------------- paths
 
@@ -133,6 +149,21 @@ class Facade:
     @property
     def db_lock(self) -> trio.Lock:
         return self._db_lock
+
+    # ---------------------------------------------------------------- console
+
+    def console(self, message: str, kind: str = "response", only: Any = None) -> None:
+        """A farm console line. A response goes to every authenticated websocket as
+        ``notify_gcode_response`` and a command is only kept; both are kept for
+        ``server.gcode_store``. With ``only`` (a connection): to it alone, not kept."""
+        frame = notify_frame("notify_gcode_response", [message])
+        if only is not None:
+            only.push(frame)
+            return
+        self.gcode_store.append({"message": message, "time": self._wall(), "type": kind})
+        if kind == "response":
+            for conn in list(self.connections):
+                conn.push(frame)
 
 
 def _queued_since(job: Job) -> float:

@@ -6,8 +6,11 @@ Every path goes through ``services.files`` (``check_relative_name`` / ``resolve_
 
 from __future__ import annotations
 
+import collections
+import copy
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,35 @@ from printfarmd.errors import BadRequest, NotFound, ValidationFailed
 from printfarmd.services import files, thumbs
 
 PERMS = "rw"
+#: Files whose metadata ``MetaCache`` keeps (an extended listing of a big folder reads each).
+META_CACHE_SIZE = 2048
+
+
+class MetaCache:
+    """Parsed metadata by (real path, size, modification time): a file is read again only
+    when it changed. Thread-safe (used from worker threads); bounded, oldest dropped."""
+
+    def __init__(self, size: int = META_CACHE_SIZE) -> None:
+        self._size = size
+        self._items: collections.OrderedDict[tuple[str, int, int], dict[str, Any]] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int, int]) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                return None
+            self._items.move_to_end(key)
+            return copy.deepcopy(found)
+
+    def put(self, key: tuple[str, int, int], value: dict[str, Any]) -> None:
+        with self._lock:
+            self._items[key] = copy.deepcopy(value)
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
 
 
 def split_root(caller: Caller, path: str) -> tuple[str, Path, str]:
@@ -100,7 +132,9 @@ def _mkdir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _directory(root_name: str, root: Path, rel: str, extended: bool) -> dict[str, Any]:
+def _directory(
+    root_name: str, root: Path, rel: str, extended: bool, cache: MetaCache | None = None
+) -> dict[str, Any]:
     _mkdir(root)
     folder = resolve(root, rel) if rel else root.resolve()
     if not folder.is_dir():
@@ -123,14 +157,23 @@ def _directory(root_name: str, root: Path, rel: str, extended: bool) -> dict[str
                 {"dirname": entry.name, "modified": st.st_mtime, "size": 0, "permissions": PERMS}
             )
         elif root_name != "gcodes" or Path(entry.name).suffix.lower() in files.GCODE_SUFFIXES:
-            out_files.append(
-                {
-                    "filename": entry.name,
-                    "modified": st.st_mtime,
-                    "size": st.st_size,
-                    "permissions": PERMS,
-                }
-            )
+            item: dict[str, Any] = {
+                "filename": entry.name,
+                "modified": st.st_mtime,
+                "size": st.st_size,
+                "permissions": PERMS,
+            }
+            if extended and root_name == "gcodes":
+                # Moonraker merges the file's metadata into its entry (the name stays the
+                # entry's own: the file name, not the path).
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                try:
+                    meta = file_metadata(root, name, cache)
+                except RpcError:
+                    meta = {}
+                meta.pop("filename", None)
+                item.update(meta)
+            out_files.append(item)
     usage = shutil.disk_usage(real_root)
     return {
         "dirs": dirs,
@@ -145,10 +188,29 @@ async def get_directory(caller: Caller, args: Args) -> dict[str, Any]:
     path = args.get_str("path", "gcodes")
     extended = args.get_bool("extended", False)
     root_name, root, rel = split_root(caller, path)
-    return await trio.to_thread.run_sync(_directory, root_name, root, rel, extended)
+    facade = caller.facade
+    listing = await trio.to_thread.run_sync(
+        _directory, root_name, root, rel, extended, facade.meta_cache
+    )
+    if extended and root_name == "gcodes":
+        # The last print of each file, as Moonraker's history records it in the metadata.
+        names = {
+            f["filename"]: (f"{rel}/{f['filename']}" if rel else f["filename"])
+            for f in listing["files"]
+        }
+        last = await facade.history.last_prints(list(names.values()))
+        for item in listing["files"]:
+            if "print_start_time" in item:
+                item.update(last.get(names[item["filename"]], {}))
+    return listing
 
 
-def _metadata(root: Path, name: str) -> dict[str, Any]:
+def file_metadata(root: Path, name: str, cache: MetaCache | None = None) -> dict[str, Any]:
+    """Moonraker's metadata of the G-code file ``name`` under ``root``. Blocking.
+
+    Raises ``RpcError`` 404 (``Metadata not available``) for a file that is missing or
+    not G-code, 400 for an illegal or escaping name.
+    """
     try:
         path = files.resolve_gcode(root, name)
     except ValidationFailed:
@@ -156,6 +218,11 @@ def _metadata(root: Path, name: str) -> dict[str, Any]:
     except BadRequest as exc:
         raise RpcError(400, f"Invalid filename {_safe(name)}: {exc.message}") from None
     st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    found = cache.get(key) if cache is not None else None
+    if found is not None:
+        found["filename"] = name
+        return found
     meta = files.read_meta(path)
     out: dict[str, Any] = {
         "filename": name,
@@ -171,6 +238,8 @@ def _metadata(root: Path, name: str) -> dict[str, Any]:
             out[field] = value
     if meta.filament_colors:
         out["filament_colors"] = list(meta.filament_colors)
+    if cache is not None:
+        cache.put(key, out)
     return out
 
 
@@ -194,7 +263,18 @@ _META_FIELDS = (
 @method("server.files.metadata", ("GET", "/server/files/metadata"))
 async def metadata(caller: Caller, args: Args) -> dict[str, Any]:
     name = args.get_str("filename")
-    return await trio.to_thread.run_sync(_metadata, caller.facade.gcodes_root, name)
+    facade = caller.facade
+    meta = await trio.to_thread.run_sync(file_metadata, facade.gcodes_root, name, facade.meta_cache)
+    meta.update((await facade.history.last_prints([name])).get(name, {}))
+    return meta
+
+
+@method("server.files.metascan", ("POST", "/server/files/metascan"))
+async def metascan(caller: Caller, args: Args) -> dict[str, Any]:
+    """Fluidd's "refresh metadata": the file read again (the cache keys on its size and
+    modification time, so a changed file is never stale), then as ``metadata``."""
+    result: dict[str, Any] = await metadata(caller, args)
+    return result
 
 
 def _delete(root: Path, rel: str) -> Path:

@@ -1,6 +1,7 @@
 """The facade's HTTP side: one route per method, ``POST /server/jsonrpc``, file
-download and upload, ``/access/api_key``, ``/websocket``; plus the REST file routes
-``GET/POST /api/files`` that share the upload core, and ``GET/DELETE /api/files/{path}``.
+download and upload, ``/access/api_key``, the webcams' signed snapshot route,
+``/websocket``; plus the REST file routes ``GET/POST /api/files`` that share the upload
+core, and ``GET/DELETE /api/files/{path}``.
 
 HTTP answers are ``{"result": ...}``; errors ``{"error": {"code", "message"}}`` with
 that status (``errors.rpc_response``). Authentication already happened in the app's
@@ -23,15 +24,27 @@ from quart_trio.wrappers.request import TrioRequest
 
 from printfarmd.api import errors, jsonin
 from printfarmd.api.context import client_address, services
-from printfarmd.api.moonraker import file_methods, queue_methods, rpc, server_methods, ws
+from printfarmd.api.moonraker import (
+    console,
+    file_methods,
+    history_methods,
+    queue_methods,
+    rpc,
+    server_methods,
+    webcam_methods,
+    ws,
+)
 from printfarmd.api.moonraker.args import Args, parse_query
 from printfarmd.api.moonraker.facade import Facade
 from printfarmd.api.respond import json_response
+from printfarmd.drivers.base import DriverError
 from printfarmd.errors import NotFound
-from printfarmd.services import files, thumbs
+from printfarmd.services import files, photos, thumbs
 
 # The method modules register themselves on import.
-_REGISTERED = (file_methods, queue_methods, server_methods)
+_REGISTERED = (console, file_methods, history_methods, queue_methods, server_methods)
+#: A camera that does not answer within this long gets a 504.
+SNAPSHOT_TIMEOUT = 10.0
 
 bp = Blueprint("moonraker", __name__)
 FACADE_KEY = "PRINTFARMD_MOONRAKER"
@@ -304,6 +317,44 @@ async def rest_delete(path: str) -> Response:
     item = {"path": path, "root": "gcodes", "modified": 0.0, "size": 0, "permissions": "rw"}
     facade().notify_filelist({"action": "delete_file", "item": item})
     return json_response({"deleted": path})
+
+
+@bp.get("/server/webcams/snapshot/<printer_id>")
+async def camera_snapshot(printer_id: str) -> Response:
+    """One camera image of ``printer_id``, through its signed URL (no API key: the view
+    checks the HMAC and expiry itself, 403 when either is wrong; public in
+    ``auth.PUBLIC_ROUTES``). 404 for a printer without a camera, 504 when it does not
+    answer, 502 when it answers an error."""
+    try:
+        svc = services()
+        secret = await trio.to_thread.run_sync(photos.load_secret, svc.config.data_path)
+        ok = photos.verify(
+            secret,
+            webcam_methods.signed_path(printer_id),
+            request.args.get("expires", ""),
+            request.args.get("sig", ""),
+            photos.wall(),
+        )
+        if not ok:
+            raise errors.RpcError(403, "Snapshot URL expired or not valid")
+        driver = svc.owner.host.driver(printer_id)
+        if driver is None:
+            raise errors.RpcError(404, "No such camera")
+        try:
+            with trio.fail_after(SNAPSHOT_TIMEOUT):
+                image = await driver.snapshot()
+        except trio.TooSlowError:
+            raise errors.RpcError(504, f"The camera of {printer_id} did not answer") from None
+        except DriverError as exc:
+            raise errors.RpcError(502, f"The camera of {printer_id}: {exc.message}") from None
+        if not image:
+            raise errors.RpcError(404, "No such camera")
+        kind = "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
+        resp = Response(image, status=200, content_type=kind)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+    except Exception as exc:
+        return errors.rpc_response(exc)
 
 
 @bp.websocket("/websocket")

@@ -1,9 +1,15 @@
-"""``server.*`` (info, config, identify, webcams, database), ``machine.*``, ``access.*``
-and the ``printer.*`` answers of the farm's virtual printer (see docs/moonraker-compat.md).
+"""``server.*`` (info, config, identify, gcode store, database), ``machine.*``,
+``access.*`` and the ``printer.*`` objects of the farm's virtual printer (see
+docs/moonraker-compat.md).
 
 The farm presents itself as one Klipper printer that is always ``ready`` and in
 ``standby``: the real printing happens on the farm's printers, which this API does not
 expose one by one. That keeps Mainsail's dashboard queue visible and its Start enabled.
+Its objects are ``webhooks``, ``print_stats``, ``virtual_sdcard``, ``display_status``
+and ``system_stats`` (the host's load, pushed once a second to subscribers); there is no
+``toolhead``, ``gcode_move``, ``extruder`` or ``configfile``, so the UIs offer no
+temperature, extruder or bed-mesh controls. ``gcode.commands`` lists the farm console's
+commands (``console.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from quart import has_request_context, has_websocket_context, request, websocket
 
 from printfarmd import __version__, faults
 from printfarmd.api.errors import RpcError
+from printfarmd.api.moonraker import console
 from printfarmd.api.moonraker.args import Args
 from printfarmd.api.moonraker.facade import MOONRAKER_VERSION
 from printfarmd.api.moonraker.rpc import Caller, method
@@ -27,6 +34,7 @@ from printfarmd.api.moonraker.rpc import Caller, method
 COMPONENTS = (
     "database",
     "file_manager",
+    "history",
     "job_queue",
     "machine",
     "webcam",
@@ -105,6 +113,7 @@ async def identify(caller: Caller, args: Args) -> dict[str, Any]:
         else:
             raise RpcError(401, "Unauthorized")
     conn.client_name = str(args.get("client_name", ""))
+    conn.identified = True  # from now on it gets notify_proc_stat_update every second
     return {"connection_id": conn.id}
 
 
@@ -115,14 +124,12 @@ async def connection_id(caller: Caller, args: Args) -> dict[str, Any]:
     return {"websocket_id": conn.id if conn else None}
 
 
-@method("server.webcams.list", ("GET", "/server/webcams/list"))
-async def webcams(caller: Caller, args: Args) -> dict[str, Any]:
-    return {"webcams": []}
-
-
 @method("server.gcode_store", ("GET", "/server/gcode_store"))
 async def gcode_store(caller: Caller, args: Args) -> dict[str, Any]:
-    return {"gcode_store": []}
+    """The farm console's recent lines (commands and responses), oldest first."""
+    count = args.get_int("count", len(caller.facade.gcode_store))
+    lines = list(caller.facade.gcode_store)
+    return {"gcode_store": lines[-count:] if count > 0 else []}
 
 
 @method("server.temperature_store", ("GET", "/server/temperature_store"))
@@ -163,36 +170,9 @@ async def system_info(caller: Caller, args: Args) -> dict[str, Any]:
 
 @method("machine.proc_stats", ("GET", "/machine/proc_stats"))
 async def proc_stats(caller: Caller, args: Args) -> dict[str, Any]:
-    now = time.time()
-    uptime = _uptime() or now - caller.facade.started
-    return {
-        "moonraker_stats": [
-            {"time": now, "cpu_usage": 0.0, "memory": _rss_kib(), "mem_units": "kB"}
-        ],
-        "throttled_state": {"bits": 0, "flags": []},
-        "cpu_temp": None,
-        "network": {},
-        "system_cpu_usage": {},
-        "system_memory": {},
-        "system_uptime": uptime,
-        "websocket_connections": len(caller.facade.connections),
-    }
-
-
-def _uptime() -> float | None:
-    try:
-        with open("/proc/uptime") as fh:
-            return float(fh.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _rss_kib() -> int:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-    except (OSError, ValueError, IndexError):
-        return 0
+    facade = caller.facade
+    await facade.procstats.sample()
+    return facade.procstats.response(len(facade.connections), facade.started)
 
 
 # ---------------------------------------------------------------- access
@@ -225,7 +205,7 @@ async def access_info(caller: Caller, args: Args) -> dict[str, Any]:
 # ---------------------------------------------------------------- virtual printer
 
 
-def _printer_status() -> dict[str, dict[str, Any]]:
+def _printer_status(caller: Caller) -> dict[str, dict[str, Any]]:
     return {
         "webhooks": {"state": "ready", "state_message": "printfarmd farm queue"},
         "print_stats": {
@@ -245,7 +225,8 @@ def _printer_status() -> dict[str, dict[str, Any]]:
             "file_size": 0,
         },
         "display_status": {"progress": 0.0, "message": None},
-        "gcode": {"commands": {}},
+        "system_stats": caller.facade.procstats.system_stats(),
+        "gcode": {"commands": console.gcode_commands()},
     }
 
 
@@ -267,14 +248,14 @@ async def printer_info(caller: Caller, args: Args) -> dict[str, Any]:
 
 @method("printer.objects.list", ("GET", "/printer/objects/list"))
 async def objects_list(caller: Caller, args: Args) -> dict[str, Any]:
-    return {"objects": [k for k in _printer_status() if k != "gcode"]}
+    return {"objects": [k for k in _printer_status(caller) if k != "gcode"]}
 
 
-def _select(args: Args) -> dict[str, Any]:
+def _select(caller: Caller, args: Args) -> dict[str, Any]:
     wanted = args.get("objects", {})
     if not isinstance(wanted, dict):
         raise RpcError(400, "Invalid Type for argument: objects, expected dict")
-    status = _printer_status()
+    status = _printer_status(caller)
     out: dict[str, Any] = {}
     for name, fields in wanted.items():
         if name not in status:
@@ -288,13 +269,17 @@ def _select(args: Args) -> dict[str, Any]:
 
 @method("printer.objects.query", ("POST", "/printer/objects/query"))
 async def objects_query(caller: Caller, args: Args) -> dict[str, Any]:
-    return _select(args)
+    return _select(caller, args)
 
 
 @method("printer.objects.subscribe", ("POST", "/printer/objects/subscribe"))
 async def objects_subscribe(caller: Caller, args: Args) -> dict[str, Any]:
-    # The virtual printer never changes, so there is nothing to push later.
-    return _select(args)
+    # Only ``system_stats`` changes (once a second): it is pushed to this websocket
+    # while it is subscribed. A new subscription replaces the old one, as in Moonraker.
+    result = _select(caller, args)
+    if caller.connection is not None:
+        caller.connection.subscribed = set(result["status"])
+    return result
 
 
 # ---------------------------------------------------------------- database

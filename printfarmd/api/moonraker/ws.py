@@ -1,12 +1,18 @@
-"""``/websocket``: JSON-RPC 2.0 over text frames, plus job-queue notifications.
+"""``/websocket``: JSON-RPC 2.0 over text frames, plus notifications.
 
 Auth comes from the upgrade request (``X-Api-Key``, a trusted peer, or a one-shot
 ``?token=``) or later from ``server.connection.identify``; until then every method but
 identify answers -32602 ``"Unauthorized"`` and no notification is pushed.
 
-Order: requests are answered one at a time, and a notification waits until no request
-is being answered, so a client always gets the response before the notification its
-change caused. Responses and notifications share one outgoing channel.
+Notifications: ``notify_job_queue_changed`` and ``notify_history_changed`` from the
+committed events on the bus; ``notify_gcode_response`` from the farm console;
+``notify_proc_stat_update`` once a second to a client that identified itself (as both
+UIs do: Mainsail also closes a socket that is silent for 10 s), and
+``notify_status_update`` with ``system_stats`` to one that subscribed to it.
+
+Order: requests are answered one at a time, and a bus notification waits until no
+request is being answered, so a client always gets the response before the notification
+its change caused. Responses and notifications share one outgoing channel.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import trio
 from quart import Response, websocket
 
 from printfarmd.api.auth import Verdict
-from printfarmd.api.moonraker import rpc
-from printfarmd.api.moonraker.facade import Facade
+from printfarmd.api.moonraker import history_methods, procstats, rpc
+from printfarmd.api.moonraker.facade import Facade, notify_frame
+from printfarmd.errors import FarmError
 from printfarmd.models import Event
 from printfarmd.services.bus import Message
 
@@ -48,6 +55,7 @@ QUEUE_EVENT_TYPES = frozenset(
         "orchestrator.resumed",
     }
 )
+HISTORY_EVENT_TYPES = frozenset({"history.deleted", "history.totals_reset"})
 
 
 @attrs.define(eq=False)
@@ -60,6 +68,10 @@ class Connection:
     client_name: str = ""
     busy: bool = False
     idle: trio.Event = attrs.field(factory=trio.Event)
+    #: Called ``server.connection.identify`` (gets the once-a-second process statistics).
+    identified: bool = False
+    #: Printer objects of its last ``printer.objects.subscribe``.
+    subscribed: set[str] = attrs.field(factory=set)
 
     def push(self, frame: bytes) -> None:
         """Queue a notification if this client is authenticated; close it if it lags."""
@@ -75,6 +87,19 @@ class Connection:
 
 def is_queue_event(msg: Message) -> bool:
     return isinstance(msg, Event) and msg.type in QUEUE_EVENT_TYPES
+
+
+def is_history_event(msg: Message) -> bool:
+    """An event that may open, close, hide or recount history entries."""
+    if not isinstance(msg, Event):
+        return False
+    if msg.type == "job.transition":
+        return "printing" in (msg.from_state, msg.to_state)
+    return msg.type in HISTORY_EVENT_TYPES
+
+
+def is_notified(msg: Message) -> bool:
+    return is_queue_event(msg) or is_history_event(msg)
 
 
 def queue_actions(events: list[Event]) -> list[str]:
@@ -111,7 +136,7 @@ async def _forward(
                 break
         while conn.busy:
             await conn.idle.wait()
-        events = [m for m in batch if isinstance(m, Event)]
+        events = [m for m in batch if isinstance(m, Event) and is_queue_event(m)]
         for action in queue_actions(events):
             state = facade.queue_state()
             queue = None if action == "state_changed" else facade.queued_jobs_json()
@@ -125,6 +150,43 @@ async def _forward(
                 + b'"}]}'
             )
             conn.push(body)
+        await _history(facade, conn, [m for m in batch if is_history_event(m)])
+
+
+async def _history(facade: Facade, conn: Connection, events: list[Message]) -> None:
+    caller = rpc.Caller(facade, conn.peer, conn)
+    for ev in events:
+        try:
+            notes = await history_methods.notification(caller, ev)
+        except FarmError as exc:  # storage trouble: this notification is lost, not the socket
+            log.warning("history notification not sent", extra={"reason": exc.message})
+            continue
+        except Exception as exc:  # a bug loses the notification, never the client's socket
+            log.error("history notification failed", exc_info=exc)
+            continue
+        for params in notes:
+            conn.push(notify_frame("notify_history_changed", [params]))
+
+
+async def _tick(facade: Facade, conn: Connection) -> None:
+    """Once a second: process statistics to an identified client; ``system_stats`` to
+    one subscribed to it."""
+    while True:
+        await trio.sleep(procstats.INTERVAL)
+        if not (conn.authenticated and conn.identified):
+            continue
+        stats = facade.procstats
+        try:
+            await stats.sample()
+        except (OSError, ValueError) as exc:  # a /proc oddity: skip this second
+            log.warning("process statistics not read", extra={"reason": str(exc)})
+            continue
+        conn.push(
+            notify_frame("notify_proc_stat_update", [stats.notification(len(facade.connections))])
+        )
+        if "system_stats" in conn.subscribed:
+            status = {"system_stats": stats.system_stats()}
+            conn.push(notify_frame("notify_status_update", [status, trio.current_time()]))
 
 
 async def _write(recv: trio.MemoryReceiveChannel[bytes]) -> None:
@@ -174,9 +236,10 @@ async def serve(facade: Facade) -> Response | None:
 
         facade.connections.add(conn)
         try:
-            with svc.bus.subscribed(is_queue_event, buffer_size=1024) as sub:
+            with svc.bus.subscribed(is_notified, buffer_size=1024) as sub:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_write, recv)
+                    nursery.start_soon(_tick, facade, conn)
 
                     async def forward_then_close() -> None:
                         await _forward(facade, conn, sub.receive_channel)

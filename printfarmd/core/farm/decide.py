@@ -87,7 +87,7 @@ def _resume(tx: Tx, c: i.ResumeJob, now: Now) -> Any:
 
 
 def _estop(tx: Tx, c: i.EmergencyStopFarm, now: Now) -> Any:
-    return fleet.emergency_stop(tx, c.client, now)
+    return fleet.emergency_stop(tx, c.client, now, c.token)
 
 
 def _add(tx: Tx, c: i.AddPrinter, now: Now) -> Any:

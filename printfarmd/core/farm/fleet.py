@@ -169,10 +169,11 @@ def pause_or_resume(tx: Tx, job_id: str, pause: bool, now: Now) -> tuple[Job, st
     return job, slot.id
 
 
-def emergency_stop(tx: Tx, client: str, now: Now) -> list[str]:
-    """Stop every printing printer at once (its driver's emergency stop), pause dispatch
-    and fail each printing job once with the reason and the client. One event records it.
-    Returns the jobs failed."""
+def emergency_stop(tx: Tx, client: str, now: Now, token: str = "") -> tuple[list[str], list[str]]:
+    """Stop every printer that prints (a farm job, a hand-over, or a print of its own) at
+    once through its driver's emergency stop, pause dispatch and fail each printing job
+    once with the reason and the client. One ``farm.emergency_stop`` event records it.
+    Returns (the jobs failed, the printers told to stop)."""
     reason = f"emergency stop by {client}"
     failed: list[str] = []
     stopped: list[str] = []
@@ -182,13 +183,14 @@ def emergency_stop(tx: Tx, client: str, now: Now) -> list[str]:
         if job is None and not busy:
             continue
         stopped.append(slot.id)
-        tx.effect(EmergencyStop(slot.id))
+        tx.effect(EmergencyStop(slot.id, token))
         if job is not None:
             failures.fail_printing(tx, job, reason, slot.id, now)
             failed.append(job.id)
             slot = tx.printer(slot.id) or slot
         common.set_slot(tx, slot, stray_job=job.id if job else None, stray_stop_at=now.mono)
-    if not tx.paused:
+    was_paused = tx.paused
+    if not was_paused:
         set_paused(tx, True, now)
     tx.record(
         AppendEvent(
@@ -196,12 +198,17 @@ def emergency_stop(tx: Tx, client: str, now: Now) -> list[str]:
                 "farm.emergency_stop",
                 now.wall,
                 reason=reason,
-                data={"client": client, "printers": stopped, "jobs": failed},
+                data={
+                    "client": client,
+                    "printers": sorted(stopped),
+                    "jobs": failed,
+                    "dispatch_was_paused": was_paused,
+                },
             )
         )
     )
-    tx.effect(Log("warning", "emergency stop", {"client": client, "printers": ",".join(stopped)}))
-    return failed
+    tx.effect(Log("critical", "emergency stop", {"client": client, "printers": ",".join(stopped)}))
+    return failed, stopped
 
 
 def start_running(tx: Tx, now: Now) -> None:

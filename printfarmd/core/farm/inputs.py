@@ -165,9 +165,11 @@ class ResumeJob:
 
 @attrs.frozen
 class EmergencyStopFarm:
-    """Stop every printing printer at once, pause dispatch, fail their jobs."""
+    """Stop every printing printer at once, pause dispatch, fail their jobs. ``token``
+    is passed on to the printers' emergency-stop effects (see ``outputs.EmergencyStop``)."""
 
     client: str
+    token: str = ""
 
 
 @attrs.frozen

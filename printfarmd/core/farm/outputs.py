@@ -133,7 +133,11 @@ class ResumePrint:
 
 @attrs.frozen
 class EmergencyStop:
+    """Stop ``printer_id`` at once; ``token`` names the command that asked, so its caller
+    can learn which printers were reached."""
+
     printer_id: str
+    token: str = ""
 
 
 @attrs.frozen

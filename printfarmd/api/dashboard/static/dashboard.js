@@ -29,7 +29,13 @@
     stream: null,          // AbortController of the running stream
     refetch: new Set(),    // job ids waiting to be re-read
     refetchTimer: null,
+    history: { entries: [], total: 0 },  // the loaded page(s) of GET /api/history
+    stats: null,           // GET /api/stats
+    historyTimer: null,
   };
+  const HISTORY_PAGE = 50;
+  const OUTCOMES = ["completed", "cancelled", "interrupted", "error"];
+  const SVG = "http://www.w3.org/2000/svg";
 
   // ------------------------------------------------------------------ helpers
 
@@ -142,6 +148,7 @@
     state.paused = status.paused;
     state.lastSeq = status.last_event_seq;
     renderAll();
+    await loadHistory(HISTORY_PAGE);
   }
 
   async function refreshPrinter(id) {
@@ -208,6 +215,18 @@
       state.paused = type === "orchestrator.paused";
       renderBar();
       return;
+    }
+    if (type === "farm.emergency_stop") {
+      const d = msg.data || {};
+      let text = `Emergency stop by ${d.client || "someone"}: dispatch paused, ` +
+        `${(d.jobs || []).length} print(s) failed; stopped: ${(d.stopped || []).join(", ") || "none"}`;
+      if ((d.unreachable || []).length) text += `; NOT REACHED: ${d.unreachable.join(", ")}`;
+      notice(text, true);
+      scheduleHistory();
+    }
+    if (type === "history.deleted" || type === "history.totals_reset" ||
+        (type === "job.transition" && (msg.from_state === "printing" || msg.to_state === "printing"))) {
+      scheduleHistory();
     }
     if (msg.job_id) queueJobRefetch(msg.job_id);
     if (msg.printer_id) refreshPrinter(msg.printer_id);
@@ -278,6 +297,7 @@
     const b = $("pause-toggle");
     b.disabled = false;
     b.textContent = state.paused ? "Resume all" : "Pause all";
+    $("estop").disabled = false;
   }
 
   function renderPrinters() {
@@ -437,6 +457,164 @@
     renderBar();
     renderPrinters();
     renderJobs();
+    renderSummary();
+    renderHistory();
+  }
+
+  // ------------------------------------------------------------------ history and summary
+
+  function hours(seconds) {
+    const s = Math.max(0, Math.round(Number(seconds) || 0));
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.round(s / 60)} min`;
+    return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+  }
+
+  function stamp(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    return Number.isNaN(d.valueOf()) ? "" : d.toLocaleString();
+  }
+
+  function historyQuery(limit, offset) {
+    const q = new URLSearchParams({ limit: String(limit), offset: String(offset) });
+    if ($("history-printer").value) q.set("printer", $("history-printer").value);
+    if ($("history-status").value) q.set("status", $("history-status").value);
+    return q.toString();
+  }
+
+  async function loadHistory(limit) {
+    const [page, stats] = await Promise.all([
+      api("GET", `/api/history?${historyQuery(Math.min(Math.max(limit, HISTORY_PAGE), 1000), 0)}`),
+      // The summary covers what its bars show: the last 30 days.
+      api("GET", `/api/stats?days=30&since=${Math.floor(Date.now() / 1000) - 30 * 86400}`),
+    ]);
+    state.history = { entries: page.entries, total: page.total };
+    state.stats = stats;
+    renderSummary();
+    renderHistory();
+  }
+
+  async function loadMoreHistory() {
+    const page = await api("GET", `/api/history?${historyQuery(HISTORY_PAGE, state.history.entries.length)}`);
+    state.history.entries.push(...page.entries);
+    state.history.total = page.total;
+    renderHistory();
+  }
+
+  // A burst of transitions (a farm's worth of prints ending) is one reload.
+  function scheduleHistory() {
+    if (state.historyTimer) return;
+    state.historyTimer = setTimeout(async () => {
+      try { await loadHistory(state.history.entries.length); } catch (_e) { /* next event */ }
+      state.historyTimer = null;
+    }, 1000);
+  }
+
+  // One bar per day, stacked by how the attempts that ended that day ended.
+  function outcomeBars(days) {
+    const w = 150, h = 28, gap = 1;
+    const bar = w / Math.max(days.length, 1);
+    const most = Math.max(1, ...days.map((d) => OUTCOMES.reduce((n, o) => n + (d[o] || 0), 0)));
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("class", "outcomes");
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    svg.setAttribute("role", "img");
+    const total = (o) => days.reduce((n, d) => n + (d[o] || 0), 0);
+    svg.setAttribute("aria-label", OUTCOMES.map((o) => `${total(o)} ${o}`).join(", ") + " in the last 30 days");
+    days.forEach((d, i) => {
+      const g = document.createElementNS(SVG, "g");
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = `${d.date}: ` + OUTCOMES.map((o) => `${d[o] || 0} ${o}`).join(", ");
+      g.append(title);
+      const back = document.createElementNS(SVG, "rect");
+      back.setAttribute("class", "day");
+      back.setAttribute("x", String(i * bar));
+      back.setAttribute("y", "0");
+      back.setAttribute("width", String(Math.max(bar - gap, 0.5)));
+      back.setAttribute("height", String(h));
+      g.append(back);
+      let y = h;
+      for (const o of OUTCOMES) {
+        const n = d[o] || 0;
+        if (!n) continue;
+        const part = (n / most) * h;
+        y -= part;
+        const r = document.createElementNS(SVG, "rect");
+        r.setAttribute("class", `o-${o}`);
+        r.setAttribute("data-outcome", o);
+        r.setAttribute("data-count", String(n));
+        r.setAttribute("x", String(i * bar));
+        r.setAttribute("y", String(y));
+        r.setAttribute("width", String(Math.max(bar - gap, 0.5)));
+        r.setAttribute("height", String(part));
+        g.append(r);
+      }
+      svg.append(g);
+    });
+    return svg;
+  }
+
+  function renderSummary() {
+    const stats = state.stats;
+    const byId = new Map(((stats && stats.printers) || []).map((p) => [p.printer_id, p]));
+    const rows = [...state.printers.values()].map((p) => {
+      const s = byId.get(p.id);
+      const fail = s && s.last_failure;
+      return el("tr", { dataset: { summaryPrinter: p.id } },
+        el("td", { "data-label": "Printer", class: "name", text: p.name || p.id }),
+        el("td", { "data-label": "Last 30 days" }, s ? outcomeBars(s.outcomes_by_day) : null),
+        el("td", { "data-label": "Success", class: "success",
+          text: s && s.success_rate !== null ? `${Math.round(s.success_rate * 100)} %` : "" }),
+        el("td", { "data-label": "Print hours", class: "hours", text: s ? s.print_hours.toFixed(1) : "" }),
+        el("td", { "data-label": "Filament", class: "filament",
+          text: s ? `${s.filament_m.toFixed(1)} m, ${s.filament_g.toFixed(0)} g` : "" }),
+        el("td", { "data-label": "Hours per failure", class: "mtbf",
+          text: s && s.mtbf_hours !== null ? s.mtbf_hours.toFixed(1) : "" }),
+        el("td", { "data-label": "Last failure", class: "last-failure" },
+          fail ? el("div", { text: stamp(fail.at) }) : null,
+          fail ? el("div", { class: "sub", text: fail.reason || fail.status }) : null));
+    });
+    $("summary-rows").replaceChildren(...rows);
+    // the history's printer filter follows the printers
+    const pick = $("history-printer");
+    const keep = pick.value;
+    pick.replaceChildren(el("option", { value: "", text: "every printer" }),
+      ...[...state.printers.values()].map((p) => el("option", { value: p.id, text: p.name || p.id })));
+    pick.value = keep;
+  }
+
+  function renderHistory() {
+    const printers = state.printers;
+    const rows = state.history.entries.map((e) => {
+      const p = e.printer_id && printers.get(e.printer_id);
+      return el("tr", { dataset: { historyId: e.id, status: e.status, printer: e.printer_id || "" } },
+        el("td", { "data-label": "Started", text: stamp(e.started_at) }),
+        el("td", { "data-label": "Printer", dataset: { col: "printer" }, text: p ? (p.name || p.id) : (e.printer_id || "") }),
+        el("td", { "data-label": "File", text: e.filename }),
+        el("td", { "data-label": "SKU", text: e.sku || "" }),
+        el("td", { "data-label": "Outcome" },
+          el("span", { class: "badge", dataset: { state: e.status }, text: e.status === "error" ? "failed" : e.status.replace("_", " ") })),
+        el("td", { "data-label": "Duration", text: hours(e.duration) }),
+        el("td", { "data-label": "Filament",
+          text: e.filament_used_mm ? `${(e.filament_used_mm / 1000).toFixed(2)} m, ${e.filament_used_g.toFixed(1)} g` : "" }),
+        el("td", { "data-label": "Why it ended", text: e.status === "completed" ? "" : (e.reason || "") }));
+    });
+    $("history-rows").replaceChildren(...rows);
+    $("history-empty").hidden = rows.length > 0;
+    $("history-more").hidden = state.history.entries.length >= state.history.total;
+  }
+
+  async function downloadCsv() {
+    const resp = await fetch(`/api/history?${historyQuery(1000, 0)}`,
+      { headers: headers({ Accept: "text/csv" }), cache: "no-store" });
+    if (!resp.ok) throw new ApiError(resp.status, null);
+    const url = URL.createObjectURL(await resp.blob());
+    const a = el("a", { href: url, download: "printfarmd-history.csv" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
   }
 
   // ------------------------------------------------------------------ controls
@@ -450,6 +628,20 @@
   }
   $("filter-text").addEventListener("input", renderJobs);
   $("filter-state").addEventListener("change", renderJobs);
+
+  $("history-printer").addEventListener("change", () => act("History", () => loadHistory(HISTORY_PAGE)));
+  $("history-status").addEventListener("change", () => act("History", () => loadHistory(HISTORY_PAGE)));
+  $("history-more").addEventListener("click", () => act("History", loadMoreHistory));
+  $("history-csv").addEventListener("click", () => act("Download CSV", downloadCsv));
+
+  // The farm's emergency stop: every printing printer stops at once, dispatch pauses,
+  // the prints fail. The same as Mainsail's and Fluidd's EMERGENCY STOP.
+  $("estop").addEventListener("click", () => {
+    if (!window.confirm("Emergency stop: stop every printing printer NOW, fail their prints and pause the farm?")) return;
+    act("Emergency stop", async () => {
+      await api("POST", "/printer/emergency_stop?client=dashboard");
+    });
+  });
 
   $("pause-toggle").addEventListener("click", () => act("Pause", async () => {
     const status = await api("POST", state.paused ? "/api/orchestrator/resume" : "/api/orchestrator/pause");
