@@ -69,12 +69,9 @@ from common import (
 )
 
 from printfarmd.models import Job, JobState, new_job_id
-from printfarmd.store.store import (
-    _INSERT_EVENT,
-    _UPSERT_JOB,
-    _job_to_row,
-    open_database,
-)
+from printfarmd.store import events as store_events
+from printfarmd.store import jobs as store_jobs
+from printfarmd.store.database import open_database
 
 FILENAME = "benchy_pla.gcode"
 BODY = orjson.dumps({"filename": FILENAME})
@@ -139,7 +136,7 @@ def raw_group_commit(folder: Path, synchronous: str, seconds: float) -> dict[str
                 ("job.transition", now, jid, None, a, b, None, f'{{"event":"{e}","retry_count":0}}')
                 for a, b, e in steps
             ]
-            return _job_to_row(job), events
+            return store_jobs.to_row(job), events
 
         creations = 0
         commits = 0
@@ -151,8 +148,8 @@ def raw_group_commit(folder: Path, synchronous: str, seconds: float) -> dict[str
             t0 = clock()
             conn.execute("BEGIN IMMEDIATE")
             for job_row, events in batch:
-                conn.execute(_UPSERT_JOB, job_row)
-                conn.executemany(_INSERT_EVENT, events)
+                conn.execute(store_jobs.INSERT, job_row)
+                conn.executemany(store_events.INSERT, events)
             conn.execute("COMMIT")
             latencies.append(clock() - t0)
             creations += len(batch)

@@ -67,7 +67,8 @@ from common import (
 )
 
 from printfarmd.models import Job, JobState
-from printfarmd.store.store import _INSERT_EVENT, _JOB_COLUMNS, _JOB_FIELDS, _job_to_row
+from printfarmd.store import events as store_events
+from printfarmd.store import jobs as store_jobs
 
 PRINTERS = 20
 POLL = 0.005
@@ -265,7 +266,7 @@ def make_jobs(n: int, seed: int, printer_ids: Sequence[str]) -> tuple[list[Job],
 
 
 def creation_events(job: Job) -> list[tuple[object, ...]]:
-    """A job's first four transitions, as ``_INSERT_EVENT`` rows."""
+    """A job's first four transitions, as ``store_events.INSERT`` rows."""
     steps = (
         (None, "created", "create"),
         ("created", "validated", "validate"),
@@ -301,11 +302,12 @@ def build_case_b(folder: Path, n: int, seed: int) -> dict[str, Any]:
     try:
         conn.execute("PRAGMA synchronous = OFF")  # a bulk load; checkpointed and fsynced below
         conn.execute("BEGIN")
-        marks = ", ".join("?" for _ in _JOB_FIELDS)
+        marks = ", ".join("?" for _ in store_jobs.FIELDS)
         conn.executemany(
-            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({marks})", (_job_to_row(j) for j in jobs)
+            f"INSERT INTO jobs ({store_jobs.COLUMNS}) VALUES ({marks})",
+            (store_jobs.to_row(j) for j in jobs),
         )
-        conn.executemany(_INSERT_EVENT, (row for j in jobs for row in creation_events(j)))
+        conn.executemany(store_events.INSERT, (row for j in jobs for row in creation_events(j)))
         conn.execute("COMMIT")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

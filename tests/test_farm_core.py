@@ -13,6 +13,7 @@ printer really does, so reports can be true, stale or made up. After every step:
 - a cancelled job is never started again;
 - a printer reporting a farm job it should not print (cancelled, moved) has been told to
   stop it (within the rate limit);
+- an idle printer that clears its own plate always has that clear coming (a timer);
 - the farm's memory holds exactly the live jobs, equal to their stored rows.
 """
 
@@ -385,6 +386,20 @@ class FarmMachine(RuleBasedStateMachine):
         assert {j.id for j in self.state.queue.ordered()} == queued
 
     @invariant()
+    def a_printer_that_clears_itself_is_never_left_waiting(self) -> None:
+        """Liveness: an idle auto-clear printer with a dirty plate has a clear coming."""
+        armed = {key for kind, key in self.timers if kind is out.TimerKind.AUTOCLEAR}
+        for slot in self.state.printers.values():
+            waiting = (
+                slot.config.auto_clear
+                and slot.reported is PrinterState.IDLE
+                and slot.current_job is None
+                and slot.handing is None
+                and not slot.plate_clear
+            )
+            assert not waiting or slot.id in armed, slot
+
+    @invariant()
     def a_stray_farm_print_is_told_to_stop(self) -> None:
         for pid, jid, at in self.strays:
             stopped = self.last_stop.get((pid, jid))
@@ -393,9 +408,34 @@ class FarmMachine(RuleBasedStateMachine):
 
 
 FarmMachine.TestCase.settings = settings(
-    max_examples=150,
+    max_examples=200,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_farm_core = FarmMachine.TestCase
+
+
+def test_a_silent_printer_that_clears_itself_gets_its_plate_cleared_once_it_is_idle() -> None:
+    """Found under load: the watchdog takes the job from a silent auto-clear printer; the
+    clear timer fires while the printer still counts as printing (its last word), so it
+    must be armed again when the printer reports idle, or it waits forever."""
+    m = FarmMachine()
+    m.make_farm(["PLA"], [True] * 8)
+    (jid,) = m.create("a.gcode", None, 1, 0).values
+    m.start_returns(0, True)
+    m.printer_prints_on(0, 10.0)  # confirmed, printing
+    m.time_passes(4000.0)  # then silence
+    m.watchdog(900.0)  # requeued: the plate is not known clear
+    assert m.state.jobs[jid].state.value == "queued"
+    assert not m.state.printers["p0"].plate_clear
+    while m.timers:  # the clear fires now: the printer still counts as printing
+        m.timer_fires(0)
+    assert not m.state.printers["p0"].plate_clear
+    m.stop_returns(0, True)  # the watchdog's stop reached it
+    m.true_report(0, 0.0)  # it says idle at last
+    m.a_printer_that_clears_itself_is_never_left_waiting()
+    while m.timers:
+        m.timer_fires(0)
+    # cleared, and the queued job went straight back to it
+    assert m.state.jobs[jid].state.value == "printing"

@@ -220,7 +220,7 @@ class Effects:
     async def _parameters(self, path: Path) -> dict[str, float]:
         """The print settings the file states (the MQTT assignment's ``parameters``)."""
         try:
-            meta = await trio.to_thread.run_sync(files.read_meta, path)
+            meta = await trio.to_thread.run_sync(files.meta_of, path)
         except OSError:
             return {}  # the driver reports the unreadable file itself
         return assignment_parameters(meta)

@@ -7,6 +7,7 @@ the filesystem): call it through ``trio.to_thread.run_sync`` from async code.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -14,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import unicodedata
 from collections.abc import AsyncIterable, Callable, Mapping
 from pathlib import Path, PurePosixPath
@@ -136,6 +138,39 @@ def read_meta(path: Path) -> gcode_meta.GcodeMeta:
             fh.seek(max(size - gcode_meta.HEAD_TAIL_BYTES, gcode_meta.HEAD_TAIL_BYTES))
             tail = fh.read()
     return gcode_meta.parse(head, tail)
+
+
+#: Parsed metadata kept per file version (real path, size, mtime, inode), newest last.
+META_CACHE_SIZE = 512
+_meta_cache: collections.OrderedDict[tuple[str, int, int, int], gcode_meta.GcodeMeta] = (
+    collections.OrderedDict()
+)
+_meta_lock = threading.Lock()
+
+
+def meta_of(path: Path) -> gcode_meta.GcodeMeta:
+    """``read_meta(path)``, read again only when the file changed (bounded cache;
+    thread-safe). Blocking."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    with _meta_lock:
+        found = _meta_cache.get(key)
+        if found is not None:
+            _meta_cache.move_to_end(key)
+            return found
+    meta = read_meta(path)
+    with _meta_lock:
+        _meta_cache[key] = meta
+        while len(_meta_cache) > META_CACHE_SIZE:
+            _meta_cache.popitem(last=False)
+    return meta
+
+
+def gcode_file(root: Path, name: str) -> tuple[Path, gcode_meta.GcodeMeta]:
+    """``resolve_gcode`` and ``meta_of`` in one call (one worker-thread hop for a job
+    submission). Blocking; raises as ``resolve_gcode``."""
+    path = resolve_gcode(root, name)
+    return path, meta_of(path)
 
 
 # ---------------------------------------------------------------- generic containment

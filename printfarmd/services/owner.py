@@ -396,8 +396,7 @@ class Owner:
         if allow_model and slicing.is_model(filename) and self.config.slicer.command:
             await trio.to_thread.run_sync(files.resolve_in, root, filename)
             return i.FileFacts(model=True)
-        path = await trio.to_thread.run_sync(files.resolve_gcode, root, filename)
-        meta = await trio.to_thread.run_sync(files.read_meta, path)
+        _, meta = await trio.to_thread.run_sync(files.gcode_file, root, filename)
         return facts_of(meta)
 
     async def submit(

@@ -11,7 +11,7 @@ import orjson
 from printfarmd.core.farm.outputs import NewEvent
 from printfarmd.models import Event
 
-_INSERT = (
+INSERT = (
     "INSERT INTO events (type, at, job_id, printer_id, from_state, to_state, reason, data) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
@@ -26,7 +26,7 @@ def encode_data(ev: NewEvent) -> str:
 
 def append(conn: sqlite3.Connection, ev: NewEvent, data_json: str | None = None) -> Event:
     cur = conn.execute(
-        _INSERT,
+        INSERT,
         (
             ev.type,
             ev.at,

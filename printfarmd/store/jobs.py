@@ -19,7 +19,7 @@ from printfarmd.models import Job, JobState
 _JSON_FIELDS = frozenset({"required_tags", "failed_printers", "min_bed"})
 FIELDS = tuple(f.name for f in attrs.fields(Job))
 COLUMNS = ", ".join(FIELDS)
-_INSERT = f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' for _ in FIELDS)})"
+INSERT = f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' for _ in FIELDS)})"
 _UPDATE = (
     "UPDATE jobs SET "
     + ", ".join(f"{c} = ?" for c in FIELDS if c != "id")
@@ -74,7 +74,7 @@ def from_row(row: Sequence[Any]) -> Job:
 
 
 def insert(conn: sqlite3.Connection, row: Sequence[object]) -> None:
-    conn.execute(_INSERT, row)
+    conn.execute(INSERT, row)
 
 
 def update_if(conn: sqlite3.Connection, row: Sequence[object], expect: str) -> None:

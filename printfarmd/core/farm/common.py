@@ -90,7 +90,8 @@ def _write(tx: Tx, old: Job, new: Job, event: JobEvent, reason: str | None, inse
         tx.record(ev)
     else:
         tx.record(UpdateJob(new, old.state), ev)
-    if event is not JobEvent.VALIDATE and event is not JobEvent.SLICE:
+    if not insert and event is not JobEvent.VALIDATE and event is not JobEvent.SLICE:
+        # (A new job's stage steps are told by its one "job created" line.)
         tx.effect(
             Log(
                 "info",
