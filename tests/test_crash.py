@@ -268,13 +268,16 @@ def test_f9_disk_full_answers_507_and_recovers_without_restart(
                 for r in refused:
                     if r.status_code != 201:
                         assert r.json()["error"]["code"] in ("storage_full", "storage_busy")
-                assert c.get("/api/health").json()["status"] == "ok"  # still up
+                # still up, and says why writes fail (issue 13: degraded, not dead)
+                health = c.get("/api/health").json()
+                assert health["status"] == "degraded" and "disk is full" in health["reason"]
                 filler.unlink()
                 deadline = time.monotonic() + 10
                 while (r := post_job(c)).status_code != 201:
                     assert time.monotonic() < deadline, r.text
                     time.sleep(0.2)
                 acked += [j["id"] for j in r.json()["jobs"]]
+                assert c.get("/api/health").json()["status"] == "ok"  # recovered by itself
                 ids = {j["id"] for j in c.get("/api/jobs", params={"limit": 1000}).json()["jobs"]}
             assert set(acked) <= ids
             assert d.kill(signal.SIGTERM) == 0
