@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import enum
+import functools
 import ipaddress
 import math
 import re
@@ -384,11 +385,13 @@ class Config:
     #: Directory of the config file; relative paths in the file are resolved against it.
     base_dir: Path = attrs.field(default=Path("."), metadata={"internal": True})
 
-    @property
+    # Resolved once per config (``resolve()`` walks the file system: a job submission
+    # asks for the gcodes folder every time).
+    @functools.cached_property
     def data_path(self) -> Path:
         return (self.base_dir / self.storage.data_dir).resolve()
 
-    @property
+    @functools.cached_property
     def gcodes_path(self) -> Path:
         if self.storage.gcodes_dir:
             return (self.base_dir / self.storage.gcodes_dir).resolve()

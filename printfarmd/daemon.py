@@ -273,20 +273,34 @@ def serve(config: Config, *, log_format: str | None = None, config_path: Path | 
     except PortTaken as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_PORT_TAKEN
-    except DatabaseDamaged as exc:
-        log.critical("refusing to start: %s", exc.message)
-        print(
-            f"error: {exc.message}\nThe database was left untouched. Restore a backup "
-            "(see docs/operations.md) or move the file away to start empty.",
-            file=sys.stderr,
-        )
-        return EXIT_DAMAGED_DB
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled as a stop signal
         return 0
-    except Exception as exc:  # a bug: one clear line, not a 70-line traceback
+    except Exception as exc:
+        damaged = _find(exc, DatabaseDamaged)
+        if damaged is not None:
+            log.critical("refusing to run: %s", damaged.message)
+            print(
+                f"error: {damaged.message}\nThe database was left untouched. Restore a "
+                "backup (see docs/operations.md) or move the file away to start empty.",
+                file=sys.stderr,
+            )
+            return EXIT_DAMAGED_DB
+        # A bug: one clear line, not a 70-line traceback.
         log.critical("printfarmd stopped by a bug: %s", _one_line(exc))
         return EXIT_BUG
     return 0
+
+
+def _find(exc: BaseException, kind: type[DatabaseDamaged]) -> DatabaseDamaged | None:
+    """``exc`` itself, or the first ``kind`` inside it (through exception groups)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -965,3 +965,31 @@ async def test_a_backup_does_not_hold_up_reads(store: Store, tmp_path: Path) -> 
             assert (await store.list_jobs())[1] == 50
             gate.set()
     assert (tmp_path / "b.db").exists()
+
+
+async def test_a_dangling_reference_is_found_after_opening_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    """The reference check runs in the background (it reads the whole file); every write
+    waits for it, and a failed check ends the store with ``DatabaseDamaged``."""
+    path = tmp_path / "t.db"
+    async with open_store(path):
+        pass
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("INSERT INTO events (type, at, job_id, data) VALUES ('x', 0, 'NOPE', '{}')")
+    conn.commit()
+    conn.close()
+    job = mkjob(state=JobState.QUEUED)
+    outcome: list[BaseException] = []
+    try:
+        async with open_store(path) as store:
+            with pytest.raises(trio.Cancelled):  # the check fails while this write waits
+                await store.commit([out.InsertJob(job)])
+    except BaseExceptionGroup as group:
+        outcome = list(group.exceptions)
+    assert [type(e) for e in outcome] == [DatabaseDamaged]
+    assert "dangling references" in str(outcome[0])
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+    conn.close()

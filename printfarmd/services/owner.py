@@ -59,6 +59,9 @@ MAX_BATCH = 200
 PROGRESS_FLUSH_SECONDS = 5.0
 #: Seconds between attempts to store what a storage failure held back.
 REDO_SECONDS = 1.0
+#: Seconds a checked file's facts are reused for further submissions of it.
+FACTS_TTL = 1.0
+FACTS_CACHE_SIZE = 256
 #: Inputs that are facts: when their commit fails they are kept and tried again.
 _FACTS = (i.Report, i.StartResult, i.CommandResult, i.SliceResult, i.TimerFired, i.Startup)
 
@@ -138,6 +141,8 @@ class Owner:
             arm_timer=self._arm_timer,
             drivers_changed=self._drivers_changed,
         )
+        #: filename -> (monotonic expiry, facts): see ``file_facts``.
+        self._facts: dict[str, tuple[float, i.FileFacts]] = {}
         self._timers: list[tuple[float, int, out.TimerKind, str]] = []
         self._timer_seq = itertools.count()
         self._timer_kick = trio.Event()
@@ -391,13 +396,28 @@ class Owner:
 
     async def file_facts(self, filename: str, *, allow_model: bool = False) -> i.FileFacts:
         """Check ``filename`` (containment, existence, type) and read what it says.
-        Raises ``BadRequest``/``NotFound``/``ValidationFailed``. Worker thread."""
+        Raises ``BadRequest``/``NotFound``/``ValidationFailed``. Worker thread.
+
+        A file checked less than ``FACTS_TTL`` seconds ago is not checked again: a burst
+        of submissions of one file costs one worker-thread hop, not one each (a hop is
+        the largest share of a submission's event-loop time). The hand-over to a printer
+        checks the file again in any case.
+        """
         root = self.config.gcodes_path
         if allow_model and slicing.is_model(filename) and self.config.slicer.command:
             await trio.to_thread.run_sync(files.resolve_in, root, filename)
             return i.FileFacts(model=True)
+        now = trio.current_time()
+        cached = self._facts.get(filename)
+        if cached is not None and cached[0] > now:
+            await trio.lowlevel.checkpoint()
+            return cached[1]
         _, meta = await trio.to_thread.run_sync(files.gcode_file, root, filename)
-        return facts_of(meta)
+        facts = facts_of(meta)
+        if len(self._facts) >= FACTS_CACHE_SIZE:
+            self._facts.clear()
+        self._facts[filename] = (trio.current_time() + FACTS_TTL, facts)
+        return facts
 
     async def submit(
         self, request: i.JobRequest, idempotency_key: str | None = None

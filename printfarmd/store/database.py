@@ -129,10 +129,6 @@ def open_database(path: Path, synchronous: str = "FULL") -> tuple[sqlite3.Connec
                 conn.execute("ROLLBACK")
                 raise
             applied += 1
-        bad_fk = conn.execute("PRAGMA foreign_key_check").fetchall()
-        if bad_fk:
-            conn.close()
-            raise DatabaseDamaged(f"database {path.name} has {len(bad_fk)} dangling references")
     except sqlite3.DatabaseError as exc:
         if conn is not None:
             conn.close()
@@ -140,6 +136,23 @@ def open_database(path: Path, synchronous: str = "FULL") -> tuple[sqlite3.Connec
     if not existed:
         fsync_dir(path.parent)
     return conn, applied
+
+
+def check_references(path: Path) -> None:
+    """``PRAGMA foreign_key_check`` on a connection of its own. Blocking.
+
+    Raises ``DatabaseDamaged`` if a row refers to one that does not exist. It reads the
+    whole file (O(rows)), so the store runs it after opening, in the background, and
+    holds every write back until it passed (``open_store``)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        bad = conn.execute("PRAGMA foreign_key_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseDamaged(f"database {path.name} cannot be checked: {exc}") from None
+    finally:
+        conn.close()
+    if bad:
+        raise DatabaseDamaged(f"database {path.name} has {len(bad)} dangling references")
 
 
 def _split_sql(script: str) -> list[str]:

@@ -258,11 +258,18 @@ class Store:
         return await self.writer.write(fn)
 
 
+async def _check_references(store: Store) -> None:
+    await trio.to_thread.run_sync(database.check_references, store.path)
+    store.writer.checked.set()
+
+
 @contextlib.asynccontextmanager
 async def open_store(path: Path, synchronous: str = "FULL") -> AsyncIterator[Store]:
     """Open, check and migrate the database, run its writer, and close it at exit.
 
-    Raises ``DatabaseDamaged`` (before yielding) if the file is damaged.
+    Raises ``DatabaseDamaged`` if the file is damaged: before yielding when it fails
+    ``quick_check``, or while running when the reference check (which holds every
+    write back until it passed) finds a dangling reference.
     """
     writer, applied = await trio.to_thread.run_sync(database.open_database, path, synchronous)
     log.info("database migrations applied", extra={"applied": applied, "db": str(path)})
@@ -274,6 +281,9 @@ async def open_store(path: Path, synchronous: str = "FULL") -> AsyncIterator[Sto
     store = Store(path, writer, reader, synchronous)
     try:
         async with trio.open_nursery() as nursery:
+            # The reference check reads the whole file: it runs while the daemon starts
+            # serving, and every write waits for it (a damaged file is never written).
+            nursery.start_soon(_check_references, store)
             nursery.start_soon(store.writer.run)
             try:
                 yield store

@@ -57,6 +57,8 @@ class Writer:
         self._max_batch = 0
         #: Test hook: called on the writer thread after COMMIT, before callers are woken.
         self.after_commit: Callable[[], None] | None = None
+        #: Set once the file passed the checks that run after opening: no write before.
+        self.checked = trio.Event()
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(self._commits, self._units, self._failed_units, self._max_batch)
@@ -76,7 +78,9 @@ class Writer:
         return unit.result  # type: ignore[return-value]
 
     async def run(self) -> None:
-        """The group-commit loop. Runs until cancelled; a batch in flight completes."""
+        """The group-commit loop. Runs until cancelled; a batch in flight completes.
+        Nothing is written before ``checked`` is set."""
+        await self.checked.wait()
         async for first in self._recv:
             batch: list[_Unit[Any]] = [first]
             while len(batch) < MAX_BATCH:

@@ -11,7 +11,6 @@ from printfarmd.core.farm.outputs import (
     AppendEvent,
     ArmTimer,
     ForgetFile,
-    InsertJob,
     Log,
     NewEvent,
     PutPrinter,
@@ -47,51 +46,30 @@ def transition_event(
     )
 
 
-def insert_job(tx: Tx, job: Job) -> None:
-    """A new job, stored with its ``create`` event."""
-    tx.put_job(job)
-    tx.record(InsertJob(job), AppendEvent(transition_event(None, job, None, None)))
-
-
 def move(
     tx: Tx,
     job: Job,
     event: JobEvent,
     now: Now,
     reason: str | None = None,
-    *,
-    insert: bool = False,
     **changes: Any,
 ) -> Job:
     """``job`` moved by ``event`` (``InvalidTransition`` if the table forbids it), written
-    only if the stored row is still in ``job.state``, with its event. ``insert``: ``job``
-    itself is not stored yet (it is inserted as it ends up: one row, several events)."""
+    only if the stored row is still in ``job.state``, with its event."""
     new = transition(job, event, now.wall, **changes)
-    _write(tx, job, new, event, reason, insert)
+    _write(tx, job, new, event, reason)
     return new
 
 
 def moved(tx: Tx, old: Job, new: Job, event: JobEvent, reason: str | None) -> None:
     """Record an already computed transition ``old -> new`` (core rules built ``new``)."""
-    _write(tx, old, new, event, reason, False)
+    _write(tx, old, new, event, reason)
 
 
-def _write(tx: Tx, old: Job, new: Job, event: JobEvent, reason: str | None, insert: bool) -> None:
+def _write(tx: Tx, old: Job, new: Job, event: JobEvent, reason: str | None) -> None:
     tx.put_job(new)
-    ev = AppendEvent(transition_event(old, new, event, reason))
-    if insert:
-        # The job's row goes in once, in its latest form: replace the pending InsertJob.
-        for i, rec in enumerate(tx.records):
-            if isinstance(rec, InsertJob) and rec.job.id == new.id:
-                tx.records[i] = InsertJob(new)
-                break
-        else:
-            raise ValueError(f"job {new.id} has no pending insert")
-        tx.record(ev)
-    else:
-        tx.record(UpdateJob(new, old.state), ev)
-    if not insert and event is not JobEvent.VALIDATE and event is not JobEvent.SLICE:
-        # (A new job's stage steps are told by its one "job created" line.)
+    tx.record(UpdateJob(new, old.state), AppendEvent(transition_event(old, new, event, reason)))
+    if event is not JobEvent.VALIDATE and event is not JobEvent.SLICE:
         tx.effect(
             Log(
                 "info",

@@ -16,11 +16,14 @@ from printfarmd.core.farm.inputs import (
     SliceResult,
 )
 from printfarmd.core.farm.outputs import (
+    AppendEvent,
+    InsertJob,
     Log,
     NewEvent,
     PutIdempotency,
     Slice,
     StopPrint,
+    UpdateJob,
 )
 from printfarmd.core.farm.state import Now, Tx
 from printfarmd.core.jobs import transition
@@ -56,14 +59,25 @@ def check_some_printer_can(tx: Tx, job: Job) -> None:
 
 
 def advance(tx: Tx, job: Job, now: Now, reason: str | None, *, insert: bool) -> Job:
-    """Take the stage steps ``job`` can take now; a model stops at VALIDATED for the
-    slicer. ``insert``: the job is new in this decision."""
+    """Take the stage steps ``job`` can take now (a model stops at VALIDATED for the
+    slicer) and record them: the job's row once, in its final form (inserted when
+    ``insert``: a new job, else written from its current state), and one event a step."""
     model = is_model(job.filename)
+    events = [AppendEvent(common.transition_event(None, job, None, None))] if insert else []
+    first, steps = job, 0
     for event in _PIPELINE:
         if event is JobEvent.SLICE and model:
             break
         if job.state is _PIPELINE_FROM[event]:
-            job = common.move(tx, job, event, now, reason, insert=insert)
+            nxt = transition(job, event, now.wall)
+            events.append(AppendEvent(common.transition_event(job, nxt, event, reason)))
+            job, steps = nxt, steps + 1
+    if insert:
+        tx.put_job(job)
+        tx.record(InsertJob(job), *events)
+    elif steps:
+        tx.put_job(job)
+        tx.record(UpdateJob(job, first.state), *events)
     return job
 
 
@@ -126,7 +140,6 @@ def create(tx: Tx, cmd: CreateJobs, now: Now) -> Created:
             copy_index=i + 1,
             position=tx.allocate_position(),
         )
-        common.insert_job(tx, job)
         jobs.append(advance(tx, job, now, None, insert=True))
     ids = tuple(j.id for j in jobs)
     if key is not None:
@@ -284,7 +297,6 @@ def _queue_file(tx: Tx, item: QueueFile, now: Now, front: int) -> Job:
     base = _new_job(JobRequest(filename=item.filename, source=item.source), item.facts, now)
     job = attrs.evolve(base, position=tx.allocate_position(), front=front)
     check_some_printer_can(tx, job)
-    common.insert_job(tx, job)
     return advance(tx, job, now, None, insert=True)
 
 
