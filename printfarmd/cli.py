@@ -489,6 +489,20 @@ def cmd_jobs_cancel(args: argparse.Namespace, out: Console) -> int:
     return EXIT_OK
 
 
+def cmd_jobs_pause(args: argparse.Namespace, out: Console) -> int:
+    with _client(args) as client:
+        job = client.pause_job(args.id)
+    out.print(Text(f"job {job.get('id', args.id)}: paused on {job.get('printer_id')}"))
+    return EXIT_OK
+
+
+def cmd_jobs_resume(args: argparse.Namespace, out: Console) -> int:
+    with _client(args) as client:
+        job = client.resume_job(args.id)
+    out.print(Text(f"job {job.get('id', args.id)}: resumed on {job.get('printer_id')}"))
+    return EXIT_OK
+
+
 def cmd_printers_clear(args: argparse.Namespace, out: Console) -> int:
     with _client(args) as client:
         printer = client.clear_printer(args.id)
@@ -596,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
-    jobs = commands.add_parser("jobs", help="add, list and cancel jobs", description="jobs")
+    jobs = commands.add_parser(
+        "jobs", help="add, list, cancel, pause and resume jobs", description="jobs"
+    )
     jobs_commands = jobs.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add = command(
         jobs_commands,
@@ -633,6 +649,14 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = command(jobs_commands, "cancel", cmd_jobs_cancel, "cancel a job", parents=[client])
     cancel.add_argument("id", metavar="ID", help="job id")
     cancel.add_argument("--reason", help="recorded in the job's history")
+    pause = command(
+        jobs_commands, "pause", cmd_jobs_pause, "pause a printing job", parents=[client]
+    )
+    pause.add_argument("id", metavar="ID", help="job id")
+    resume = command(
+        jobs_commands, "resume", cmd_jobs_resume, "resume a paused job", parents=[client]
+    )
+    resume.add_argument("id", metavar="ID", help="job id")
 
     printers = commands.add_parser("printers", help="act on printers", description="printers")
     printer_commands = printers.add_subparsers(title="commands", metavar="COMMAND", required=True)

@@ -205,6 +205,14 @@ class FarmClient:
         body = {"reason": reason} if reason else None
         return self._object("POST", f"/api/jobs/{quote(job_id, safe='')}/cancel", json=body)
 
+    def pause_job(self, job_id: str) -> dict[str, Any]:
+        """``POST /api/jobs/{id}/pause``: answers once the printer paused it."""
+        return self._object("POST", f"/api/jobs/{quote(job_id, safe='')}/pause")
+
+    def resume_job(self, job_id: str) -> dict[str, Any]:
+        """``POST /api/jobs/{id}/resume``: answers once the printer resumed it."""
+        return self._object("POST", f"/api/jobs/{quote(job_id, safe='')}/resume")
+
     def clear_printer(self, printer_id: str) -> dict[str, Any]:
         """``POST /api/printers/{id}/clear``: the plate is clear; the printer as it is now."""
         return self._object("POST", f"/api/printers/{quote(printer_id, safe='')}/clear")

@@ -99,6 +99,14 @@ class StorageBusy(FarmError):
     code = "storage_busy"
 
 
+class PrinterCommandFailed(FarmError):
+    """A printer did not carry out what the farm asked (unreachable, refused, no answer
+    in time); the message says which printer and why."""
+
+    status = 502
+    code = "printer_error"
+
+
 class Degraded(FarmError):
     """The farm cannot store changes right now (it recovers by itself)."""
 

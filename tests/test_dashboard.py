@@ -347,6 +347,25 @@ def test_actions_cancel_reprioritize_send_to_printer_and_pause_all(
     dash.shot("actions")
 
 
+def test_pause_and_resume_a_printing_job(open_dash: Callable[..., Dash], tmp_path: Path) -> None:
+    dash = open_dash(farm_config(tmp_path, sim_printer("p1", speed=1.0)))
+    page = dash.page
+    (job,) = submit(dash)
+    # (the printer confirms the job first: its progress shows)
+    wait_api(
+        dash, f"/api/jobs/{job['id']}", lambda j: j["state"] == "printing" and j["progress"] > 0
+    )
+    row = page.locator(f'tr[data-job-id="{job["id"]}"]')
+    row.locator("button.pause").click()
+    wait_api(dash, "/api/printers/p1", lambda p: p["state"] == "paused")
+    pw_expect(row.locator("button.resume")).to_have_count(1)
+    row.locator("button.resume").click()
+    wait_api(dash, "/api/printers/p1", lambda p: p["state"] == "printing")
+    pw_expect(row.locator("button.pause")).to_have_count(1)
+    dash.shot("pause-resume")
+    assert dash.errors == [], dash.errors
+
+
 def test_add_a_job_from_an_uploaded_file(open_dash: Callable[..., Dash], tmp_path: Path) -> None:
     dash = open_dash(farm_config(tmp_path, dispatch_paused=True))
     gcode = (REPO / "demo" / "gcodes" / "benchy_pla.gcode").read_bytes()

@@ -154,6 +154,10 @@ class FarmMachine(RuleBasedStateMachine):
             assert self.rows[job.id].printer_id == effect.printer_id
             self.starts.append((effect.printer_id, job.id))
         elif isinstance(effect, out.StopPrint):
+            # Never told to stop what the farm itself holds on that printer.
+            row = self.rows.get(effect.job_id)
+            held = row is not None and row.printer_id == effect.printer_id
+            assert not (held and row.state.value in ("printing", "post_process")), row
             self.stops.append((effect.printer_id, effect.job_id))
             self.last_stop[(effect.printer_id, effect.job_id)] = self.mono
         elif isinstance(effect, out.EmergencyStop):
@@ -261,6 +265,13 @@ class FarmMachine(RuleBasedStateMachine):
         if accepted:  # the printer really started it, whatever the farm thinks now
             self.world[pid] = World(PrinterState.PRINTING, jid, 0.0)
         self.step(i.StartResult(pid, jid, outcome, "" if accepted else "busy"))
+
+    @precondition(lambda self: bool(self.starts))
+    @rule(n=st.integers(0, 20))
+    def printer_starts_before_it_answers(self, n: int) -> None:
+        """The upload is through and the printer prints; the start's answer is late."""
+        pid, jid = self.starts[n % len(self.starts)]
+        self.world[pid] = World(PrinterState.PRINTING, jid, 0.0)
 
     @precondition(lambda self: bool(self.stops))
     @rule(n=st.integers(0, 20), reached=st.booleans())
@@ -439,3 +450,17 @@ def test_a_silent_printer_that_clears_itself_gets_its_plate_cleared_once_it_is_i
         m.timer_fires(0)
     # cleared, and the queued job went straight back to it
     assert m.state.jobs[jid].state.value == "printing"
+
+
+def test_a_print_that_ends_before_the_start_answer_is_not_taken_for_a_stray() -> None:
+    """A short print can start, finish and be reported before the printer's answer to
+    the start comes back: that answer must not stop anything or dirty anything."""
+    m = FarmMachine()
+    m.make_farm(["PLA"], [False] * 8)
+    (jid,) = m.create("a.gcode", None, 1, 0).values
+    m.printer_starts_before_it_answers(0)
+    m.printer_finishes(0)
+    assert m.rows[jid].state.value == "post_process"
+    m.start_returns(0, True)  # the answer, late: the farm's _effect check sees any stop
+    assert m.stops == []
+    assert m.state.printers["p0"].current_job == jid

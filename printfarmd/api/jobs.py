@@ -163,3 +163,16 @@ async def ship_job(job_id: str) -> Response:
 async def jump_job(job_id: str) -> Response:
     job = await services().owner.jump(check_job_id(job_id))
     return json_response(job_json(job))
+
+
+@bp.post("/api/jobs/<job_id>/pause")
+async def pause_job(job_id: str) -> Response:
+    """Pause a printing job on its printer; answers once the printer did (502 if not)."""
+    job = await services().owner.pause_job(check_job_id(job_id))
+    return json_response(job_json(job))
+
+
+@bp.post("/api/jobs/<job_id>/resume")
+async def resume_job(job_id: str) -> Response:
+    job = await services().owner.resume_job(check_job_id(job_id))
+    return json_response(job_json(job))

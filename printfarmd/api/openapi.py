@@ -345,6 +345,15 @@ _ERRORS = {
 }
 
 
+#: A printer that could not carry out a command (pause, resume).
+_PRINTER_ERROR = {
+    "502": {
+        "description": "the printer could not do it (unreachable, refused, no answer)",
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+}
+
+
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"summary": summary, "responses": {**responses, **_ERRORS}, **extra}
 
@@ -549,6 +558,20 @@ PATHS: dict[str, Any] = {
     },
     "/api/jobs/{job_id}/jump": {
         "post": _op("Move a queued job to the front of the queue", _ok("Job"), parameters=[_JOB_ID])
+    },
+    "/api/jobs/{job_id}/pause": {
+        "post": _op(
+            "Pause a printing job on its printer (answers once the printer did)",
+            {**_ok("Job"), **_PRINTER_ERROR},
+            parameters=[_JOB_ID],
+        )
+    },
+    "/api/jobs/{job_id}/resume": {
+        "post": _op(
+            "Resume a paused job on its printer (answers once the printer did)",
+            {**_ok("Job"), **_PRINTER_ERROR},
+            parameters=[_JOB_ID],
+        )
     },
     "/api/printers": {
         "get": _op(

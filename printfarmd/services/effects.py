@@ -95,6 +95,12 @@ class Effects:
     def unwatch(self, token: str) -> None:
         self._watches.pop(token, None)
 
+    def _tell(self, token: str, printer_id: str, outcome: str | None) -> None:
+        watch = self._watches.get(token) if token else None
+        if watch is not None:
+            watch.results[printer_id] = outcome
+            watch.arrived.set()
+
     def run(self, effect: out.Effect) -> None:
         """Start ``effect`` (sync: tasks are spawned, never awaited here)."""
         if isinstance(effect, out.Log):
@@ -139,22 +145,21 @@ class Effects:
                     lambda d: d.cancel_job(effect.job_id),
                 )
             elif isinstance(effect, out.PausePrint):
-                await self._command(
+                ok = await self._command(
                     effect.printer_id, effect.job_id, "pause", lambda d: d.pause_job(effect.job_id)
                 )
+                self._tell(effect.token, effect.printer_id, ok)
             elif isinstance(effect, out.ResumePrint):
-                await self._command(
+                ok = await self._command(
                     effect.printer_id,
                     effect.job_id,
                     "resume",
                     lambda d: d.resume_job(effect.job_id),
                 )
+                self._tell(effect.token, effect.printer_id, ok)
             elif isinstance(effect, out.EmergencyStop):
                 ok = await self._command(effect.printer_id, None, "emergency_stop", _emergency_stop)
-                watch = self._watches.get(effect.token) if effect.token else None
-                if watch is not None:
-                    watch.results[effect.printer_id] = ok
-                    watch.arrived.set()
+                self._tell(effect.token, effect.printer_id, ok)
             elif isinstance(effect, out.ForgetFile):
                 await self._forget(effect)
             elif isinstance(effect, out.Slice):

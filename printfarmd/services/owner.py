@@ -42,7 +42,15 @@ from printfarmd.core.farm.startup import restore
 from printfarmd.core.farm.state import Settings, Slot
 from printfarmd.core.reload import PrinterReloadPlan, plan_printer_reload
 from printfarmd.drivers.base import PrinterDriver, StatusReport
-from printfarmd.errors import Conflict, FarmError, NotFound, ShuttingDown, StorageBusy, StorageFull
+from printfarmd.errors import (
+    Conflict,
+    FarmError,
+    NotFound,
+    PrinterCommandFailed,
+    ShuttingDown,
+    StorageBusy,
+    StorageFull,
+)
 from printfarmd.models import Job, JobState, Printer
 from printfarmd.services import files, slicing
 from printfarmd.services.bus import Bus, ProgressUpdate
@@ -511,12 +519,33 @@ class Owner:
         return done
 
     async def pause_job(self, job_id: str) -> Job:
-        job, _ = await self.call(i.PauseJob(job_id))
-        return self.fresh(job)
+        """Pause a printing job on its printer; returns once the printer did it.
+        ``Conflict`` unless the job prints on a printer that confirmed it;
+        ``PrinterCommandFailed`` when the printer could not do it (nothing changed)."""
+        return await self._pause_or_resume(job_id, pause=True)
 
     async def resume_job(self, job_id: str) -> Job:
-        job, _ = await self.call(i.ResumeJob(job_id))
-        return self.fresh(job)
+        """Resume a paused job on its printer (as ``pause_job``)."""
+        return await self._pause_or_resume(job_id, pause=False)
+
+    async def _pause_or_resume(self, job_id: str, *, pause: bool) -> Job:
+        token = secrets.token_hex(8)
+        outcomes = self.effects.watch(token)
+        try:
+            cmd = i.PauseJob(job_id, token) if pause else i.ResumeJob(job_id, token)
+            job, printer_id = await self.call(cmd)
+            with trio.move_on_after(COMMAND_TIMEOUT + 1.0):
+                await outcomes.wait_for([printer_id])
+        finally:
+            self.effects.unwatch(token)
+        verb = "pause" if pause else "resume"
+        if printer_id not in outcomes.results:
+            raise PrinterCommandFailed(f"printer {printer_id} did not answer the {verb}")
+        failed = outcomes.results[printer_id]
+        if failed is not None:
+            raise PrinterCommandFailed(f"printer {printer_id} could not {verb} the job: {failed}")
+        result: Job = self.fresh(job)
+        return result
 
     async def emergency_stop(self, client: str) -> EmergencyStopped:
         """Stop every printing printer now, pause dispatch, fail their jobs once (all

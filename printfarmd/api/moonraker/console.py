@@ -27,7 +27,7 @@ import attrs
 from printfarmd.api.errors import RpcError
 from printfarmd.api.moonraker.args import Args
 from printfarmd.api.moonraker.rpc import Caller, method
-from printfarmd.errors import Conflict, FarmError, NotFound
+from printfarmd.errors import Conflict, FarmError, NotFound, PrinterCommandFailed
 from printfarmd.models import JobState, PrinterState
 
 #: Longest script accepted (a console line; Fluidd's moves are 4 short lines).
@@ -49,6 +49,12 @@ FARM_COMMANDS: dict[str, FarmCommand] = {
     "RESUME": FarmCommand("Resume farm dispatch"),
     "CANCEL_PRINT": FarmCommand(
         "Cancel the print of one printer: CANCEL_PRINT PRINTER=<id>", ("PRINTER",)
+    ),
+    "PAUSE_PRINT": FarmCommand(
+        "Pause the print of one printer: PAUSE_PRINT PRINTER=<id>", ("PRINTER",)
+    ),
+    "RESUME_PRINT": FarmCommand(
+        "Resume the paused print of one printer: RESUME_PRINT PRINTER=<id>", ("PRINTER",)
     ),
     "CLEAR": FarmCommand(
         "The plate of a printer is clear (its print is done): CLEAR PRINTER=<id>", ("PRINTER",)
@@ -202,6 +208,28 @@ async def _cancel_print(caller: Caller, line: Line, who: str) -> list[str]:
     return [f"// Cancelled job {job.id} ({job.filename}) on {printer.id}"]
 
 
+async def _pause_print(caller: Caller, line: Line, who: str) -> list[str]:
+    return await _pause_or_resume(caller, line, pause=True)
+
+
+async def _resume_print(caller: Caller, line: Line, who: str) -> list[str]:
+    return await _pause_or_resume(caller, line, pause=False)
+
+
+async def _pause_or_resume(caller: Caller, line: Line, *, pause: bool) -> list[str]:
+    owner = caller.facade.svc.owner
+    printer = _printer(caller, line)
+    job = owner.jobs.get(printer.current_job or "")
+    if job is None or job.state is not JobState.PRINTING:
+        raise RpcError(400, f"{line.command}: {printer.id} is not printing")
+    try:
+        done = await (owner.pause_job(job.id) if pause else owner.resume_job(job.id))
+    except (Conflict, PrinterCommandFailed) as exc:
+        raise RpcError(400, f"{line.command}: {exc.message}") from None
+    verb = "Paused" if pause else "Resumed"
+    return [f"// {verb} job {done.id} ({done.filename}) on {printer.id}"]
+
+
 async def _clear(caller: Caller, line: Line, who: str) -> list[str]:
     sched = caller.facade.svc.owner
     printer = _printer(caller, line)
@@ -230,6 +258,8 @@ _HANDLERS: dict[str, Callable[[Caller, Line, str], Awaitable[list[str]]]] = {
     "PAUSE": _pause,
     "RESUME": _resume,
     "CANCEL_PRINT": _cancel_print,
+    "PAUSE_PRINT": _pause_print,
+    "RESUME_PRINT": _resume_print,
     "CLEAR": _clear,
     "M112": _m112,
 }

@@ -79,11 +79,11 @@ def _cancel_queued(tx: Tx, c: i.CancelQueued, now: Now) -> Any:
 
 
 def _pause(tx: Tx, c: i.PauseJob, now: Now) -> Any:
-    return fleet.pause_or_resume(tx, c.job_id, True, now)
+    return fleet.pause_or_resume(tx, c.job_id, True, now, c.token)
 
 
 def _resume(tx: Tx, c: i.ResumeJob, now: Now) -> Any:
-    return fleet.pause_or_resume(tx, c.job_id, False, now)
+    return fleet.pause_or_resume(tx, c.job_id, False, now, c.token)
 
 
 def _estop(tx: Tx, c: i.EmergencyStopFarm, now: Now) -> Any:

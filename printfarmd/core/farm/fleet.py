@@ -143,7 +143,7 @@ def held_job(tx: Tx, slot: Slot) -> Job | None:
     return job
 
 
-def pause_or_resume(tx: Tx, job_id: str, pause: bool, now: Now) -> tuple[Job, str]:
+def pause_or_resume(tx: Tx, job_id: str, pause: bool, now: Now, token: str = "") -> tuple[Job, str]:
     """Ask the printer of a printing job to pause (or resume) it; returns the job and its
     printer. ``Conflict`` unless the job is printing on a printer that confirmed it."""
     job = common.get_job(tx, job_id)
@@ -155,7 +155,7 @@ def pause_or_resume(tx: Tx, job_id: str, pause: bool, now: Now) -> tuple[Job, st
         raise Conflict(
             f"job {job_id} has not started on printer {slot.id} yet: it cannot be {verb}"
         )
-    tx.effect(PausePrint(slot.id, job.id) if pause else ResumePrint(slot.id, job.id))
+    tx.effect(PausePrint(slot.id, job.id, token) if pause else ResumePrint(slot.id, job.id, token))
     tx.record(
         AppendEvent(
             NewEvent(

@@ -155,12 +155,16 @@ class CancelQueued:
 
 @attrs.frozen
 class PauseJob:
+    """Ask the printer of a printing job to pause it (``token``: see ``EmergencyStop``)."""
+
     job_id: str
+    token: str = ""
 
 
 @attrs.frozen
 class ResumeJob:
     job_id: str
+    token: str = ""
 
 
 @attrs.frozen

@@ -123,12 +123,14 @@ class StopPrint:
 class PausePrint:
     printer_id: str
     job_id: str
+    token: str = ""
 
 
 @attrs.frozen
 class ResumePrint:
     printer_id: str
     job_id: str
+    token: str = ""
 
 
 @attrs.frozen

@@ -246,9 +246,12 @@ def on_start_result(tx: Tx, res: StartResult, now: Now) -> None:
     if slot.handing == res.job_id:
         slot = common.set_slot(tx, slot, handing=None)
     job = tx.job(res.job_id)
-    ours = job is not None and job.state is JobState.PRINTING and slot.current_job == res.job_id
+    held = slot.current_job == res.job_id
+    ours = held and job is not None and job.state is JobState.PRINTING
     if res.outcome is StartOutcome.ACCEPTED:
-        if ours:
+        if held and not ours:
+            pass  # a short print already ended here before the answer came back
+        elif ours:
             changes: dict[str, object] = {"start_acked_at": now.mono}
             if slot.reported is PrinterState.IDLE:
                 # Until it reports the job, an idle report is taken as stale (START_GRACE).

@@ -406,6 +406,20 @@
         },
       }));
     }
+    if (job.state === "printing") {
+      // Pause or resume on its printer (answers once the printer did; 502 if it could not).
+      const printer = state.printers.get(job.printer_id);
+      const paused = printer && printer.state === "paused";
+      const verb = paused ? "Resume" : "Pause";
+      cell.append(el("button", {
+        type: "button", class: paused ? "resume" : "pause", text: verb,
+        onclick: () => act(verb, async () => {
+          const path = `/api/jobs/${job.id}/${paused ? "resume" : "pause"}`;
+          state.jobs.set(job.id, await api("POST", path, {}));
+          renderJobs();
+        }),
+      }));
+    }
     if (job.state === "queued") {
       const idle = [...state.printers.values()].filter((p) => p.state === "idle");
       const pick = el("select", { class: "release-printer", "aria-label": "send to printer" },
