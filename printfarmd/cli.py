@@ -471,6 +471,7 @@ def cmd_jobs_add(args: argparse.Namespace, out: Console) -> int:
             priority=args.priority,
             copies=args.copies,
             material=args.material,
+            colour=args.colour,
             name=args.name,
             sku=args.sku,
             nozzle_diameter=args.nozzle_diameter,
@@ -625,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--priority", type=_integer, help="higher prints first (default 0)")
     add.add_argument("--copies", type=_positive_int, help="number of copies (default 1)")
     add.add_argument("--material", help="required material, e.g. PLA")
+    add.add_argument("--colour", metavar="#RRGGBB", help="required filament colour")
     add.add_argument("--name", help="display name (default: the file name)")
     add.add_argument("--sku", help="product SKU, for your own bookkeeping")
     add.add_argument(

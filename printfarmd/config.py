@@ -38,6 +38,14 @@ def _upper_materials(materials: Iterable[str]) -> tuple[str, ...]:
     return tuple(material.strip().upper() for material in materials)
 
 
+def _upper_colours(colours: Iterable[str]) -> tuple[str, ...]:
+    return tuple(colour.strip().upper() for colour in colours)
+
+
+#: A colour as the farm names it.
+COLOUR_RE = re.compile(r"#[0-9A-F]{6}")
+
+
 def _lower(text: str) -> str:
     return text.lower()
 
@@ -306,6 +314,9 @@ class PrinterConfig:
     driver: str = "simulator"
     #: Upper-cased (and stripped) on construction, so "pla" and "PLA" are one material.
     materials: tuple[str, ...] = attrs.field(default=(), converter=_upper_materials)
+    #: The colour (``#RRGGBB``) of each material, in the same order; empty: unknown
+    #: (a job asking for a colour does not go there). Upper-cased on construction.
+    colours: tuple[str, ...] = attrs.field(default=(), converter=_upper_colours)
     nozzle_diameter: float = 0.4
     bed_size: tuple[float, float, float] = (220.0, 220.0, 250.0)
     tags: tuple[str, ...] = ()
@@ -784,6 +795,13 @@ def _semantic_errors(config: Config) -> list[str]:
         )
         for sub, material in enumerate(printer.materials):
             check(bool(material), f"{key}.materials[{sub}]", "must not be empty")
+        check(
+            not printer.colours or len(printer.colours) == len(printer.materials),
+            f"{key}.colours",
+            "must list one colour per material, in the same order",
+        )
+        for sub, colour in enumerate(printer.colours):
+            check(bool(COLOUR_RE.fullmatch(colour)), f"{key}.colours[{sub}]", "expected #RRGGBB")
         check(printer.nozzle_diameter > 0, f"{key}.nozzle_diameter", "must be > 0")
         for sub, size in enumerate(printer.bed_size):
             check(size > 0, f"{key}.bed_size[{sub}]", "must be > 0")

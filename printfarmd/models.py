@@ -105,6 +105,8 @@ class Job:
     source: str = "api"
     #: Progress (0..100) a retry may resume from, where the printer can resume.
     resume_progress: float = 0.0
+    #: The filament colour the job asks for (``#RRGGBB``); ``None``: any colour.
+    colour: str | None = None
 
     @property
     def sort_key(self) -> tuple[int, int, int]:
@@ -114,12 +116,16 @@ class Job:
 
 @attrs.frozen
 class Capabilities:
-    """What a printer can print: loaded materials, nozzle, bed size (mm), tags."""
+    """What a printer can print: loaded materials (and their colours), nozzle, bed size
+    (mm), tags."""
 
     materials: tuple[str, ...] = ()
     nozzle_diameter: float = 0.4
     bed_size: tuple[float, float, float] = (220.0, 220.0, 250.0)
     tags: tuple[str, ...] = ()
+    #: The colour (``#RRGGBB``) of each loaded material, index-aligned with
+    #: ``materials``; empty when the printer does not say.
+    colours: tuple[str, ...] = ()
 
 
 @attrs.frozen

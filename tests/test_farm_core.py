@@ -41,7 +41,7 @@ from printfarmd.core.farm import outputs as out
 from printfarmd.core.farm.state import STRAY_STOP_INTERVAL
 from printfarmd.drivers.base import JobFailed, JobFinished, PlateCleared, StatusReport
 from printfarmd.errors import FarmError
-from printfarmd.models import Job, PrinterState
+from printfarmd.models import Job, JobState, PrinterState
 
 EPOCH = 1_800_000_000.0
 
@@ -464,3 +464,48 @@ def test_a_print_that_ends_before_the_start_answer_is_not_taken_for_a_stray() ->
     m.start_returns(0, True)  # the answer, late: the farm's _effect check sees any stop
     assert m.stops == []
     assert m.state.printers["p0"].current_job == jid
+
+
+def test_what_an_ams_reports_is_what_routing_goes_by() -> None:
+    """A MaterialsReport replaces the configured materials and colours (and a report
+    naming none brings the configured ones back)."""
+    from printfarmd.drivers.base import MaterialsReport
+
+    m = FarmMachine()
+    m.make_farm(["PLA"], [False] * 8)
+    m.step(i.Report(MaterialsReport("p0", ("PETG", "PLA"), ("#000000", "#FF6600"))))
+    caps = m.state.printers["p0"].capabilities
+    assert caps.materials == ("PETG", "PLA") and caps.colours == ("#000000", "#FF6600")
+    reply = m.step(
+        i.CreateJobs(
+            i.JobRequest(filename="a.gcode", material="PLA", colour="#FF6600"), i.FileFacts()
+        )
+    )
+    assert not isinstance(reply, FarmError)
+    assert m.rows[reply.ids[0]].state.value == "printing"  # dispatched to the AMS printer
+    m.step(i.Report(MaterialsReport("p0", (), ())))
+    assert m.state.printers["p0"].capabilities.materials == ("PLA",)
+
+
+def test_why_a_queued_job_waits() -> None:
+    from printfarmd.core.farm.waiting import why_waiting
+
+    m = FarmMachine()
+    m.make_farm(["PLA", "PLA"], [False] * 8)
+    m.pause(True)
+    (a,) = m.create("a.gcode", "PLA", 1, 0).values
+    assert why_waiting(m.state, m.state.jobs[a]) == "dispatch is paused"
+    m.pause(False)  # a goes to p0, b to p1, c waits
+    m.create("a.gcode", "PLA", 1, 0)
+    (c,) = m.create("a.gcode", "PLA", 1, 0).values
+    assert m.state.jobs[c].state is JobState.QUEUED
+    assert why_waiting(m.state, m.state.jobs[c]) == (
+        "waiting for a free printer (p0 printing; p1 printing)"
+    )
+    d = c
+    reply = m.step(i.CreateJobs(i.JobRequest(filename="a.gcode", material="PETG"), i.FileFacts()))
+    assert isinstance(reply, FarmError)  # refused at once: no printer could ever print it
+    empty = FarmState(accept_without_printers=True)
+    empty.running = True
+    assert "announce itself" in (why_waiting(empty, m.state.jobs[d]) or "")
+    assert why_waiting(m.state, m.rows[a]) is None  # printing: not waiting

@@ -237,3 +237,20 @@ async def test_add_printer_at_run_time(tmp_path: Path) -> None:
         late = sim_printer("late-1", speed=SPEED)
         view = await farm.owner.add_printer(late, SimulatedPrinter("late-1", late.simulator))
         assert view.plate_clear is False
+
+
+async def test_jobs_queued_before_any_printer_announces_itself_are_dispatched_later(
+    tmp_path: Path,
+    mosquitto: Broker,  # noqa: F811
+) -> None:
+    """Issue 15: with discovery on and no printer listed, a job is accepted and waits
+    (its view says why); once the fleet announces itself, it prints."""
+    config = attrs.evolve(mqtt_farm(tmp_path, mosquitto), printers=())
+    async with live_farm(config) as farm:
+        ids = await submit(farm, 2)
+        job = (await farm.client.get(f"/api/jobs/{ids[0]}")).json()
+        assert job["state"] == "queued"
+        assert "announce" in job["waiting"], job["waiting"]
+        async with open_mqtt_fleet(mosquitto.host, mosquitto.port, fleet_options(2)):
+            await farm.wait_for(lambda: all_ready(farm, ids), within=60)
+        assert all(p.startswith("mqtt-") for p in await printers_of(farm, ids))

@@ -242,3 +242,78 @@ def test_choose_printer(
 ) -> None:
     chosen = choose_printer(job(**fields), idle)
     assert (None if chosen is None else chosen.id) == expected
+
+
+# ---------------------------------------------------------------- colour (issue 15)
+
+import attrs  # noqa: E402
+import hypothesis.strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+
+from printfarmd.config import PrinterConfig  # noqa: E402
+from printfarmd.core.farm import dispatch as farm_dispatch  # noqa: E402
+from printfarmd.core.farm.state import Slot  # noqa: E402
+from printfarmd.core.queue import JobQueue  # noqa: E402
+from printfarmd.models import JobState  # noqa: E402
+
+COLOURS = ("#FFFFFF", "#000000", "#FF6600")
+MATS = ("PLA", "PETG")
+
+
+def test_a_colour_goes_only_where_that_colour_is_loaded() -> None:
+    white_pla = Capabilities(materials=("PLA", "PETG"), colours=("#FFFFFF", "#000000"))
+    assert incompatibility(white_pla, requirements_of(job(colour="#ffffff"))) is None
+    assert (
+        incompatibility(white_pla, requirements_of(job(material="PETG", colour="#000000"))) is None
+    )
+    why = incompatibility(white_pla, requirements_of(job(material="PETG", colour="#FFFFFF")))
+    assert why == "PETG #FFFFFF is not loaded (loaded: PLA #FFFFFF, PETG #000000)"
+    unknown = Capabilities(materials=("PLA",))
+    assert incompatibility(unknown, requirements_of(job(colour="#FFFFFF"))) is not None
+    assert incompatibility(unknown, requirements_of(job())) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    farm=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(MATS), st.sampled_from(COLOURS)), min_size=0, max_size=3
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    wants=st.lists(
+        st.tuples(st.sampled_from((None, *MATS)), st.sampled_from((None, *COLOURS))),
+        min_size=1,
+        max_size=30,
+    ),
+)
+def test_dispatch_never_sends_a_job_to_a_printer_without_its_colour(
+    farm: list[list[tuple[str, str]]], wants: list[tuple[str | None, str | None]]
+) -> None:
+    slots = []
+    for n, loaded in enumerate(farm):
+        config = PrinterConfig(
+            id=f"p{n}",
+            materials=tuple(m for m, _ in loaded),
+            colours=tuple(c for _, c in loaded),
+        )
+        slots.append(attrs.evolve(Slot.from_config(config), reported=PrinterState.IDLE))
+    jobs = [
+        Job(
+            id=f"{k:016X}",
+            filename="x.gcode",
+            state=JobState.QUEUED,
+            position=k + 1,
+            material=m,
+            colour=c,
+        )
+        for k, (m, c) in enumerate(wants)
+    ]
+    for j, slot in farm_dispatch.plan(JobQueue(jobs), slots):
+        loaded = farm[int(slot.id[1:])]
+        # The oracle, written out: some loaded filament has the colour (and the material).
+        assert j.colour is None or any(
+            c == j.colour and (j.material is None or m == j.material) for m, c in loaded
+        ), (j, loaded)
+        assert j.material is None or any(m == j.material for m, _ in loaded)

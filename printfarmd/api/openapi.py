@@ -23,6 +23,8 @@ bp = Blueprint("openapi", __name__)
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 _TS = {"type": ["string", "null"], "format": "date-time"}
+#: A filament colour: ``#RRGGBB`` (either case).
+_COLOUR_PATTERN = "^#[0-9A-Fa-f]{6}$"
 #: What ``JOB_ID_RE`` accepts; any other id is answered 404 (path) or 422 (body).
 _JOB_ID_PATTERN = "^[0-9A-F]{16}$"
 #: Largest page offset the list endpoints accept (SQLite's OFFSET is a 64-bit integer).
@@ -103,6 +105,7 @@ SCHEMAS: dict[str, Any] = {
             "copy_index": {"type": "integer", "minimum": 1},
             "group_id": {"type": "string"},
             "material": _NULLABLE_STR,
+            "colour": {"type": ["string", "null"], "pattern": _COLOUR_PATTERN},
             "nozzle_diameter": _NULLABLE_NUM,
             "required_tags": {"type": "array", "items": {"type": "string"}},
             "min_bed": {"type": ["array", "null"], "items": {"type": "number"}},
@@ -122,6 +125,10 @@ SCHEMAS: dict[str, Any] = {
             "last_error": _NULLABLE_STR,
             "tracking": _NULLABLE_STR,
             "source": {"type": "string"},
+            "waiting": {
+                **_NULLABLE_STR,
+                "description": "why a queued job has not gone to a printer yet",
+            },
         },
     },
     "JobCreate": {
@@ -134,6 +141,11 @@ SCHEMAS: dict[str, Any] = {
             "priority": {**_PRIORITY, "description": "higher prints first"},
             "copies": {"type": "integer", "minimum": 1, "maximum": 100},
             "material": _text(32),
+            "colour": {
+                "type": "string",
+                "pattern": _COLOUR_PATTERN,
+                "description": "only a printer with a filament of this colour (#RRGGBB)",
+            },
             "nozzle_diameter": {"type": "number", "minimum": 0.05, "maximum": 5},
             "required_tags": {
                 "type": "array",
@@ -174,6 +186,7 @@ SCHEMAS: dict[str, Any] = {
             "maintenance": {"type": "boolean"},
             "auto_clear": {"type": "boolean"},
             "materials": {"type": "array", "items": {"type": "string"}},
+            "colours": {"type": "array", "items": {"type": "string"}},
             "nozzle_diameter": {"type": "number"},
             "bed_size": {"type": "array", "items": {"type": "number"}},
             "tags": {"type": "array", "items": {"type": "string"}},

@@ -19,7 +19,7 @@ def iso(ts: float | None) -> str | None:
     )
 
 
-def job_json(job: Job) -> dict[str, Any]:
+def job_json(job: Job, waiting: str | None = None) -> dict[str, Any]:
     return {
         "id": job.id,
         "filename": job.filename,
@@ -32,6 +32,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "copy_index": job.copy_index,
         "group_id": job.group_id,
         "material": job.material,
+        "colour": job.colour,
         "nozzle_diameter": job.nozzle_diameter,
         "required_tags": list(job.required_tags),
         "min_bed": list(job.min_bed) if job.min_bed else None,
@@ -51,6 +52,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "last_error": job.last_error,
         "tracking": job.tracking,
         "source": job.source,
+        # Why a queued job has not gone to a printer yet (``core.farm.waiting``).
+        "waiting": waiting,
     }
 
 
@@ -69,6 +72,7 @@ def printer_json(p: Printer, eta: float | None = None) -> dict[str, Any]:
         "maintenance": p.maintenance,
         "auto_clear": p.auto_clear,
         "materials": list(caps.materials),
+        "colours": list(caps.colours),
         "nozzle_diameter": caps.nozzle_diameter,
         "bed_size": list(caps.bed_size),
         "tags": list(caps.tags),

@@ -38,6 +38,24 @@ class Requirements:
     nozzle_diameter: float | None = None
     required_tags: frozenset[str] = frozenset()
     min_bed: tuple[float, float, float] | None = None
+    #: ``#RRGGBB`` (upper-case); ``None``: any colour.
+    colour: str | None = None
+
+
+def normalize_colour(colour: str | None) -> str | None:
+    """``#RRGGBB`` upper-case (a leading ``#`` added); ``None`` for none or a blank."""
+    if colour is None or not colour.strip():
+        return None
+    text = colour.strip().upper()
+    return text if text.startswith("#") else "#" + text
+
+
+def _loaded(caps: Capabilities) -> str:
+    pairs = [
+        f"{m} {caps.colours[i]}" if i < len(caps.colours) and caps.colours[i] else m
+        for i, m in enumerate(caps.materials)
+    ]
+    return ", ".join(pairs) if pairs else "none"
 
 
 def requirements_of(job: Job) -> Requirements:
@@ -49,6 +67,7 @@ def requirements_of(job: Job) -> Requirements:
         required_tags=frozenset(job.required_tags),
         # A list from JSON would make the value unhashable; always store a tuple.
         min_bed=None if bed is None else (float(bed[0]), float(bed[1]), float(bed[2])),
+        colour=normalize_colour(job.colour),
     )
 
 
@@ -65,7 +84,8 @@ def incompatibility(caps: Capabilities, req: Requirements) -> str | None:
 
     Returns a sentence fit for an operator (e.g. ``"material PETG is not loaded
     (loaded: PLA)"``), or ``None`` when the printer can take the job. Checks, in order:
-    material (case-insensitive; a job naming none goes anywhere), nozzle (within
+    material (case-insensitive; a job naming none goes anywhere), colour (a loaded
+    material of that colour — of the job's material if it names one), nozzle (within
     ``NOZZLE_TOLERANCE``), tags (all required tags present), bed (each axis large enough).
     """
     if req.material is not None:
@@ -73,6 +93,15 @@ def incompatibility(caps: Capabilities, req: Requirements) -> str | None:
         if req.material not in loaded:
             shown = ", ".join(loaded) if loaded else "none"
             return f"material {req.material} is not loaded (loaded: {shown})"
+    if req.colour is not None:
+        have = [
+            caps.colours[i]
+            for i, m in enumerate(caps.materials)
+            if i < len(caps.colours) and (req.material is None or m.strip().upper() == req.material)
+        ]
+        if req.colour not in have:
+            what = f"{req.material} {req.colour}" if req.material else f"colour {req.colour}"
+            return f"{what} is not loaded (loaded: {_loaded(caps)})"
     if req.nozzle_diameter is not None and (
         abs(caps.nozzle_diameter - req.nozzle_diameter) > NOZZLE_TOLERANCE + _NOZZLE_SLACK
     ):
@@ -111,6 +140,7 @@ def rank_key(req: Requirements, caps: Capabilities, printer_id: str) -> tuple[in
         req.material is not None
         and caps.materials
         and caps.materials[0].strip().upper() == req.material
+        and (req.colour is None or (caps.colours[:1] == (req.colour,)))
     )
     # Fewer capabilities first keeps versatile printers free for jobs only they can take.
     return (0 if loaded else 1, len(caps.materials) + len(caps.tags), printer_id)

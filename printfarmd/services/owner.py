@@ -33,6 +33,7 @@ import trio
 
 from printfarmd import faults
 from printfarmd.config import Config, PrinterConfig
+from printfarmd.core import routing
 from printfarmd.core.farm import FarmState, Now, Tx, decide
 from printfarmd.core.farm import inputs as i
 from printfarmd.core.farm import outputs as out
@@ -40,6 +41,7 @@ from printfarmd.core.farm.fleet import PAUSED_KEY, SETTINGS_KEY
 from printfarmd.core.farm.intake import Created
 from printfarmd.core.farm.startup import restore
 from printfarmd.core.farm.state import Settings, Slot
+from printfarmd.core.farm.waiting import why_waiting
 from printfarmd.core.reload import PrinterReloadPlan, plan_printer_reload
 from printfarmd.drivers.base import PrinterDriver, StatusReport
 from printfarmd.errors import (
@@ -700,6 +702,22 @@ class Owner:
             if slot is not None and slot.current_job == job.id and slot.confirmed:
                 return attrs.evolve(job, progress=slot.progress, eta=slot.eta)
         return job
+
+    def waiting(self, jobs: Sequence[Job]) -> dict[str, str]:
+        """Why each queued job of ``jobs`` is still waiting (see ``core.farm.waiting``);
+        one answer per requirement class, so a long listing costs O(classes x printers)."""
+        by_class: dict[object, str | None] = {}
+        out: dict[str, str] = {}
+        for job in jobs:
+            if job.state is not JobState.QUEUED:
+                continue
+            key = routing.requirements_of(job)
+            if key not in by_class:
+                by_class[key] = why_waiting(self.state, job)
+            reason = by_class[key]
+            if reason is not None:
+                out[job.id] = reason
+        return out
 
     async def get_job(self, job_id: str) -> Job:
         job = self.state.jobs.get(job_id) or await self.store.get_job(job_id)

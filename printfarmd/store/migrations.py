@@ -112,4 +112,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 5 (issue 14): print history, one row per attempt, kept by a trigger on the event log
     # and backfilled from the events already recorded (see store/history.py).
     history.MIGRATION,
+    # 6 (issue 15): a job may ask for a filament colour (#RRGGBB).
+    """
+    ALTER TABLE jobs ADD COLUMN colour TEXT;
+    """,
 )

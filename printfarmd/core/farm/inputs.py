@@ -36,12 +36,14 @@ class JobRequest:
     sku: str | None = None
     estimated_time: float | None = None
     source: str = "api"
+    colour: str | None = None
 
     def digest(self) -> str:
         """A stable hash of the request, to detect an Idempotency-Key reused for another."""
-        return hashlib.sha256(
-            orjson.dumps(attrs.asdict(self), option=orjson.OPT_SORT_KEYS)
-        ).hexdigest()
+        fields = attrs.asdict(self)
+        if fields["colour"] is None:
+            del fields["colour"]  # (added later: keys stored before still match)
+        return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @attrs.frozen

@@ -92,6 +92,7 @@ def _new_job(request: JobRequest, facts: FileFacts, now: Now) -> Job:
         copies=request.copies,
         group_id=group,
         material=material,
+        colour=routing.normalize_colour(request.colour),
         nozzle_diameter=request.nozzle_diameter or facts.nozzle_diameter,
         required_tags=tuple(sorted(set(request.required_tags))),
         min_bed=request.min_bed,

@@ -69,8 +69,18 @@ def on_driver_event(tx: Tx, ev: DriverEvent, now: Now) -> None:
     elif isinstance(ev, MaterialsReport):
         # What is loaded now (an AMS, say) is what routing goes by; the configured
         # materials stand when the printer names none.
-        loaded = tuple(m.strip().upper() for m in ev.materials if m.strip())
-        caps = attrs.evolve(capabilities_of(slot.config), materials=loaded or slot.config.materials)
+        pairs = [
+            (m.strip().upper(), (ev.colours[k] if k < len(ev.colours) else "").strip().upper())
+            for k, m in enumerate(ev.materials)
+            if m.strip()
+        ]
+        caps = capabilities_of(slot.config)
+        if pairs:
+            caps = attrs.evolve(
+                caps,
+                materials=tuple(m for m, _ in pairs),
+                colours=tuple(c for _, c in pairs) if any(c for _, c in pairs) else (),
+            )
         if caps != slot.capabilities:
             common.set_slot(tx, slot, capabilities=caps)
             tx.kick = True

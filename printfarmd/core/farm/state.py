@@ -69,6 +69,7 @@ def capabilities_of(config: PrinterConfig) -> Capabilities:
         nozzle_diameter=config.nozzle_diameter,
         bed_size=config.bed_size,
         tags=tuple(config.tags),
+        colours=tuple(config.colours),
     )
 
 

@@ -449,7 +449,9 @@
         el("td", { "data-label": "State", dataset: { col: "state" } },
           el("span", { class: "badge", dataset: { state: j.state }, text: j.state }),
           j.state === "printing" ? el("span", { class: "sub", text: ` ${Number(j.progress).toFixed(0)} %` }) : null,
-          j.last_error && j.state === "failed" ? el("div", { class: "sub", text: j.last_error }) : null),
+          j.last_error && j.state === "failed" ? el("div", { class: "sub", text: j.last_error }) : null,
+          // Why a queued job has not gone to a printer yet (the API says).
+          j.waiting && j.state === "queued" ? el("div", { class: "sub waiting", text: j.waiting }) : null),
         el("td", { "data-label": "Printer", dataset: { col: "printer" }, text: j.printer_id || "" }),
         el("td", { "data-label": "SKU", dataset: { col: "sku" }, text: j.sku || "" }),
         el("td", { "data-label": "ETA", dataset: { col: "eta", eta: j.eta || "" }, text: eta }),
