@@ -401,10 +401,11 @@ class FarmMachine(RuleBasedStateMachine):
         """Liveness: an idle auto-clear printer with a dirty plate has a clear coming."""
         armed = {key for kind, key in self.timers if kind is out.TimerKind.AUTOCLEAR}
         for slot in self.state.printers.values():
+            held = self.rows.get(slot.current_job or "")
             waiting = (
                 slot.config.auto_clear
                 and slot.reported is PrinterState.IDLE
-                and slot.current_job is None
+                and (held is None or held.state.value != "printing")
                 and slot.handing is None
                 and not slot.plate_clear
             )
@@ -509,3 +510,24 @@ def test_why_a_queued_job_waits() -> None:
     empty.running = True
     assert "announce itself" in (why_waiting(empty, m.state.jobs[d]) or "")
     assert why_waiting(m.state, m.rows[a]) is None  # printing: not waiting
+
+
+def test_a_finished_print_on_a_printer_still_reporting_it_is_cleared_once_idle() -> None:
+    """Found with a real OctoPrint: the job is reported finished while the printer still
+    says "printing" for a moment; the clear timer fires then and finds it busy, so the
+    printer's idle report must arm it again (the job is on the plate, post_process)."""
+    m = FarmMachine()
+    m.make_farm(["PLA"], [True] * 8)
+    (jid,) = m.create("a.gcode", None, 1, 0).values
+    m.start_returns(0, True)
+    m.printer_prints_on(0, 50.0)
+    m.step(i.Report(JobFinished("p0", jid)))  # finished, but its status still says printing
+    m.report("p0", PrinterState.PRINTING, jid, 100.0)
+    while m.timers:
+        m.timer_fires(0)
+    assert m.rows[jid].state.value == "post_process"
+    m.report("p0", PrinterState.IDLE, None, 0.0)
+    m.a_printer_that_clears_itself_is_never_left_waiting()
+    while m.timers:
+        m.timer_fires(0)
+    assert m.rows[jid].state.value == "ready"

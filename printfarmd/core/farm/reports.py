@@ -118,10 +118,13 @@ def on_status(tx: Tx, slot: Slot, r: StatusReport, now: Now) -> None:
     if job is not None and job.state is JobState.PRINTING and job.printer_id == slot.id:
         slot = _watch(tx, slot, job, r, previous, now)
     slot = _strays(tx, slot, r, now)
-    if r.state is PrinterState.IDLE and was is not PrinterState.IDLE and slot.current_job is None:
-        # Idle again with a plate to clear: a printer that clears itself does so after
-        # the cooldown (an earlier timer may have found it still busy).
-        common.arm_autoclear(tx, slot, now)
+    if r.state is PrinterState.IDLE and was is not PrinterState.IDLE:
+        held = tx.job(slot.current_job or "")
+        if held is None or held.state is not JobState.PRINTING:
+            # Idle again with a plate to clear (a finished job on it, or a print of its
+            # own): a printer that clears itself does so after the cooldown (an earlier
+            # timer may have found it still reporting its print).
+            common.arm_autoclear(tx, slot, now)
     tx.effect(PublishProgress(slot.id))
     if slot.dispatchable and not was_dispatchable:
         tx.kick = True
