@@ -15,10 +15,13 @@ periodic backups off):
 - A: an empty database (schema created by one earlier, unmeasured start);
 - B: ``--jobs`` jobs already in the database, 4 events each. Built without REST: one
   start to create and migrate the schema, SIGTERM, then a bulk insert with plain
-  ``sqlite3`` of rows made by ``printfarmd.models.Job`` + ``store._job_to_row`` (the
+  ``sqlite3`` of rows made by ``printfarmd.models.Job`` + ``store.jobs.to_row`` (the
   store's own column list and SQL). State mix: 70% shipped, 15% cancelled, 5% ready,
   10% queued; the 4 events are each job's first four transitions (created, validated,
   sliced, queued). WAL checkpointed after the load, as on a farm that has run a while.
+  Only the queued 10% can still change, so only they are kept in memory;
+- C: as B, every job finished (80% shipped, 15% cancelled, 5% ready): nothing is kept in
+  memory, so its idle RSS is the empty farm's (issue 13: C / A).
 
 Baselines, same run:
 
@@ -78,6 +81,13 @@ STATE_MIX: tuple[tuple[JobState, float], ...] = (
     (JobState.CANCELLED, 0.15),
     (JobState.READY, 0.05),
     (JobState.QUEUED, 0.10),
+)
+#: Case C: the same number of jobs, every one finished (none can change by itself, so
+#: none is kept in memory: issue 13).
+FINISHED_MIX: tuple[tuple[JobState, float], ...] = (
+    (JobState.SHIPPED, 0.80),
+    (JobState.CANCELLED, 0.15),
+    (JobState.READY, 0.05),
 )
 FILES = (
     ("benchy_pla.gcode", "PLA", 2900.0),
@@ -206,12 +216,14 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------- case B data
 
 
-def make_jobs(n: int, seed: int, printer_ids: Sequence[str]) -> tuple[list[Job], dict[str, int]]:
-    """``n`` valid jobs in the STATE_MIX proportions, oldest first; terminal ones carry
+def make_jobs(
+    n: int, seed: int, printer_ids: Sequence[str], mix: Sequence[tuple[JobState, float]] = STATE_MIX
+) -> tuple[list[Job], dict[str, int]]:
+    """``n`` valid jobs in the ``mix`` proportions, oldest first; terminal ones carry
     the printer, start and finish times they would have had."""
     rng = random.Random(seed)
-    states = [s for s, share in STATE_MIX for _ in range(round(share * n))]
-    states = (states + [JobState.QUEUED] * n)[:n]
+    states = [s for s, share in mix for _ in range(round(share * n))]
+    states = (states + [mix[0][0]] * n)[:n]
     rng.shuffle(states)
     # Queued jobs are the newest: move them to the end (creation order).
     states.sort(key=lambda s: s is JobState.QUEUED)
@@ -288,7 +300,9 @@ def creation_events(job: Job) -> list[tuple[object, ...]]:
     ]
 
 
-def build_case_b(folder: Path, n: int, seed: int) -> dict[str, Any]:
+def build_case_b(
+    folder: Path, n: int, seed: int, mix: Sequence[tuple[JobState, float]] = STATE_MIX
+) -> dict[str, Any]:
     """Start the daemon once (schema), stop it, bulk-insert ``n`` jobs into its file."""
     data = folder / "data"
     config = farm_config(folder, printers=PRINTERS, port=free_port(), data_dir=data)
@@ -297,7 +311,7 @@ def build_case_b(folder: Path, n: int, seed: int) -> dict[str, Any]:
         d.stop()
     printer_ids = [p.id for p in config.printers]
     t0 = time.perf_counter()
-    jobs, counts = make_jobs(n, seed, printer_ids)
+    jobs, counts = make_jobs(n, seed, printer_ids, mix)
     conn = sqlite3.connect(data / DB_NAME, isolation_level=None)
     try:
         conn.execute("PRAGMA synchronous = OFF")  # a bulk load; checkpointed and fsynced below
@@ -343,9 +357,10 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine()}
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         root = Path(tmp)
-        folder_a, folder_b = root / "a", root / "b"
+        folder_a, folder_b, folder_c = root / "a", root / "b", root / "c"
         folder_a.mkdir()
         folder_b.mkdir()
+        folder_c.mkdir()
 
         # Case A's database: created by one unmeasured start, then empty of jobs.
         data_a = folder_a / "data"
@@ -355,6 +370,7 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
             d.stop()
 
         built = build_case_b(folder_b, n, seed)
+        built_c = build_case_b(folder_c, n, seed, FINISHED_MIX)
         expected_queued = built["states"].get("queued", 0)
 
         checked: dict[str, bool] = {"b": False}
@@ -371,6 +387,7 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
             "bare_stack": [],
             "A": [],
             "B": [],
+            "C": [],
         }
         # Interleave the cases run by run, so a burst of noise hits them all alike.
         for i in range(runs):
@@ -382,6 +399,7 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
             cases["bare_stack"].append(server_run(BARE_STACK_BASELINE, root, idle))
             cases["A"].append(daemon_run(folder_a, data_a, idle, i, None))
             cases["B"].append(daemon_run(folder_b, built["data_dir"], idle, i, check_b_once))
+            cases["C"].append(daemon_run(folder_c, built_c["data_dir"], idle, i, None))
 
     summary = {name: summarize(r) for name, r in cases.items()}
     built = {k: v for k, v in built.items() if k != "data_dir"}
@@ -401,14 +419,15 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
                     "time_to_200": ratio(summary[case]["seconds"], summary[base]["seconds"]),
                     "idle_rss": ratio(summary[case]["rss_kb"], summary[base]["rss_kb"]),
                 }
-                for case in ("A", "B")
+                for case in ("A", "B", "C")
                 for base in ("http_server", "bare_stack")
             }
             | {
-                "B_over_A": {
-                    "time_to_200": ratio(summary["B"]["seconds"], summary["A"]["seconds"]),
-                    "idle_rss": ratio(summary["B"]["rss_kb"], summary["A"]["rss_kb"]),
+                f"{case}_over_A": {
+                    "time_to_200": ratio(summary[case]["seconds"], summary["A"]["seconds"]),
+                    "idle_rss": ratio(summary[case]["rss_kb"], summary["A"]["rss_kb"]),
                 }
+                for case in ("B", "C")
             },
             "seconds": round(time.perf_counter() - t_start, 1),
             "loadavg_1m_end": round(os.getloadavg()[0], 2),
@@ -462,6 +481,7 @@ def print_report(r: dict[str, Any]) -> None:
         "bare_stack": "bare quart-trio + hypercorn app",
         "A": "A: printfarmd, 20 printers, empty db",
         "B": f"B: printfarmd, 20 printers, {b['jobs']:,} jobs",
+        "C": f"C: printfarmd, 20 printers, {b['jobs']:,} finished jobs",
     }
     for key, label in labels.items():
         s = c[key]
