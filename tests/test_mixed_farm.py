@@ -175,8 +175,11 @@ async def _drain(farm: LiveFarm) -> None:
         jobs = (await farm.client.get("/api/jobs", params={"limit": 1000})).json()["jobs"]
         printers = (await farm.client.get("/api/printers")).json()["printers"]
         states = Counter(j["state"] for j in jobs)
-        stuck = [(j["id"], j["state"], j["printer_id"], j.get("waiting"), j["last_error"])
-                 for j in jobs if j["state"] != "ready"]
+        stuck = [
+            (j["id"], j["state"], j["printer_id"], j.get("waiting"), j["last_error"])
+            for j in jobs
+            if j["state"] != "ready"
+        ]
         raise AssertionError(
             f"not all ready: {states}; stuck {stuck[:8]}; printers "
             f"{[(p['id'], p['state'], p['message'], p['current_job']) for p in printers]}"
