@@ -7,7 +7,7 @@ No protocol knowledge here; each driver's parsing lives in its own ``*_status`` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import attrs
@@ -32,6 +32,41 @@ def backoff_delays(initial: float, cap: float) -> Iterator[float]:
     while True:
         yield min(delay, cap)
         delay = min(delay * 2, cap)
+
+
+async def keep_up(
+    session: Callable[[trio.Event], Awaitable[str]],
+    failed: Callable[[str], Awaitable[None]],
+    initial: float,
+    cap: float,
+    task_status: trio.TaskStatus[None],
+) -> None:
+    """Run ``session`` again and again, until cancelled: it sets the event it is given
+    once its first status was reported and returns why it ended; ``failed(reason)``
+    reports the printer offline; then a backoff (reset by every session that got that
+    far). ``task_status.started()`` comes after the first attempt: once its first status
+    was reported, or it failed and ``failed`` reported OFFLINE."""
+    started = False
+    delays = backoff_delays(initial, cap)
+    while True:
+        ready = trio.Event()
+        async with trio.open_nursery() as nursery:
+            if not started:
+                nursery.start_soon(_started_when, ready, task_status)
+            reason = await session(ready)
+            nursery.cancel_scope.cancel()
+        if ready.is_set():
+            delays = backoff_delays(initial, cap)
+        await failed(reason)
+        if not started and not ready.is_set():
+            task_status.started()  # the first attempt failed: OFFLINE was sent
+        started = True
+        await trio.sleep(next(delays))
+
+
+async def _started_when(ready: trio.Event, task_status: trio.TaskStatus[None]) -> None:
+    await ready.wait()
+    task_status.started()
 
 
 def describe(exc: BaseException) -> str:

@@ -53,6 +53,7 @@ from printfarmd.drivers.http_link import (
     LinkHealth,
     backoff_delays,
     json_body,
+    keep_up,
     leaves,
     link_failure,
     request,
@@ -149,30 +150,17 @@ class OctoPrintDriver:
             timeout=httpx.Timeout(opts.timeout),
         ) as http:
             self._http = http
-            started = False
-            delays = backoff_delays(opts.backoff_initial, opts.backoff_max)
             try:
-                while True:
-                    ready = trio.Event()
-                    async with trio.open_nursery() as nursery:
-                        if not started:
-                            nursery.start_soon(self._started_when, ready, task_status)
-                        reason = await self._session(ready)
-                        nursery.cancel_scope.cancel()
-                    if ready.is_set():
-                        delays = backoff_delays(opts.backoff_initial, opts.backoff_max)
-                    await self._failed(reason)
-                    if not started and not ready.is_set():
-                        task_status.started()  # the first attempt failed: OFFLINE was sent
-                    started = True
-                    await trio.sleep(next(delays))
+                await keep_up(
+                    self._session,
+                    self._failed,
+                    opts.backoff_initial,
+                    opts.backoff_max,
+                    task_status,
+                )
             finally:
                 self._http = None
                 self._events = None
-
-    async def _started_when(self, ready: trio.Event, task_status: trio.TaskStatus[None]) -> None:
-        await ready.wait()
-        task_status.started()
 
     async def _session(self, ready: trio.Event) -> str:
         """One session: check the key, poll, push; returns why it ended (never returns
