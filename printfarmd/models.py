@@ -105,6 +105,14 @@ class Job:
     source: str = "api"
     #: Progress (0..100) a retry may resume from, where the printer can resume.
     resume_progress: float = 0.0
+    #: (issue 16) Grams of filament the file uses (its slicer's figure), if it says.
+    filament_weight: float | None = None
+    #: (issue 16) The colour asked for, ``RRGGBB`` upper case (matched against spools).
+    colour: str | None = None
+    #: (issue 16) Not started before this UTC time (a scheduled job).
+    not_before: float | None = None
+    #: (issue 16) The Spoolman spool the current (or last) attempt prints from.
+    spool_id: int | None = None
 
     @property
     def sort_key(self) -> tuple[int, int, int]:

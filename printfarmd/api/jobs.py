@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from printfarmd import faults
+from printfarmd.api import upkeep
 from printfarmd.api import validate as v
 from printfarmd.api.context import services
 from printfarmd.api.respond import json_response, read_json
@@ -28,6 +29,8 @@ JOB_FIELDS = (
     "min_bed",
     "sku",
     "estimated_time",
+    "colour",
+    "not_before",
 )
 
 
@@ -54,6 +57,8 @@ def parse_job_request(body: dict[str, object], max_priority: int) -> JobRequest:
         min_bed=v.num_list(body, "min_bed", 3, 0.0, 10_000.0),  # type: ignore[arg-type]
         sku=v.opt_str(body, "sku", 100),
         estimated_time=v.opt_num(body, "estimated_time", 0.0, 30 * 86400.0),
+        colour=upkeep.colour_arg(body),  # issue 16
+        not_before=upkeep.body_time(body, "not_before"),
     )
 
 
@@ -91,7 +96,8 @@ async def list_jobs() -> Response:
         offset=offset,
     )
     fresh = [svc.owner.fresh(j) for j in jobs]
-    return json_response({"jobs": [job_json(j) for j in fresh], "total": total})
+    extra = await upkeep.jobs_extra(svc.owner, fresh)  # issue 16: cost, why it waits
+    return json_response({"jobs": [{**job_json(j), **extra[j.id]} for j in fresh], "total": total})
 
 
 def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
@@ -125,8 +131,10 @@ async def create_job() -> Response:
 @bp.get("/api/jobs/<job_id>")
 async def get_job(job_id: str) -> Response:
     faults.point("get-job")  # S15: a forced 500 (tests only)
-    job = await services().owner.get_job(check_job_id(job_id))
-    return json_response(job_json(job))
+    owner = services().owner
+    job = await owner.get_job(check_job_id(job_id))
+    extra = await upkeep.jobs_extra(owner, [job])  # issue 16: cost, why it waits
+    return json_response({**job_json(job), **extra[job.id]})
 
 
 @bp.post("/api/jobs/<job_id>/cancel")

@@ -51,6 +51,11 @@ def job_json(job: Job) -> dict[str, Any]:
         "last_error": job.last_error,
         "tracking": job.tracking,
         "source": job.source,
+        # issue 16
+        "filament_weight": job.filament_weight,
+        "colour": None if job.colour is None else f"#{job.colour}",
+        "not_before": iso(job.not_before),
+        "spool_id": job.spool_id,
     }
 
 

@@ -32,14 +32,15 @@ import attrs
 import trio
 
 from printfarmd import faults
-from printfarmd.config import Config, PrinterConfig
-from printfarmd.core.farm import FarmState, Now, Tx, decide
+from printfarmd.config import Config, PrinterConfig, resolve_timezone
+from printfarmd.core.farm import FarmState, Now, Tx, decide, eligibility
 from printfarmd.core.farm import inputs as i
 from printfarmd.core.farm import outputs as out
 from printfarmd.core.farm.fleet import PAUSED_KEY, SETTINGS_KEY
 from printfarmd.core.farm.intake import Created
-from printfarmd.core.farm.startup import restore
+from printfarmd.core.farm.startup import UpkeepMemory, restore
 from printfarmd.core.farm.state import Settings, Slot
+from printfarmd.core.farm.upkeep_state import PendingUsage, policy_of
 from printfarmd.core.reload import PrinterReloadPlan, plan_printer_reload
 from printfarmd.drivers.base import PrinterDriver, StatusReport
 from printfarmd.errors import Conflict, FarmError, NotFound, ShuttingDown, StorageBusy, StorageFull
@@ -49,7 +50,9 @@ from printfarmd.services.bus import Bus, ProgressUpdate
 from printfarmd.services.drivers import DriverHost
 from printfarmd.services.effects import COMMAND_TIMEOUT, Effects, facts_of
 from printfarmd.services.metrics import FarmCounters
+from printfarmd.services.spoolman import SpoolmanService
 from printfarmd.store.store import Store
+from printfarmd.store.upkeep import UpkeepStore
 
 log = logging.getLogger("printfarmd.owner")
 
@@ -124,7 +127,13 @@ class Owner:
         self.bus = bus
         self._wall = wall
         self._send, self._recv = trio.open_memory_channel[_Envelope](math.inf)
-        self.state = FarmState(printers=[Slot.from_config(p) for p in config.printers])
+        #: (issue 16) The upkeep rules; quiet hours' zone resolved once, here.
+        self.policy = policy_of(config, resolve_timezone(config.power.timezone))
+        self.state = FarmState(
+            printers=[Slot.from_config(p) for p in config.printers], policy=self.policy
+        )
+        #: (issue 16) The Spoolman service, when ``spoolman.url`` is set (the daemon's).
+        self.spoolman: SpoolmanService | None = None
         self.counters = FarmCounters()
         self.host = DriverHost(self.post)
         for pid, driver in drivers.items():
@@ -188,6 +197,7 @@ class Owner:
             )
         paused = bool(saved.get(PAUSED_KEY, sc.dispatch_paused))
         jobs = await self.store.load_live_jobs()
+        kept = await UpkeepStore(self.store).memory()  # issue 16: spools, counters
         self.state = restore(
             printers=self.config.printers,
             memory=await self.store.printer_memory(),
@@ -197,6 +207,13 @@ class Owner:
             next_position=await self.store.max_position() + 1,
             mono=trio.current_time(),
             accept_without_printers=self.config.mqtt.host != "" and self.config.mqtt.discover,
+            policy=self.policy,
+            upkeep=UpkeepMemory(
+                bindings=kept.bindings,
+                spools=kept.spools,
+                pending=[PendingUsage(o.key, o.spool_id, o.grams) for o in kept.pending],
+                counters=kept.upkeep,
+            ),
         )
         log.info(
             "queue restored",
@@ -527,6 +544,48 @@ class Owner:
 
     async def ping(self) -> None:
         await self.call(i.Ping())
+
+    # ================================================================ upkeep (issue 16)
+
+    async def bind_spool(self, printer_id: str, tool: int, spool_id: int | None) -> Slot:
+        """Bind ``spool_id`` (``None``: unbind) to ``tool`` of ``printer_id``; the spool
+        is read from Spoolman first (``NotFound`` if Spoolman says it does not exist; a
+        Spoolman that does not answer binds it unread). Returns the printer's slot."""
+        info = None
+        if spool_id is not None and self.spoolman is not None:
+            if printer_id not in self.state.printers:
+                raise NotFound(f"printer {printer_id} not found")
+            info = await self.spoolman.fetch(spool_id)
+        slot: Slot = await self.call(i.BindSpool(printer_id, tool, spool_id, info))
+        if self.spoolman is not None:
+            self.spoolman.kick(refresh=True)
+        return self.state.printers.get(printer_id, slot)
+
+    async def record_maintenance(
+        self, printer_id: str, by: str, work: str, at: float | None = None
+    ) -> Slot:
+        """Log maintenance done on ``printer_id``; resets its counters, ends maintenance."""
+        slot: Slot = await self.call(i.RecordMaintenance(printer_id, by, work, at))
+        return self.state.printers.get(printer_id, slot)
+
+    def bound_spools(self) -> set[int]:
+        """Every spool id bound to a tool of some printer (committed state)."""
+        return {sid for s in self.state.printers.values() for sid in s.spools if sid is not None}
+
+    def job_waiting(self, job: Job) -> str | None:
+        """Why a queued ``job`` is not printing (``None``: its turn is coming)."""
+        if job.state is not JobState.QUEUED:
+            return None
+        state = self.state
+        return eligibility.explain_job(state, job, state.printers.values(), self._wall())
+
+    def printer_waiting(self, printer_id: str) -> str | None:
+        """Why an idle printer starts nothing now (quiet hours, its power group)."""
+        slot = self.state.printers.get(printer_id)
+        if slot is None:
+            return None
+        others = [s for s in self.state.printers.values() if s.id != printer_id]
+        return eligibility.explain_printer(self.state, slot, self._wall(), others=others)
 
     # ================================================================ printers at run time
 

@@ -6,7 +6,7 @@ never edit a released step, add a new one.
 
 from __future__ import annotations
 
-from printfarmd.store import history
+from printfarmd.store import history, upkeep
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: jobs, the event log, idempotency keys, settings, printer memory.
@@ -112,4 +112,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 5 (issue 14): print history, one row per attempt, kept by a trigger on the event log
     # and backfilled from the events already recorded (see store/history.py).
     history.MIGRATION,
+    # 6 (issue 16): job filament weight, colour, schedule and spool; spool bindings and
+    # what is known of the spools; each attempt's usage and cost (the Spoolman outbox);
+    # maintenance counters and the maintenance log (see store/upkeep.py).
+    upkeep.MIGRATION,
 )

@@ -90,6 +90,12 @@ def _write(tx: Tx, old: Job, new: Job, event: JobEvent, reason: str | None, inse
         tx.record(ev)
     else:
         tx.record(UpdateJob(new, old.state), ev)
+    if old.state is JobState.PRINTING and new.state is not JobState.PRINTING:
+        # (issue 16) An attempt ended: its usage, cost and the printer's counters go
+        # into the same commit as the transition (after it: the history row is closed).
+        from printfarmd.core.farm import upkeep
+
+        upkeep.attempt_ended(tx, old, new)
     if not insert and event is not JobEvent.VALIDATE and event is not JobEvent.SLICE:
         # (A new job's stage steps are told by its one "job created" line.)
         tx.effect(

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from printfarmd.core.farm import common, failures, intake
+from printfarmd.core.farm import common, failures, intake, spools
 from printfarmd.core.farm.inputs import AddPrinter, UpdatePrinter
 from printfarmd.core.farm.outputs import (
     AppendEvent,
@@ -23,7 +23,7 @@ from printfarmd.core.farm.outputs import (
     StopDriver,
     TimerKind,
 )
-from printfarmd.core.farm.state import Now, Settings, Slot, Tx, capabilities_of
+from printfarmd.core.farm.state import Now, Settings, Slot, Tx
 from printfarmd.errors import Conflict
 from printfarmd.models import Job, JobEvent, JobState, PrinterState
 
@@ -131,7 +131,8 @@ def remove_printer(tx: Tx, printer_id: str) -> None:
 
 def update_printer(tx: Tx, cmd: UpdatePrinter) -> Slot:
     slot = common.get_slot(tx, cmd.config.id)
-    slot = common.set_slot(tx, slot, config=cmd.config, capabilities=capabilities_of(cmd.config))
+    slot = common.set_slot(tx, slot, config=cmd.config)
+    slot = spools.refresh_capabilities(tx, slot)  # (issue 16) config, reported, spools
     tx.kick = True
     return slot
 

@@ -36,6 +36,10 @@ class JobRequest:
     sku: str | None = None
     estimated_time: float | None = None
     source: str = "api"
+    #: (issue 16) ``RRGGBB``; the job goes only to a printer whose spool has that colour.
+    colour: str | None = None
+    #: (issue 16) Not started before this UTC time.
+    not_before: float | None = None
 
     def digest(self) -> str:
         """A stable hash of the request, to detect an Idempotency-Key reused for another."""
@@ -53,6 +57,8 @@ class FileFacts:
     nozzle_diameter: float | None = None
     estimated_time: float | None = None
     model: bool = False
+    #: (issue 16) Grams of filament the file uses.
+    filament_weight: float | None = None
 
 
 # ---------------------------------------------------------------------- commands
@@ -196,6 +202,28 @@ class Ping:
     """Answered at once: shows the owner is taking inputs (the systemd watchdog)."""
 
 
+@attrs.frozen
+class BindSpool:
+    """(issue 16) Bind ``spool_id`` (``None``: unbind) to ``tool`` of ``printer_id``;
+    ``info``: the spool as Spoolman has it (read by the edge), ``None`` if not reached."""
+
+    printer_id: str
+    tool: int
+    spool_id: int | None
+    info: Any = None
+
+
+@attrs.frozen
+class RecordMaintenance:
+    """(issue 16) Maintenance was done on ``printer_id`` by ``by``: ``work``; at ``at``
+    (UTC; ``None``: now). Resets the counters and ends maintenance mode."""
+
+    printer_id: str
+    by: str
+    work: str
+    at: float | None = None
+
+
 Command = (
     CreateJobs
     | Cancel
@@ -216,6 +244,8 @@ Command = (
     | RemovePrinter
     | UpdatePrinter
     | Ping
+    | BindSpool
+    | RecordMaintenance
 )
 
 # ---------------------------------------------------------------------- events
@@ -287,6 +317,25 @@ class SliceResult:
     error: str | None = None
 
 
+@attrs.frozen
+class SpoolsRefreshed:
+    """(issue 16) What Spoolman says of spools now (``upkeep_state.SpoolInfo`` values),
+    and the ids it answered 404 for."""
+
+    spools: tuple[Any, ...]
+    missing: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class UsageReported:
+    """(issue 16) The usage report ``key`` is settled: Spoolman applied it (``applied``),
+    or it was dropped (``error`` says why)."""
+
+    key: str
+    applied: bool
+    error: str | None = None
+
+
 Event = (
     Report
     | TimerFired
@@ -297,5 +346,7 @@ Event = (
     | StartResult
     | CommandResult
     | SliceResult
+    | SpoolsRefreshed
+    | UsageReported
 )
 Input = Command | Event

@@ -23,6 +23,7 @@ from printfarmd.core.farm.outputs import (
     StopPrint,
 )
 from printfarmd.core.farm.state import Now, Tx
+from printfarmd.core.farm.upkeep_state import normalize_colour
 from printfarmd.core.jobs import transition
 from printfarmd.core.slicing import is_model, output_name
 from printfarmd.errors import Conflict, ValidationFailed
@@ -88,6 +89,9 @@ def _new_job(request: JobRequest, facts: FileFacts, now: Now) -> Job:
         created_at=now.wall,
         updated_at=now.wall,
         source=request.source,
+        filament_weight=facts.filament_weight,
+        colour=normalize_colour(request.colour),
+        not_before=request.not_before,
     )
 
 
@@ -169,6 +173,7 @@ def sliced(tx: Tx, result: SliceResult, now: Now) -> None:
             estimated_time=job.estimated_time
             if job.estimated_time is not None
             else facts.estimated_time,
+            filament_weight=facts.filament_weight,
         )
         # The row holds the model until this commit: write the sliced fields with SLICE.
         new = transition(prev, JobEvent.SLICE, now.wall)

@@ -16,10 +16,8 @@ Reports are facts; the farm decides. The rules:
 
 from __future__ import annotations
 
-import attrs
-
 from printfarmd.core import eta as eta_rules
-from printfarmd.core.farm import common, failures, fleet
+from printfarmd.core.farm import common, failures, fleet, spools
 from printfarmd.core.farm.inputs import CommandResult, StartOutcome, StartResult
 from printfarmd.core.farm.outputs import (
     AppendEvent,
@@ -35,7 +33,6 @@ from printfarmd.core.farm.state import (
     Now,
     Slot,
     Tx,
-    capabilities_of,
 )
 from printfarmd.drivers.base import (
     DriverEvent,
@@ -70,10 +67,10 @@ def on_driver_event(tx: Tx, ev: DriverEvent, now: Now) -> None:
         # What is loaded now (an AMS, say) is what routing goes by; the configured
         # materials stand when the printer names none.
         loaded = tuple(m.strip().upper() for m in ev.materials if m.strip())
-        caps = attrs.evolve(capabilities_of(slot.config), materials=loaded or slot.config.materials)
-        if caps != slot.capabilities:
-            common.set_slot(tx, slot, capabilities=caps)
-            tx.kick = True
+        if loaded != slot.loaded:
+            slot = common.set_slot(tx, slot, loaded=loaded)
+        # (issue 16) Bound spools' materials come first (core/farm/spools.py).
+        spools.refresh_capabilities(tx, slot)
 
 
 def _held(tx: Tx, slot: Slot, job_id: str) -> Job | None:
@@ -220,6 +217,7 @@ def on_finished(tx: Tx, slot: Slot, job_id: str, now: Now) -> None:
     if job is None:
         return  # a repeated or stale report: already handled
     common.move(tx, job, JobEvent.FINISH, now)
+    slot = tx.printer(slot.id) or slot  # the attempt's end changed its counters
     slot = common.set_slot(
         tx, slot, progress=100.0, confirmed=True, restored=False, handing=None, eta=None
     )
