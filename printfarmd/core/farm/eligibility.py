@@ -18,7 +18,7 @@ the job and printer views). Pure.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from printfarmd.core import routing
 from printfarmd.core.farm import calendar, power, spools
@@ -39,7 +39,7 @@ class FarmView(Protocol):
     @property
     def pending(self) -> Mapping[str, PendingUsage]: ...
     @property
-    def power_starts(self) -> Mapping[str, tuple[float, ...]]: ...
+    def power_starts(self) -> Mapping[str, tuple[Any, ...]]: ...
 
 
 class Gate:
@@ -77,10 +77,8 @@ class Gate:
             opens = power.opens_at(self.policy, self.starts, group, self.wall)
             self._wake_at(opens)
             limit = self.policy.limit(group)
-            return (
-                f"power group {group}: {limit.max_starts} starts in {limit.window:g} s; "
-                f"next start at {iso(opens) if opens else 'soon'}"
-            )
+            when = f"next start at {iso(opens)}" if opens else "starts being handed over"
+            return f"power group {group}: {limit.max_starts} starts in {limit.window:g} s; {when}"
         return None
 
     def take(self, slot: Slot) -> list[str]:
@@ -92,13 +90,6 @@ class Gate:
         self.budget[group] -= 1
         if self.budget[group] > 0:
             return []
-        opens = power.opens_at(
-            self.policy,
-            {**self.starts, group: (*self.starts.get(group, ()), self.wall)},
-            group,
-            self.wall,
-        )
-        self._wake_at(opens)
         return [pid for pid, g in self.groups.items() if g == group]
 
     # ---------------------------------------------------------------- jobs

@@ -7,27 +7,49 @@ allowed only while fewer than ``max_starts`` starts of that group happened in th
 limit). Queued jobs keep their order; the printers of a full group wait, and a wake-up
 timer runs dispatch again when the oldest start leaves the window.
 
-The starts are kept as UTC times per group (``FarmState.power_starts``), so they are
-rebuilt at a restart from the jobs still printing (``starts_of``). Pure.
+A start counts from the moment its printer accepted the job (``StartResult``), not from
+the decision: a hand-over can take minutes (an upload), and the beds heat when the
+printer starts. A start still being handed over counts as happening now, whatever its
+age; a refused one is given back. So the printers' own starts are at least ``window``
+apart for every ``max_starts`` of them.
+
+The starts are kept as UTC times per group (``FarmState.power_starts``), and rebuilt at
+a restart from the jobs still on a printer (``starts_of``). Pure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import attrs
+
 from printfarmd.core.farm.state import Now, Slot, Tx
 from printfarmd.core.farm.upkeep_state import GroupLimit, Policy, power_group
 from printfarmd.models import Job, JobState
 
 
-def recent(starts: Iterable[float], limit: GroupLimit, wall: float) -> list[float]:
-    """The starts of ``starts`` that are still inside the window at ``wall``."""
-    return sorted(t for t in starts if wall - limit.window < t <= wall + 1e-9)
+@attrs.frozen
+class Start:
+    """A start of ``printer_id``: decided at ``at``, or accepted then (``accepted``)."""
+
+    at: float
+    printer_id: str
+    accepted: bool = False
 
 
-def budget(
-    policy: Policy, starts: Mapping[str, tuple[float, ...]], groups: Iterable[str], wall: float
-) -> dict[str, int]:
+Starts = Mapping[str, tuple[Start, ...]]
+
+
+def recent(starts: Iterable[Start], limit: GroupLimit, wall: float) -> list[Start]:
+    """The starts that count at ``wall``: accepted ones inside the window, and every
+    one still being handed over."""
+    return sorted(
+        (s for s in starts if not s.accepted or wall - limit.window < s.at),
+        key=lambda s: (s.accepted, s.at),
+    )
+
+
+def budget(policy: Policy, starts: Starts, groups: Iterable[str], wall: float) -> dict[str, int]:
     """Starts left now for each limited group of ``groups`` (groups without a limit are
     left out: they take any number)."""
     out: dict[str, int] = {}
@@ -39,39 +61,63 @@ def budget(
     return out
 
 
-def opens_at(
-    policy: Policy, starts: Mapping[str, tuple[float, ...]], group: str, wall: float
-) -> float | None:
-    """When ``group`` may start a print again (UTC), if it is full at ``wall``."""
+def opens_at(policy: Policy, starts: Starts, group: str, wall: float) -> float | None:
+    """When ``group`` may start a print again (UTC), if it is full at ``wall``; ``None``
+    when it is not full, or when only a hand-over's answer can free it."""
     limit = policy.limit(group)
     if limit.max_starts <= 0:
         return None
     inside = recent(starts.get(group, ()), limit, wall)
     if len(inside) < limit.max_starts:
         return None
-    # The start that has to leave the window before one more is allowed.
-    return inside[len(inside) - limit.max_starts] + limit.window
+    accepted = sorted(s.at for s in inside if s.accepted)
+    excess = len(inside) - limit.max_starts  # this many more must leave
+    if excess >= len(accepted):
+        return None  # hand-overs in flight: their answers kick dispatch
+    return accepted[excess] + limit.window
 
 
 def note_start(tx: Tx, slot: Slot, now: Now) -> None:
-    """A print starts on ``slot`` now: it counts against its group's budget."""
+    """A print is handed to ``slot`` now: it counts against its group's budget."""
     group = power_group(slot.config)
     limit = tx.policy.limit(group)
     if limit.max_starts <= 0:
         return
     starts = dict(tx.power_starts)
-    starts[group] = (*recent(starts.get(group, ()), limit, now.wall), now.wall)
+    kept = recent(starts.get(group, ()), limit, now.wall)
+    starts[group] = (*kept, Start(now.wall, slot.id))
     tx.set("power_starts", starts)
 
 
-def starts_of(jobs: Iterable[Job], printers: Mapping[str, Slot]) -> dict[str, tuple[float, ...]]:
+def start_settled(tx: Tx, printer_id: str, accepted: bool, now: Now) -> None:
+    """The hand-over to ``printer_id`` returned: an accepted start counts from now, a
+    refused one not at all."""
+    starts = dict(tx.power_starts)
+    for group, entries in starts.items():
+        pending = [
+            n for n, s in enumerate(entries) if s.printer_id == printer_id and not s.accepted
+        ]
+        if not pending:
+            continue
+        n = pending[-1]
+        rest = [s for k, s in enumerate(entries) if k != n]
+        if accepted:
+            rest.append(Start(now.wall, printer_id, True))
+        starts[group] = tuple(rest)
+        tx.set("power_starts", starts)
+        return
+
+
+def starts_of(jobs: Iterable[Job], printers: Mapping[str, Slot]) -> dict[str, tuple[Start, ...]]:
     """The starts of the jobs still on a printer (at a restart), by power group."""
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[Start]] = {}
     for job in jobs:
         slot = printers.get(job.printer_id or "")
         if slot is None or job.started_at is None:
             continue
         if job.state not in (JobState.PRINTING, JobState.POST_PROCESS, JobState.FAILED):
             continue
-        out.setdefault(power_group(slot.config), []).append(job.started_at)
-    return {group: tuple(sorted(times)) for group, times in out.items()}
+        out.setdefault(power_group(slot.config), []).append(
+            Start(job.started_at, slot.id, accepted=True)
+        )
+    return {group: tuple(sorted(times, key=lambda s: s.at)) for group, times in out.items()}

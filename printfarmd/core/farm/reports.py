@@ -17,7 +17,7 @@ Reports are facts; the farm decides. The rules:
 from __future__ import annotations
 
 from printfarmd.core import eta as eta_rules
-from printfarmd.core.farm import common, failures, fleet, spools
+from printfarmd.core.farm import common, failures, fleet, power, spools
 from printfarmd.core.farm.inputs import CommandResult, StartOutcome, StartResult
 from printfarmd.core.farm.outputs import (
     AppendEvent,
@@ -243,6 +243,8 @@ def on_start_result(tx: Tx, res: StartResult, now: Now) -> None:
         return
     if slot.handing == res.job_id:
         slot = common.set_slot(tx, slot, handing=None)
+        # (issue 16) a staggered start counts from the printer's answer
+        power.start_settled(tx, slot.id, res.outcome is StartOutcome.ACCEPTED, now)
     job = tx.job(res.job_id)
     ours = job is not None and job.state is JobState.PRINTING and slot.current_job == res.job_id
     if res.outcome is StartOutcome.ACCEPTED:

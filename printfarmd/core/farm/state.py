@@ -200,7 +200,7 @@ class FarmState:
         policy: Policy | None = None,
         spools: Mapping[int, SpoolInfo] | None = None,
         pending: Iterable[PendingUsage] = (),
-        power_starts: Mapping[str, tuple[float, ...]] | None = None,
+        power_starts: Mapping[str, tuple[Any, ...]] | None = None,
     ) -> None:
         live = [j for j in jobs if is_live(j)]
         self.jobs: dict[str, Job] = {j.id: j for j in live}
@@ -221,12 +221,12 @@ class FarmState:
             j.id for j in live if j.state is JobState.FAILED and j.retry_at is not None
         }
         # (issue 16) Upkeep: the rules, what is known of the spools, the usage not yet
-        # confirmed by Spoolman, recent print starts per power group (UTC times) and the
+        # confirmed by Spoolman, recent print starts per power group (``power.Start``) and the
         # wake-up timers armed for dispatch (UTC times).
         self.policy: Policy = policy or Policy()
         self.spools: Mapping[int, SpoolInfo] = dict(spools or {})
         self.pending: Mapping[str, PendingUsage] = {p.key: p for p in pending}
-        self.power_starts: Mapping[str, tuple[float, ...]] = dict(power_starts or {})
+        self.power_starts: Mapping[str, tuple[Any, ...]] = dict(power_starts or {})
         self.wakes: frozenset[float] = frozenset()
 
     # ------------------------------------------------------------------ reads (FarmView)
@@ -406,8 +406,9 @@ class Tx:
         return value
 
     @property
-    def power_starts(self) -> Mapping[str, tuple[float, ...]]:
-        value: Mapping[str, tuple[float, ...]] = self._scalar("power_starts")
+    def power_starts(self) -> Mapping[str, tuple[Any, ...]]:
+        """Recent print starts per power group (``power.Start`` values)."""
+        value: Mapping[str, tuple[Any, ...]] = self._scalar("power_starts")
         return value
 
     @property
