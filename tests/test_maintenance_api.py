@@ -56,7 +56,7 @@ async def test_a_printer_due_for_maintenance(tmp_path: Path, receiver: WebhookRe
 
         await farm.wait_for(due)
         printer = (await farm.client.get("/api/printers/p1")).json()
-        assert printer["maintenance_due"].startswith("1 prints since the last maintenance")
+        assert printer["maintenance_due"].startswith("1 print since the last maintenance")
         assert printer["counters"]["prints"] == 1
         assert (await job(farm, second))["state"] == "queued"  # it takes no new job
         assert (await job(farm, first))["cost"]["energy_kwh"] >= 0
@@ -114,7 +114,7 @@ async def test_a_printer_due_for_maintenance(tmp_path: Path, receiver: WebhookRe
             "new nozzle",
             1,
         )
-        assert entry["due"].startswith("1 prints")
+        assert entry["due"].startswith("1 print ")
         assert (
             await farm.client.get("/api/maintenance", params={"printer": "x"})
         ).status_code == 404

@@ -62,7 +62,8 @@ def crossed(policy: Policy, c: Counters) -> str | None:
         every = f"{policy.every_hours:g}"
         return f"{c.hours:.1f} print hours since the last maintenance (every {every})"
     if policy.every_prints > 0 and c.prints >= policy.every_prints:
-        return f"{c.prints} prints since the last maintenance (every {policy.every_prints})"
+        noun = "print" if c.prints == 1 else "prints"
+        return f"{c.prints} {noun} since the last maintenance (every {policy.every_prints})"
     if policy.every_grams > 0 and c.grams >= policy.every_grams:
         return f"{c.grams:.0f} g printed since the last maintenance (every {policy.every_grams:g})"
     return None
