@@ -481,3 +481,69 @@ def test_release_respects_spools_and_quiet_hours_but_not_the_schedule() -> None:
     h.step(i.SpoolsRefreshed((SpoolInfo(1, "PLA", remaining=10.0),)))
     started = h.step(i.Release(later, "p"))
     assert isinstance(started, Job) and started.state is JobState.PRINTING
+
+
+# ====================================================================== configuration
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[spoolman]\nurl = "spoolman.local"', "spoolman.url: expected an http:// or https:// URL"),
+        ("[spoolman]\nweight_margin = -1.0", "spoolman.weight_margin: must be >= 0"),
+        ("[spoolman]\nretry_backoff = []", "spoolman.retry_backoff: must not be empty"),
+        ('[spoolman]\nfacade_printer = "nope"', 'spoolman.facade_printer: no printer "nope"'),
+        ("[maintenance]\nevery_prints = -1", "maintenance.every_prints: must be >= 0"),
+        ("[power]\nwindow = 0.0", "power.window: must be > 0"),
+        ('[power]\ntimezone = "Mars/Olympus"', 'power.timezone: unknown time zone "Mars/Olympus"'),
+        (
+            '[[power.groups]]\nname = "a"\n[[power.groups]]\nname = "a"',
+            'power.groups[1].name: duplicate group "a"',
+        ),
+        ("[cost]\nenergy_price_per_kwh = -0.1", "cost.energy_price_per_kwh: must be >= 0"),
+        ('[[printers]]\nid = "p"\ntools = 0', "printers[0].tools: must be between 1 and 64"),
+        (
+            '[[printers]]\nid = "p"\nquiet_hours = ["22:00"]',
+            'printers[0].quiet_hours: expected two local times such as ["22:00", "07:00"]',
+        ),
+        (
+            '[[printers]]\nid = "p"\nquiet_hours = ["24:00", "07:00"]',
+            'printers[0].quiet_hours: expected two local times such as ["22:00", "07:00"]',
+        ),
+        (
+            '[[printers]]\nid = "p"\nquiet_hours = ["07:00", "07:00"]',
+            "printers[0].quiet_hours: the start and the end must differ",
+        ),
+    ],
+)
+def test_upkeep_config_errors_name_the_key(text: str, expected: str) -> None:
+    import tomllib
+
+    from printfarmd.config import config_from_dict
+    from printfarmd.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(tomllib.loads(text))
+    assert any(line.startswith(expected) for line in info.value.message.splitlines()), (
+        info.value.message
+    )
+
+
+def test_the_policy_follows_the_config() -> None:
+    import tomllib
+
+    from printfarmd.config import config_from_dict
+    from printfarmd.core.farm.upkeep_state import policy_of
+
+    config = config_from_dict(
+        tomllib.loads(
+            '[spoolman]\nurl = "http://s:7912"\nweight_margin = 2.0\nweight_margin_percent = 10.0\n'
+            "[maintenance]\nevery_hours = 200.0\n"
+            '[power]\nmax_starts = 3\n[[power.groups]]\nname = "b"\nmax_starts = 1\nwindow = 30.0\n'
+        )
+    )
+    policy = policy_of(config)
+    assert policy.spoolman and policy.every_hours == 200.0
+    assert policy.needed_grams(100.0) == pytest.approx(112.0)
+    assert policy.limit("b") == GroupLimit(1, 30.0)
+    assert policy.limit("default") == GroupLimit(3, 60.0)

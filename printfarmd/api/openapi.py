@@ -1158,7 +1158,9 @@ PATHS["/api/printers/{printer_id}/maintenance"]["post"].update(
                                 "work": _text(2000, pattern=_FILLED),
                                 "at": {
                                     **_UNIX_TIME,
-                                    "description": "when it was done (default now); ISO-8601 too",
+                                    "type": ["number", "null"],
+                                    "description": "when it was done (default or null: now); "
+                                    "ISO-8601 too",
                                 },
                             },
                         },

@@ -177,8 +177,6 @@ def record_maintenance(tx: Tx, cmd: RecordMaintenance, now: Now) -> Slot:
     if not work:
         raise ValidationFailed("work: what was done is required", field="work")
     at = now.wall if cmd.at is None else cmd.at
-    if at > now.wall + 60.0:
-        raise ValidationFailed("at: the work cannot be done in the future", field="at")
     tx.record(
         AppendMaintenance(slot.id, at, by, work, slot.counters, slot.due, now.wall),
         AppendEvent(
