@@ -1,7 +1,7 @@
 """The dashboard's upkeep views (issue 16) in real headless Chromium against ``printfarmd
 serve``: a bound spool with its colour and weight, a printer held by its quiet hours and
 the queued job saying why, a printer due for maintenance and the work recorded from its
-tile. Spoolman is the stand-in (``tests/spoolman_sim.py``) in a thread of its own."""
+tile, a spool bound from a tile. Spoolman is the stand-in (``tests/spoolman_sim.py``) in a thread of its own."""
 
 from __future__ import annotations
 
@@ -72,5 +72,10 @@ def test_spools_quiet_hours_and_maintenance_on_the_board(
         with dash.api() as c:
             log = c.get("/api/printers/fast/maintenance").json()["log"]
         assert [(e["by"], e["work"]) for e in log] == [("alice", "nozzle swapped")]
+        # Bind from a tile: the spool moves from "fast" to "quiet" (a spool is in one place).
+        dash.answers = ["3"]
+        tile.locator("button.bind-spool").click()
+        pw_expect(tile.locator(".spool")).to_contain_text("spool 3: PLA", timeout=20000)
+        pw_expect(fast_tile.locator(".spool")).to_have_count(0, timeout=20000)
         dash.shot("upkeep")
         assert dash.errors == [], dash.errors

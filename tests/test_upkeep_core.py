@@ -547,3 +547,15 @@ def test_the_policy_follows_the_config() -> None:
     assert policy.needed_grams(100.0) == pytest.approx(112.0)
     assert policy.limit("b") == GroupLimit(1, 30.0)
     assert policy.limit("default") == GroupLimit(3, 60.0)
+
+
+def test_a_printer_added_at_run_time_keeps_its_spool_and_counters() -> None:
+    h = Harness([printer("p")], SPOOLMAN, spools={4: SpoolInfo(4, "PETG", remaining=500.0)})
+    counters = Counters(7200.0, 3, 40.0, EPOCH)
+    reply = h.step(
+        i.AddPrinter(printer("q", ("PLA",)), spools=(4,), counters=counters, due="x", due_at=1.0)
+    )
+    assert not isinstance(reply, FarmError)
+    slot = h.state.printers["q"]
+    assert slot.spools == (4,) and slot.counters == counters and slot.due == "x"
+    assert slot.capabilities.materials == ("PETG", "PLA")

@@ -593,6 +593,8 @@ class Owner:
         """Start managing a printer that was not configured at start (discovery, reload).
         ``Conflict`` if the id is taken."""
         memory = (await self.store.printer_memory()).get(config.id)
+        kept = await UpkeepStore(self.store).memory()  # issue 16: spools, counters
+        counters, due, due_at = kept.upkeep.get(config.id, (None, None, None))
         if config.id in self.state.printers:
             raise Conflict(f"printer {config.id} already exists")
         self.host.register(config.id, driver)
@@ -602,6 +604,10 @@ class Owner:
                     config,
                     plate_clear=memory.plate_clear if memory else True,
                     maintenance=memory.maintenance if memory else False,
+                    spools=kept.bindings.get(config.id, ()),
+                    counters=counters,
+                    due=due,
+                    due_at=due_at,
                 )
             )
         except FarmError:

@@ -111,6 +111,15 @@ def add_printer(tx: Tx, cmd: AddPrinter) -> Slot:
     slot = attrs.evolve(
         Slot.from_config(cmd.config), plate_clear=cmd.plate_clear, maintenance=cmd.maintenance
     )
+    # (issue 16) a printer added at run time keeps its stored spools and counters
+    slot = attrs.evolve(
+        slot,
+        spools=cmd.spools[: max(cmd.config.tools, 1)],
+        counters=cmd.counters if cmd.counters is not None else slot.counters,
+        due=cmd.due,
+        due_at=cmd.due_at,
+    )
+    slot = attrs.evolve(slot, capabilities=spools.capabilities(slot, tx.spools))
     tx.put_printer(slot)
     tx.effect(
         StartDriver(slot.id),

@@ -183,6 +183,11 @@ class AddPrinter:
     config: PrinterConfig
     plate_clear: bool = True
     maintenance: bool = False
+    #: (issue 16) What the store remembers: its spools, its counters and why it is due.
+    spools: tuple[int | None, ...] = ()
+    counters: Any = None
+    due: str | None = None
+    due_at: float | None = None
 
 
 @attrs.frozen

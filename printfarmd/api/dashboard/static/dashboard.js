@@ -32,6 +32,7 @@
     history: { entries: [], total: 0 },  // the loaded page(s) of GET /api/history
     stats: null,           // GET /api/stats
     historyTimer: null,
+    spoolman: false,       // Spoolman configured: tiles offer to bind a spool
   };
   const HISTORY_PAGE = 50;
   const OUTCOMES = ["completed", "cancelled", "interrupted", "error"];
@@ -144,6 +145,9 @@
       api("GET", "/api/orchestrator/status"),
     ]);
     state.printers = new Map(printers.printers.map((p) => [p.id, p]));
+    try {  // issue 16: spool binding from the tiles when Spoolman is configured
+      state.spoolman = (await api("GET", "/api/spools")).spoolman.enabled;
+    } catch (_e) { state.spoolman = false; }
     state.jobs = new Map(jobs.jobs.map((j) => [j.id, j]));
     state.paused = status.paused;
     state.lastSeq = status.last_event_seq;
@@ -315,6 +319,12 @@
         thumb.textContent = job ? "no preview" : "";
       }
       const actions = el("div", { class: "tile-actions" });
+      if (state.spoolman) {
+        actions.append(el("button", {
+          type: "button", class: "bind-spool quiet", text: "Spool\u2026",
+          onclick: () => bindSpool(p),
+        }));
+      }
       if (p.maintenance_due) {
         actions.append(el("button", {
           type: "button", class: "record-maintenance", text: "Maintenance done…",
@@ -378,6 +388,26 @@
       out.push(line);
     }
     return out;
+  }
+
+  function bindSpool(p) {
+    const tools = (p.spools || []).length || 1;
+    let tool = 0;
+    if (tools > 1) {
+      const raw = window.prompt(`Tool of ${p.name || p.id} (0 to ${tools - 1})`, "0");
+      if (raw === null) return;
+      tool = Number(raw);
+      if (!Number.isInteger(tool)) { notice("Tool: enter a whole number", true); return; }
+    }
+    const raw = window.prompt(`Spoolman spool id for ${p.name || p.id} (empty: no spool)`, "");
+    if (raw === null) return;
+    const spool = raw.trim() === "" ? null : Number(raw);
+    if (spool !== null && !Number.isInteger(spool)) { notice("Spool: enter a spool id", true); return; }
+    act("Spool", async () => {
+      const np = await api("PUT", `/api/printers/${encodeURIComponent(p.id)}/spool`, { spool_id: spool, tool });
+      state.printers.set(np.id, np);
+      renderPrinters();
+    });
   }
 
   function recordMaintenance(p) {
