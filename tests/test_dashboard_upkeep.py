@@ -1,7 +1,8 @@
 """The dashboard's upkeep views (issue 16) in real headless Chromium against ``printfarmd
 serve``: a bound spool with its colour and weight, a printer held by its quiet hours and
 the queued job saying why, a printer due for maintenance and the work recorded from its
-tile, a spool bound from a tile. Spoolman is the stand-in (``tests/spoolman_sim.py``) in a thread of its own."""
+tile, a spool bound from a tile. Spoolman is the stand-in (``tests/spoolman_sim.py``) in a
+thread of its own."""
 
 from __future__ import annotations
 
