@@ -21,12 +21,13 @@ def _printer(printer_id: str) -> Response:
 @bp.get("/api/printers")
 async def list_printers() -> Response:
     sched = services().owner
+    explainer = sched.explainer()  # issue 16: why idle printers wait, worked out once
     return json_response(
         {
             "printers": [
                 {
                     **printer_json(p, sched.printers[p.id].eta),
-                    **upkeep.printer_upkeep(sched, sched.printers[p.id]),  # issue 16
+                    **upkeep.printer_upkeep(sched, sched.printers[p.id], explainer),
                 }
                 for p in sched.printer_views()
             ]

@@ -27,6 +27,7 @@ from printfarmd.api.context import services
 from printfarmd.api.history import MAX_UNIX_TIME, int_arg
 from printfarmd.api.respond import json_response, read_json
 from printfarmd.api.serialize import iso, printer_json
+from printfarmd.core.farm import eligibility
 from printfarmd.core.farm import spools as spool_rules
 from printfarmd.core.farm.state import Slot
 from printfarmd.core.farm.upkeep import counters_json
@@ -119,9 +120,11 @@ def spool_json(policy: Policy, slot: Slot, owner: Owner) -> list[dict[str, Any]]
     return out
 
 
-def printer_upkeep(owner: Owner, slot: Slot) -> dict[str, Any]:
+def printer_upkeep(
+    owner: Owner, slot: Slot, explainer: eligibility.Explainer | None = None
+) -> dict[str, Any]:
     """What a printer's view adds (issue 16): spools, power group, counters, why due,
-    why it waits."""
+    why it waits (``explainer``: shared by the printers of one listing)."""
     policy = owner.policy
     return {
         "spools": spool_json(policy, slot, owner),
@@ -129,7 +132,7 @@ def printer_upkeep(owner: Owner, slot: Slot) -> dict[str, Any]:
         "counters": counters_json(slot.counters),
         "maintenance_due": slot.due,
         "maintenance_due_at": iso(slot.due_at),
-        "waiting": owner.printer_waiting(slot.id),
+        "waiting": owner.printer_waiting(slot.id, explainer),
     }
 
 
@@ -174,8 +177,12 @@ async def jobs_extra(owner: Owner, jobs: Sequence[Job]) -> dict[str, dict[str, A
     """Per job: its ``cost`` (one store read for all) and why it waits (queued jobs)."""
     usages = await UpkeepStore(owner.store).usage_of_jobs([j.id for j in jobs])
     currency = owner.policy.currency
+    explainer = owner.explainer()
     return {
-        j.id: {"cost": job_cost(currency, usages.get(j.id, [])), "waiting": owner.job_waiting(j)}
+        j.id: {
+            "cost": job_cost(currency, usages.get(j.id, [])),
+            "waiting": owner.job_waiting(j, explainer),
+        }
         for j in jobs
     }
 

@@ -63,7 +63,16 @@ PROGRESS_FLUSH_SECONDS = 5.0
 #: Seconds between attempts to store what a storage failure held back.
 REDO_SECONDS = 1.0
 #: Inputs that are facts: when their commit fails they are kept and tried again.
-_FACTS = (i.Report, i.StartResult, i.CommandResult, i.SliceResult, i.TimerFired, i.Startup)
+_FACTS = (
+    i.Report,
+    i.StartResult,
+    i.CommandResult,
+    i.SliceResult,
+    i.TimerFired,
+    i.Startup,
+    i.SpoolsRefreshed,  # issue 16
+    i.UsageReported,
+)
 
 
 @attrs.define(eq=False)
@@ -572,20 +581,25 @@ class Owner:
         """Every spool id bound to a tool of some printer (committed state)."""
         return {sid for s in self.state.printers.values() for sid in s.spools if sid is not None}
 
-    def job_waiting(self, job: Job) -> str | None:
+    def explainer(self) -> eligibility.Explainer:
+        """Says why queued jobs and idle printers wait, as of now (committed state); one
+        per request that asks about many."""
+        return eligibility.Explainer(self.state, self.state.printers.values(), self._wall())
+
+    def job_waiting(self, job: Job, explainer: eligibility.Explainer | None = None) -> str | None:
         """Why a queued ``job`` is not printing (``None``: its turn is coming)."""
         if job.state is not JobState.QUEUED:
             return None
-        state = self.state
-        return eligibility.explain_job(state, job, state.printers.values(), self._wall())
+        return (explainer or self.explainer()).job(job)
 
-    def printer_waiting(self, printer_id: str) -> str | None:
+    def printer_waiting(
+        self, printer_id: str, explainer: eligibility.Explainer | None = None
+    ) -> str | None:
         """Why an idle printer starts nothing now (quiet hours, its power group)."""
         slot = self.state.printers.get(printer_id)
         if slot is None:
             return None
-        others = [s for s in self.state.printers.values() if s.id != printer_id]
-        return eligibility.explain_printer(self.state, slot, self._wall(), others=others)
+        return (explainer or self.explainer()).printer(slot)
 
     # ================================================================ printers at run time
 
