@@ -14,6 +14,7 @@ import attrs
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis.stateful import initialize, invariant, multiple, precondition, rule
 
 from printfarmd.config import PrinterConfig
 from printfarmd.core.farm import FarmState, Now, Slot, Tx, decide, eligibility
@@ -23,6 +24,7 @@ from printfarmd.core.farm.upkeep_state import Counters, GroupLimit, Policy, Spoo
 from printfarmd.drivers.base import JobFinished, StatusReport
 from printfarmd.errors import FarmError
 from printfarmd.models import Job, JobState, PrinterState
+from tests.test_farm_core import MATERIALS, FarmMachine, World
 
 EPOCH = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 
@@ -559,3 +561,100 @@ def test_a_printer_added_at_run_time_keeps_its_spool_and_counters() -> None:
     slot = h.state.printers["q"]
     assert slot.spools == (4,) and slot.counters == counters and slot.due == "x"
     assert slot.capabilities.materials == ("PETG", "PLA")
+
+
+# ====================================================================== the model, with spools
+
+
+class UpkeepMachine(FarmMachine):
+    """``test_farm_core``'s model of the farm (random commands, reports, timers, outcomes,
+    with every invariant it checks), with Spoolman on, a spool bound to each printer and
+    jobs that weigh something. Also checked at every step: no start is from a spool that
+    could not print the job (material, colour, weight with the owed usage counted), and
+    the usage owed to Spoolman is exactly the reported attempts not yet confirmed."""
+
+    @initialize(
+        materials=st.lists(st.sampled_from(MATERIALS), min_size=1, max_size=6),
+        auto=st.lists(st.booleans(), min_size=6, max_size=6),
+        grams=st.lists(st.floats(0, 400), min_size=6, max_size=6),
+    )
+    def make_farm(self, materials: list[str], auto: list[bool], grams: list[float]) -> None:
+        slots = []
+        spools: dict[int, SpoolInfo] = {}
+        for n, material in enumerate(materials):
+            pid = f"p{n}"
+            config = PrinterConfig(id=pid, materials=("PLA", "PETG"), auto_clear=auto[n])
+            spools[n + 1] = SpoolInfo(n + 1, material, ("FF0000",), remaining=grams[n])
+            slots.append(attrs.evolve(Slot.from_config(config), spools=(n + 1,)))
+            self.world[pid] = World()
+        self.state = FarmState(printers=slots, policy=SPOOLMAN, spools=spools)
+        self.state.printers = {
+            s.id: attrs.evolve(s, capabilities=eligibility.spools.capabilities(s, spools))
+            for s in slots
+        }
+        self.owed: dict[str, float] = {}
+        self.step(i.Startup())
+        for pid in self.world:
+            self.report(pid, PrinterState.IDLE, None, 0.0)
+
+    @rule(
+        target=FarmMachine.jobs,
+        weight=st.floats(0, 300),
+        material=st.sampled_from((*MATERIALS, None)),
+        colour=st.sampled_from(("FF0000", "00FF00", None)),
+    )
+    def create_weighed(self, weight: float, material: str | None, colour: str | None) -> Any:
+        request = i.JobRequest(filename="a.gcode", material=material, colour=colour)
+        reply = self.step(i.CreateJobs(request, i.FileFacts(filament_weight=weight)))
+        if isinstance(reply, FarmError):
+            return multiple()
+        self.created.extend(reply.ids)
+        return multiple(*reply.ids)
+
+    @precondition(lambda self: bool(self.state.pending))
+    @rule(n=st.integers(0, 20), applied=st.booleans())
+    def spoolman_settles(self, n: int, applied: bool) -> None:
+        keys = sorted(self.state.pending)
+        self.step(i.UsageReported(keys[n % len(keys)], applied, None if applied else "gone"))
+
+    @rule(n=st.integers(0, 5), grams=st.floats(0, 400))
+    def spoolman_read(self, n: int, grams: float) -> None:
+        sid = n % len(self.state.spools) + 1
+        info = attrs.evolve(self.state.spools[sid], remaining=grams, missing=False)
+        self.step(i.SpoolsRefreshed((info,)))
+
+    def _store(self, records: list[Any]) -> None:
+        super()._store(records)
+        for rec in records:
+            if isinstance(rec, out.RecordUsage) and rec.report:
+                assert rec.key not in self.owed, "an attempt's usage recorded twice"
+                assert rec.grams is not None and rec.grams > 0
+                self.owed[rec.key] = rec.grams
+            elif isinstance(rec, out.MarkUsage):
+                self.owed.pop(rec.key, None)
+
+    def _effect(self, effect: Any) -> None:
+        super()._effect(effect)
+        if isinstance(effect, out.StartPrint):
+            job = effect.job
+            slot = self.state.printers[effect.printer_id]
+            assert job.spool_id is not None and job.spool_id in slot.spools, (job, slot)
+            info = self.state.spools[job.spool_id]
+            owed = eligibility.spools.pending_by_spool(self.state.pending)
+            why = eligibility.spools.spool_refusal(self.state.policy, info, job.spool_id, job, owed)
+            assert why is None, why
+
+    @invariant()
+    def owed_usage_is_the_unconfirmed_reports(self) -> None:
+        if not hasattr(self, "owed"):
+            return
+        assert {k: p.grams for k, p in self.state.pending.items()} == self.owed
+
+
+UpkeepMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_upkeep_model = UpkeepMachine.TestCase
