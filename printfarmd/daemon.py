@@ -147,7 +147,10 @@ async def _run(
     drivers = {p.id: make_driver(p, mqtt_hub=mqtt_hub) for p in config.printers}
     owner = Owner(config=config, store=store, bus=bus, drivers=drivers)
     notifier = Notifier(
-        config=config.notify, store=store, mqtt=mqtt_hub.events if mqtt_hub else None
+        config=config.notify,
+        store=store,
+        mqtt=mqtt_hub.events if mqtt_hub else None,
+        currency=config.cost.currency,
     )
     owner.effects.escalate = notifier.escalate
     owner.effects.maintenance_due = notifier.maintenance_due  # issue 16

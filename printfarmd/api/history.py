@@ -25,6 +25,7 @@ from quart import Blueprint, Response, current_app, request
 from printfarmd.api.errors import RpcError
 from printfarmd.api.respond import json_response
 from printfarmd.api.serialize import iso
+from printfarmd.api.upkeep_json import attempt_cost
 from printfarmd.errors import BadRequest, FarmError
 from printfarmd.models import Event
 from printfarmd.services import files
@@ -237,12 +238,6 @@ def _statuses(raw: str | None) -> tuple[str, ...]:
             )
         out.append(value)
     return tuple(dict.fromkeys(out))
-
-
-def attempt_cost(usage: Any) -> dict[str, Any] | None:
-    from printfarmd.api.upkeep import attempt_cost as cost_of
-
-    return cost_of(usage)
 
 
 def attempt_json(a: h.Attempt, now: float) -> dict[str, Any]:

@@ -9,8 +9,8 @@
   ``{"enabled": ...}`` form).
 - ``GET /api/maintenance``: every printer's counters and the whole log, newest first.
 
-The JSON pieces the printer, job, history and stats views add (``printer_upkeep``,
-``job_cost``, ``attempt_cost``) live here too.
+The JSON pieces the printer and job views add (``printer_upkeep``, ``jobs_extra``) live
+here; the cost shapes are in ``upkeep_json.py`` (the notifier and the history use them).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from printfarmd.api.context import services
 from printfarmd.api.history import MAX_UNIX_TIME, int_arg
 from printfarmd.api.respond import json_response, read_json
 from printfarmd.api.serialize import iso, printer_json
+from printfarmd.api.upkeep_json import job_cost
 from printfarmd.core.farm import eligibility
 from printfarmd.core.farm import spools as spool_rules
 from printfarmd.core.farm.state import Slot
@@ -35,7 +36,7 @@ from printfarmd.core.farm.upkeep_state import Policy, power_group
 from printfarmd.errors import BadRequest, NotFound, ValidationFailed
 from printfarmd.models import Job
 from printfarmd.services.owner import Owner
-from printfarmd.store.upkeep import LogEntry, UpkeepStore, Usage
+from printfarmd.store.upkeep import LogEntry, UpkeepStore
 
 bp = Blueprint("upkeep", __name__)
 
@@ -140,37 +141,6 @@ def printer_view(owner: Owner, printer_id: str) -> dict[str, Any]:
     view = owner.printer_view(printer_id)
     slot = owner.printers[printer_id]
     return {**printer_json(view, slot.eta), **printer_upkeep(owner, slot)}
-
-
-def job_cost(currency: str, usages: Sequence[Usage]) -> dict[str, Any]:
-    """A job's cost over its attempts so far."""
-    filament = sum(u.filament_cost for u in usages)
-    energy = sum(u.energy_cost for u in usages)
-    return {
-        "currency": currency,
-        "filament": round(filament, 4),
-        "energy": round(energy, 4),
-        "total": round(filament + energy, 4),
-        "filament_g": round(sum(u.grams or 0.0 for u in usages), 3),
-        "energy_kwh": round(sum(u.energy_kwh for u in usages), 6),
-        "attempts": len(usages),
-    }
-
-
-def attempt_cost(usage: Usage | None) -> dict[str, Any] | None:
-    """One history attempt's cost (``None`` for an attempt recorded before issue 16, or
-    still printing)."""
-    if usage is None:
-        return None
-    return {
-        "currency": usage.currency,
-        "filament": round(usage.filament_cost, 4),
-        "energy": round(usage.energy_cost, 4),
-        "total": round(usage.filament_cost + usage.energy_cost, 4),
-        "energy_kwh": round(usage.energy_kwh, 6),
-        "spool_id": usage.spool_id,
-        "spoolman": usage.report,
-    }
 
 
 async def jobs_extra(owner: Owner, jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:

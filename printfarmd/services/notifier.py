@@ -27,9 +27,9 @@ import secrets
 import smtplib
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.message import EmailMessage
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import httpx
@@ -38,6 +38,7 @@ import trio
 
 from printfarmd import __version__
 from printfarmd.api.serialize import job_json
+from printfarmd.api.upkeep_json import job_cost
 from printfarmd.config import NotifyConfig
 from printfarmd.core import notify
 from printfarmd.core.farm.outputs import MaintenanceDue
@@ -118,6 +119,7 @@ class Notifier:
         send_mail: MailSender = send_email,
         mqtt: EventPublisher | None = None,
         wall: Callable[[], float] = time.time,
+        currency: str = "EUR",
     ) -> None:
         self.config = config
         self.store = store
@@ -129,6 +131,8 @@ class Notifier:
         self._send, self._recv = trio.open_memory_channel[Job | MaintenanceDue](QUEUE_SIZE)
         self._smtp_limiter = trio.CapacityLimiter(SMTP_THREADS)
         self._http: httpx.AsyncClient | None = None
+        #: (issue 16) The currency of the job costs in ``job.failed`` events.
+        self.currency = currency
 
     def targets(self) -> list[_Target]:
         """Every configured destination of an escalation."""
@@ -287,9 +291,10 @@ class Notifier:
         except FarmError as exc:
             log.error("lost escalations not checked", extra={"reason": exc.message})
 
-    def _plan(self, job: Job, now: float) -> list[Delivery]:
-        """The new deliveries for one escalation (MQTT without a hub: failed at once)."""
-        body = notify.event_body(job, job_json(job), now).decode()
+    def _plan(self, job: Job, now: float, extra: Mapping[str, Any] | None = None) -> list[Delivery]:
+        """The new deliveries for one escalation (MQTT without a hub: failed at once).
+        ``extra``: what ``GET /api/jobs/{id}`` adds to the job (issue 16: its cost)."""
+        body = notify.event_body(job, {**job_json(job), **(extra or {})}, now).decode()
         mail = notify.email_payload(job, now)
         out: list[Delivery] = []
         for t in self.targets():
@@ -310,8 +315,18 @@ class Notifier:
             out.append(d)
         return out
 
+    async def _job_extra(self, job: Job) -> dict[str, Any]:
+        """(issue 16) The job view's ``cost`` and ``waiting`` (a failed job waits for
+        nothing), so the event's job is what the REST API shows."""
+        try:
+            usages = await UpkeepStore(self.store).usage_of_jobs([job.id])
+        except FarmError as exc:
+            log.warning("job cost not read for a notification", extra={"reason": exc.message})
+            usages = {}
+        return {"cost": job_cost(self.currency, usages.get(job.id, [])), "waiting": None}
+
     async def _open(self, job: Job, nursery: trio.Nursery) -> None:
-        deliveries = self._plan(job, self._wall())
+        deliveries = self._plan(job, self._wall(), await self._job_extra(job))
         if not deliveries:
             log.warning(
                 "job failed for good; no notification channel is configured",
