@@ -476,6 +476,7 @@ def cmd_jobs_add(args: argparse.Namespace, out: Console) -> int:
             sku=args.sku,
             nozzle_diameter=args.nozzle_diameter,
             required_tags=args.tag or None,
+            not_before=args.not_before,
         )
     out.print(f"added {_plural(len(jobs), 'job')}", markup=False, highlight=False)
     out.print(jobs_table(jobs))
@@ -508,6 +509,115 @@ def cmd_printers_clear(args: argparse.Namespace, out: Console) -> int:
     with _client(args) as client:
         printer = client.clear_printer(args.id)
     line = Text(f"printer {printer.get('id', args.id)}: plate cleared, now ")
+    out.print(line + _styled(printer.get("state")))
+    return EXIT_OK
+
+
+def spools_table(body: Mapping[str, Any]) -> Table:
+    """(issue 16) Every printer tool and its spool: material, colour, grams left."""
+    sm: dict[str, Any] = body.get("spoolman") or {}
+    connected = "connected" if sm.get("connected") else "not reachable"
+    title = "Spools" + (f" (Spoolman {connected})" if sm.get("enabled") else " (Spoolman off)")
+    table = Table(title=title, title_justify="left")
+    for name in ("Printer", "Tool", "Spool", "Material", "Colour", "Left (g)", "Owed (g)"):
+        table.add_column(name, justify="right" if name.endswith("(g)") else "left")
+    for printer in body.get("printers") or []:
+        for tool in printer.get("tools") or []:
+            colours = tool.get("colours") or []
+            left = tool.get("remaining_g")
+            table.add_row(
+                _cell(printer.get("printer_id")),
+                _cell(tool.get("tool")),
+                _cell(tool.get("spool_id")),
+                _cell(tool.get("material")),
+                _cell(", ".join(map(str, colours))),
+                _cell(None if left is None else f"{left:.0f}"),
+                _cell(tool.get("owed_g") or None),
+            )
+    pending = body.get("pending_reports") or []
+    if pending:
+        table.caption = f"{_plural(len(pending), 'usage report')} not yet sent to Spoolman"
+    return table
+
+
+def cmd_spools_list(args: argparse.Namespace, out: Console) -> int:
+    with _client(args) as client:
+        body = client.list_spools()
+    if args.json:
+        _print_json(out, body)
+    else:
+        out.print(spools_table(body))
+    return EXIT_OK
+
+
+def cmd_spools_bind(args: argparse.Namespace, out: Console) -> int:
+    with _client(args) as client:
+        printer = client.bind_spool(args.printer, args.spool, args.tool)
+    tools = printer.get("spools") or []
+    tool: dict[str, Any] = next((t for t in tools if t.get("tool") == args.tool), {})
+    what = f"spool {args.spool}" if args.spool is not None else "no spool"
+    left = tool.get("remaining_g")
+    extra = f" ({tool.get('material') or '?'}, {left:.0f} g left)" if left is not None else ""
+    out.print(f"printer {args.printer} tool {args.tool}: {what}{extra}", markup=False)
+    return EXIT_OK
+
+
+def cmd_spools_unbind(args: argparse.Namespace, out: Console) -> int:
+    args.spool = None
+    return cmd_spools_bind(args, out)
+
+
+def maintenance_table(body: Mapping[str, Any]) -> Table:
+    """(issue 16) Each printer's counters since its last maintenance, and why it is due."""
+    table = Table(title="Maintenance", title_justify="left")
+    for name in ("Printer", "Hours", "Prints", "Filament (g)", "Due"):
+        table.add_column(name, justify="left" if name in ("Printer", "Due") else "right")
+    for p in body.get("printers") or []:
+        c = p.get("counters") or {}
+        table.add_row(
+            _cell(p.get("printer_id")),
+            _cell(c.get("print_hours")),
+            _cell(c.get("prints")),
+            _cell(c.get("filament_g")),
+            Text(str(p["due"]), style="magenta") if p.get("due") else Text(""),
+        )
+    return table
+
+
+def log_table(body: Mapping[str, Any]) -> Table:
+    table = Table(title="Maintenance log", title_justify="left")
+    for name in ("When", "Printer", "By", "Work", "Prints", "Hours"):
+        table.add_column(name)
+    for e in body.get("log") or []:
+        c = e.get("counters") or {}
+        table.add_row(
+            _cell(e.get("at")),
+            _cell(e.get("printer_id")),
+            _cell(e.get("by")),
+            _cell(e.get("work")),
+            _cell(c.get("prints")),
+            _cell(c.get("print_hours")),
+        )
+    if not table.row_count:
+        table.caption = "no maintenance recorded"
+    return table
+
+
+def cmd_maintenance_list(args: argparse.Namespace, out: Console) -> int:
+    with _client(args) as client:
+        body = client.maintenance(args.printer, args.limit)
+    if args.json:
+        _print_json(out, body)
+    else:
+        out.print(maintenance_table(body))
+        out.print(log_table(body))
+    return EXIT_OK
+
+
+def cmd_maintenance_record(args: argparse.Namespace, out: Console) -> int:
+    with _client(args) as client:
+        printer = client.record_maintenance(args.printer, args.by, args.work, args.at)
+    line = Text(f"printer {printer.get('id', args.printer)}: maintenance recorded, now ")
     out.print(line + _styled(printer.get("state")))
     return EXIT_OK
 
@@ -626,7 +736,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--priority", type=_integer, help="higher prints first (default 0)")
     add.add_argument("--copies", type=_positive_int, help="number of copies (default 1)")
     add.add_argument("--material", help="required material, e.g. PLA")
-    add.add_argument("--colour", metavar="#RRGGBB", help="required filament colour")
+    add.add_argument(
+        "--colour",
+        metavar="#RRGGBB",
+        help="only printers with this filament colour loaded (configured, AMS or spool)",
+    )
     add.add_argument("--name", help="display name (default: the file name)")
     add.add_argument("--sku", help="product SKU, for your own bookkeeping")
     add.add_argument(
@@ -637,6 +751,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="TAG",
         help="only printers with this tag (repeat for several)",
+    )
+    add.add_argument(
+        "--not-before",
+        metavar="TIME",
+        help="do not start before this time (ISO-8601, e.g. 2026-07-01T22:00:00Z)",
     )
     listing = command(jobs_commands, "list", cmd_jobs_list, "list jobs", parents=[client])
     listing.add_argument(
@@ -670,6 +789,52 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[client],
     )
     clear.add_argument("id", metavar="ID", help="printer id")
+
+    # issue 16: spools and maintenance
+    spools = commands.add_parser(
+        "spools", help="Spoolman spools bound to printers", description="spools"
+    )
+    spool_commands = spools.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    spool_list = command(
+        spool_commands, "list", cmd_spools_list, "every printer tool and its spool",
+        parents=[client],
+    )  # fmt: skip
+    spool_list.add_argument("--json", action="store_true", help="print the raw JSON")
+    bind = command(
+        spool_commands, "bind", cmd_spools_bind, "bind a Spoolman spool to a printer's tool",
+        parents=[client],
+    )  # fmt: skip
+    bind.add_argument("printer", metavar="PRINTER", help="printer id")
+    bind.add_argument("spool", metavar="SPOOL", type=_integer, help="Spoolman spool id")
+    bind.add_argument("--tool", type=_integer, default=0, help="tool number (default 0)")
+    unbind = command(
+        spool_commands, "unbind", cmd_spools_unbind, "take the spool off a printer's tool",
+        parents=[client],
+    )  # fmt: skip
+    unbind.add_argument("printer", metavar="PRINTER", help="printer id")
+    unbind.add_argument("--tool", type=_integer, default=0, help="tool number (default 0)")
+
+    maintenance = commands.add_parser(
+        "maintenance", help="maintenance counters and log", description="maintenance"
+    )
+    maintenance_commands = maintenance.add_subparsers(
+        title="commands", metavar="COMMAND", required=True
+    )
+    m_list = command(
+        maintenance_commands, "list", cmd_maintenance_list,
+        "counters since the last maintenance, what is due, and the log", parents=[client],
+    )  # fmt: skip
+    m_list.add_argument("printer", nargs="?", metavar="PRINTER", help="only this printer")
+    m_list.add_argument("--limit", type=_positive_int, default=20, help="log entries (default 20)")
+    m_list.add_argument("--json", action="store_true", help="print the raw JSON")
+    record = command(
+        maintenance_commands, "record", cmd_maintenance_record,
+        "record maintenance done: resets the counters, back into service", parents=[client],
+    )  # fmt: skip
+    record.add_argument("printer", metavar="PRINTER", help="printer id")
+    record.add_argument("--by", required=True, help="who did the work")
+    record.add_argument("--work", required=True, help="what was done")
+    record.add_argument("--at", metavar="TIME", help="when (ISO-8601; default now)")
 
     simulate = commands.add_parser(
         "simulate", help="run a simulated printer", description="simulate"

@@ -217,6 +217,34 @@ class FarmClient:
         """``POST /api/printers/{id}/clear``: the plate is clear; the printer as it is now."""
         return self._object("POST", f"/api/printers/{quote(printer_id, safe='')}/clear")
 
+    # -- upkeep (issue 16) -------------------------------------------------------------
+
+    def list_spools(self) -> dict[str, Any]:
+        """``GET /api/spools``: Spoolman's status, the bound spools, the pending reports."""
+        return self._object("GET", "/api/spools")
+
+    def bind_spool(self, printer_id: str, spool_id: int | None, tool: int = 0) -> dict[str, Any]:
+        """``PUT /api/printers/{id}/spool``: the printer as it is now."""
+        return self._object(
+            "PUT",
+            f"/api/printers/{quote(printer_id, safe='')}/spool",
+            json={"spool_id": spool_id, "tool": tool},
+        )
+
+    def maintenance(self, printer_id: str | None = None, limit: int = 20) -> dict[str, Any]:
+        """``GET /api/maintenance[?printer=id]``: counters, thresholds, the log."""
+        params = {"limit": str(limit)} | ({"printer": printer_id} if printer_id else {})
+        return self._object("GET", "/api/maintenance", params=params)
+
+    def record_maintenance(
+        self, printer_id: str, by: str, work: str, at: str | None = None
+    ) -> dict[str, Any]:
+        """``POST /api/printers/{id}/maintenance`` with the work done: the printer now."""
+        body = {"by": by, "work": work} | ({"at": at} if at else {})
+        return self._object(
+            "POST", f"/api/printers/{quote(printer_id, safe='')}/maintenance", json=body
+        )
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _object(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:

@@ -6,16 +6,19 @@ Unknown keys are rejected and every error names the dotted key, e.g.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import difflib
 import enum
 import functools
 import ipaddress
 import math
+import os
 import re
 import tomllib
 import typing
 import urllib.parse
+import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -323,6 +326,15 @@ class PrinterConfig:
     auto_clear: bool = False
     #: Remove the file the farm uploaded to the printer once its job has ended.
     remove_uploads: bool = True
+    #: Tools (extruders, AMS slots) that each take a spool (issue 16: spool bindings).
+    tools: int = 1
+    #: Printers of one power group share the staggered-start limit (``[power]``); empty
+    #: is the ``default`` group.
+    power_group: str = ""
+    #: Mean electrical draw while printing, in watts (the cost of a print's electricity).
+    power_watts: float = 0.0
+    #: No print starts between these two local times (``["22:00", "07:00"]``); empty: none.
+    quiet_hours: tuple[str, ...] = ()
     simulator: SimulatorOptions = attrs.field(factory=SimulatorOptions)
     moonraker: MoonrakerOptions = attrs.field(factory=MoonrakerOptions)
     octoprint: OctoPrintOptions = attrs.field(factory=OctoPrintOptions)
@@ -382,6 +394,73 @@ class NotifyConfig:
 
 
 @attrs.frozen
+class SpoolmanConfig:
+    """The Spoolman filament inventory (docs/upkeep.md); off while ``url`` is empty."""
+
+    #: Base URL of the Spoolman server, e.g. ``http://spoolman.local:7912``.
+    url: str = ""
+    #: Seconds any one call to Spoolman may take.
+    timeout: float = 10.0
+    #: Seconds between reads of the bound spools (material, colour, remaining weight).
+    refresh_interval: float = 60.0
+    #: Seconds to wait after failed attempt 1, 2, ... to report usage; the last repeats.
+    retry_backoff: tuple[float, ...] = (5.0, 15.0, 60.0, 300.0)
+    #: A job goes only to a spool holding its filament weight plus this many grams ...
+    weight_margin: float = 5.0
+    #: ... plus this percentage of the job's weight.
+    weight_margin_percent: float = 5.0
+    #: The printer whose first tool the Moonraker facade's spool panel shows and binds
+    #: (Mainsail and Fluidd know one printer); empty = the first configured printer.
+    facade_printer: str = ""
+
+
+@attrs.frozen
+class MaintenanceConfig:
+    """Upkeep thresholds: a printer past one goes into maintenance after its print."""
+
+    #: Print hours since the last recorded maintenance (0 = no threshold).
+    every_hours: float = 0.0
+    #: Prints since the last recorded maintenance (0 = no threshold).
+    every_prints: int = 0
+    #: Grams of filament since the last recorded maintenance (0 = no threshold).
+    every_grams: float = 0.0
+
+
+@attrs.frozen
+class PowerGroupConfig:
+    """The staggered-start limit of one power group (overrides ``[power]``)."""
+
+    name: str
+    max_starts: int = 0
+    window: float = 60.0
+
+
+@attrs.frozen
+class PowerConfig:
+    """Staggered starts: at most ``max_starts`` print starts per ``window`` seconds in each
+    power group, so heated beds do not all switch on at once; quiet hours' time zone."""
+
+    #: Starts per window in each group (0 = no limit), unless the group says otherwise.
+    max_starts: int = 0
+    window: float = 60.0
+    groups: tuple[PowerGroupConfig, ...] = ()
+    #: The time zone of ``printers[].quiet_hours`` (an IANA name such as
+    #: ``Europe/Berlin``); empty = the system's.
+    timezone: str = ""
+
+
+@attrs.frozen
+class CostConfig:
+    """What a print costs: filament by weight, electricity by time and power."""
+
+    #: Shown with every cost; not converted.
+    currency: str = "EUR"
+    #: Price per kg when the spool's price is not known (no Spoolman, or no price there).
+    filament_price_per_kg: float = 0.0
+    energy_price_per_kwh: float = 0.0
+
+
+@attrs.frozen
 class Config:
     server: ServerConfig = attrs.field(factory=ServerConfig)
     storage: StorageConfig = attrs.field(factory=StorageConfig)
@@ -393,6 +472,10 @@ class Config:
     notify: NotifyConfig = attrs.field(factory=NotifyConfig)
     mqtt: MqttConfig = attrs.field(factory=MqttConfig)
     slicer: SlicerConfig = attrs.field(factory=SlicerConfig)
+    spoolman: SpoolmanConfig = attrs.field(factory=SpoolmanConfig)
+    maintenance: MaintenanceConfig = attrs.field(factory=MaintenanceConfig)
+    power: PowerConfig = attrs.field(factory=PowerConfig)
+    cost: CostConfig = attrs.field(factory=CostConfig)
     #: Directory of the config file; relative paths in the file are resolved against it.
     base_dir: Path = attrs.field(default=Path("."), metadata={"internal": True})
 
@@ -825,6 +908,79 @@ def _semantic_errors(config: Config) -> list[str]:
         if printer.driver == "mqtt" and not config.mqtt.host.strip():
             errors.append(f'{key}.driver: "mqtt" needs a broker: set mqtt.host')
     errors.extend(_mqtt_errors(config.mqtt))
+    errors.extend(_upkeep_errors(config))
+    return errors
+
+
+_CLOCK_RE = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+def _upkeep_errors(config: Config) -> list[str]:
+    """Range rules of ``[spoolman]``, ``[maintenance]``, ``[power]``, ``[cost]`` and the
+    printers' upkeep keys (issue 16)."""
+    errors: list[str] = []
+    sm = config.spoolman
+    if sm.url and not re.match(r"https?://[^/\s]+", sm.url):
+        errors.append(f"spoolman.url: expected an http:// or https:// URL, got {_quote(sm.url)}")
+    for name in ("timeout", "refresh_interval"):
+        if not getattr(sm, name) > 0:
+            errors.append(f"spoolman.{name}: must be > 0")
+    if not sm.retry_backoff:
+        errors.append("spoolman.retry_backoff: must not be empty")
+    for index, delay in enumerate(sm.retry_backoff):
+        if delay < 0:
+            errors.append(f"spoolman.retry_backoff[{index}]: must be >= 0")
+    for name in ("weight_margin", "weight_margin_percent"):
+        if getattr(sm, name) < 0:
+            errors.append(f"spoolman.{name}: must be >= 0")
+    ids = {p.id for p in config.printers}
+    if sm.facade_printer and sm.facade_printer not in ids:
+        errors.append(f"spoolman.facade_printer: no printer {_quote(sm.facade_printer)}")
+    mt = config.maintenance
+    for name in ("every_hours", "every_prints", "every_grams"):
+        if getattr(mt, name) < 0:
+            errors.append(f"maintenance.{name}: must be >= 0 (0 = no threshold)")
+    pw = config.power
+    if pw.max_starts < 0:
+        errors.append("power.max_starts: must be >= 0 (0 = no limit)")
+    if not pw.window > 0:
+        errors.append("power.window: must be > 0")
+    seen: set[str] = set()
+    for index, group in enumerate(pw.groups):
+        key = f"power.groups[{index}]"
+        if not group.name.strip():
+            errors.append(f"{key}.name: must not be empty")
+        elif group.name in seen:
+            errors.append(f"{key}.name: duplicate group {_quote(group.name)}")
+        seen.add(group.name)
+        if group.max_starts < 0:
+            errors.append(f"{key}.max_starts: must be >= 0 (0 = no limit)")
+        if not group.window > 0:
+            errors.append(f"{key}.window: must be > 0")
+    if pw.timezone:
+        try:
+            zoneinfo.ZoneInfo(pw.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            errors.append(f"power.timezone: unknown time zone {_quote(pw.timezone)}")
+    cost = config.cost
+    for name in ("filament_price_per_kg", "energy_price_per_kwh"):
+        if getattr(cost, name) < 0:
+            errors.append(f"cost.{name}: must be >= 0")
+    if not 1 <= len(cost.currency) <= 8:
+        errors.append("cost.currency: must be 1 to 8 characters")
+    for index, printer in enumerate(config.printers):
+        key = f"printers[{index}]"
+        if not 1 <= printer.tools <= 64:
+            errors.append(f"{key}.tools: must be between 1 and 64")
+        if printer.power_watts < 0:
+            errors.append(f"{key}.power_watts: must be >= 0")
+        if len(printer.power_group) > 64:
+            errors.append(f"{key}.power_group: longer than 64 characters")
+        quiet = printer.quiet_hours
+        if quiet and (len(quiet) != 2 or not all(_CLOCK_RE.fullmatch(t) for t in quiet)):
+            errors.append(f'{key}.quiet_hours: expected two local times such as ["22:00", "07:00"]')
+        elif quiet and quiet[0] == quiet[1]:
+            errors.append(f"{key}.quiet_hours: the start and the end must differ")
     return errors
 
 
@@ -961,6 +1117,22 @@ def _with_state_dirs(config: Config) -> Config:
         for p in config.printers
     )
     return attrs.evolve(config, printers=printers)
+
+
+def resolve_timezone(name: str) -> datetime.tzinfo:
+    """The zone ``name`` (IANA), or the system's for an empty name (``TZ``, else
+    ``/etc/localtime``, else UTC). Reads the zone files: call it at start-up."""
+    if name:
+        return zoneinfo.ZoneInfo(name)
+    env = os.environ.get("TZ", "").lstrip(":")
+    if env:
+        with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return zoneinfo.ZoneInfo(env)
+    try:
+        with open("/etc/localtime", "rb") as f:
+            return zoneinfo.ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError):
+        return datetime.UTC
 
 
 def validate_config(config: Config) -> None:

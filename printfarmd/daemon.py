@@ -47,6 +47,7 @@ from printfarmd.services.bus import Bus
 from printfarmd.services.notifier import Notifier
 from printfarmd.services.owner import Owner
 from printfarmd.services.retention import Retention
+from printfarmd.services.spoolman import SpoolmanService
 from printfarmd.services.watchdog import Watchdog
 from printfarmd.store import Store, open_store
 
@@ -148,10 +149,21 @@ async def _run(
     drivers = {p.id: make_driver(p, mqtt_hub=mqtt_hub) for p in config.printers}
     owner = Owner(config=config, store=store, bus=bus, drivers=drivers)
     notifier = Notifier(
-        config=config.notify, store=store, mqtt=mqtt_hub.events if mqtt_hub else None
+        config=config.notify,
+        store=store,
+        mqtt=mqtt_hub.events if mqtt_hub else None,
+        currency=config.cost.currency,
     )
     owner.effects.escalate = notifier.escalate
-    svc = Services(config=config, store=store, bus=bus, owner=owner)
+    owner.effects.maintenance_due = notifier.maintenance_due  # issue 16
+    spoolman = None
+    if config.spoolman.url:  # issue 16: the filament inventory
+        spoolman = SpoolmanService(
+            config=config.spoolman, store=store, post=owner.post, bound=owner.bound_spools
+        )
+        owner.spoolman = spoolman
+        owner.effects.spoolman_kick = spoolman.kick
+    svc = Services(config=config, store=store, bus=bus, owner=owner, spoolman=spoolman)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, stop)
         # Before the owner: its start-up may already escalate.
@@ -161,6 +173,8 @@ async def _run(
             await nursery.start(mqtt_hub.run)
             mqtt_hub.set_add_printer(owner.add_printer)
         await nursery.start(owner.run)
+        if spoolman is not None:
+            await nursery.start(spoolman.run)
         http_stop = trio.Event()
         http_done = trio.Event()
         hconf = _hypercorn_config(config, listener)

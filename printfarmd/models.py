@@ -105,8 +105,15 @@ class Job:
     source: str = "api"
     #: Progress (0..100) a retry may resume from, where the printer can resume.
     resume_progress: float = 0.0
-    #: The filament colour the job asks for (``#RRGGBB``); ``None``: any colour.
+    #: (issue 16) Grams of filament the file uses (its slicer's figure), if it says.
+    filament_weight: float | None = None
+    #: The filament colour the job asks for (``#RRGGBB``, upper-case); ``None``: any.
+    #: Matched against the printer's colours (config, AMS) and its bound spools.
     colour: str | None = None
+    #: (issue 16) Not started before this UTC time (a scheduled job).
+    not_before: float | None = None
+    #: (issue 16) The Spoolman spool the current (or last) attempt prints from.
+    spool_id: int | None = None
 
     @property
     def sort_key(self) -> tuple[int, int, int]:

@@ -489,7 +489,10 @@ def test_what_an_ams_reports_is_what_routing_goes_by() -> None:
 
 
 def test_why_a_queued_job_waits() -> None:
-    from printfarmd.core.farm.waiting import why_waiting
+    from printfarmd.core.farm.eligibility import explain_job
+
+    def why_waiting(state: FarmState, job: Job) -> str | None:
+        return explain_job(state, job, state.printers.values(), 0.0)
 
     m = FarmMachine()
     m.make_farm(["PLA", "PLA"], [False] * 8)

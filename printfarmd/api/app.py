@@ -22,6 +22,7 @@ from printfarmd.api import (
     photos,
     printers,
     stats,
+    upkeep,
 )
 from printfarmd.api.auth import PUBLIC_ROUTES, Verdict, public_by_config
 from printfarmd.api.closeshield import CloseShield
@@ -48,6 +49,7 @@ def create_app(svc: Services) -> QuartTrio:
     app.register_blueprint(photos.bp)  # issue 7: plate photos, signed URLs
     app.register_blueprint(history.bp)  # issue 14: print history (+ CSV)
     app.register_blueprint(stats.bp)  # issue 14: per printer and per file statistics
+    app.register_blueprint(upkeep.bp)  # issue 16: spools, maintenance
     events.install(app)  # SSE routes and the stream guard
     app.register_blueprint(dashboard.bp)
     moonraker.install(

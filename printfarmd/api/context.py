@@ -10,6 +10,7 @@ from printfarmd.api.auth import Access
 from printfarmd.config import Config
 from printfarmd.services.bus import Bus
 from printfarmd.services.owner import Owner
+from printfarmd.services.spoolman import SpoolmanService
 from printfarmd.store.store import Store
 
 APP_KEY = "PRINTFARMD_SERVICES"
@@ -21,6 +22,8 @@ class Services:
     store: Store
     bus: Bus
     owner: Owner
+    #: (issue 16) The Spoolman client, when ``spoolman.url`` is set.
+    spoolman: SpoolmanService | None = None
     #: Set when the daemon begins to stop: new requests are refused with 503.
     stopping: trio.Event = attrs.field(factory=trio.Event)
     #: Who may come in (issue 9): the key's digest, trusted networks and proxies, tokens,

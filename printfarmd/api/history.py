@@ -25,10 +25,12 @@ from quart import Blueprint, Response, current_app, request
 from printfarmd.api.errors import RpcError
 from printfarmd.api.respond import json_response
 from printfarmd.api.serialize import iso
+from printfarmd.api.upkeep_json import attempt_cost
 from printfarmd.errors import BadRequest, FarmError
 from printfarmd.models import Event
 from printfarmd.services import files
 from printfarmd.store import history as h
+from printfarmd.store.upkeep import UpkeepStore
 
 if TYPE_CHECKING:
     from printfarmd.api.context import Services
@@ -273,6 +275,9 @@ CSV_COLUMNS = (
     "filament_used_mm",
     "filament_used_g",
     "deleted",
+    # issue 16
+    "cost_total",
+    "currency",
 )
 
 
@@ -322,8 +327,13 @@ async def list_history() -> Response:
         where, limit=limit, offset=offset, descending=order == "desc"
     )
     now = book().wall()
-    rows = [attempt_json(a, now) for a in attempts]
+    # issue 16: each attempt's cost (recorded when it ended)
+    costs = await UpkeepStore(book().svc.store).usage_of_attempts([a.id for a in attempts])
+    rows = [{**attempt_json(a, now), "cost": attempt_cost(costs.get(a.id))} for a in attempts]
     if wants_csv():
+        for row in rows:
+            row["cost_total"] = row["cost"]["total"] if row["cost"] else None
+            row["currency"] = row["cost"]["currency"] if row["cost"] else None
         resp = Response(to_csv(rows), status=200, content_type="text/csv; charset=utf-8")
         resp.headers["X-Total-Count"] = str(total)
         resp.headers["Content-Disposition"] = 'attachment; filename="printfarmd-history.csv"'

@@ -5,13 +5,13 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from printfarmd import faults
+from printfarmd.api import upkeep
 from printfarmd.api import validate as v
 from printfarmd.api.context import services
 from printfarmd.api.respond import json_response, read_json
 from printfarmd.api.serialize import job_json
-from printfarmd.config import COLOUR_RE
 from printfarmd.core.farm.inputs import JobRequest
-from printfarmd.errors import BadRequest, NotFound, ValidationFailed
+from printfarmd.errors import BadRequest, NotFound
 from printfarmd.models import JOB_ID_RE, Job, JobState
 from printfarmd.store.jobs import JOB_SORTS
 
@@ -30,12 +30,19 @@ JOB_FIELDS = (
     "min_bed",
     "sku",
     "estimated_time",
+    "not_before",
 )
 
 
-def _job_response(job: Job) -> Response:
-    """One job, with why it waits when it is queued."""
-    return json_response(job_json(job, services().owner.waiting([job]).get(job.id)))
+async def _jobs_json(jobs: list[Job]) -> list[dict[str, object]]:
+    """The jobs' views with what the owner adds (issue 16): cost, why a queued one waits."""
+    extra = await upkeep.jobs_extra(services().owner, jobs)
+    return [{**job_json(j), **extra[j.id]} for j in jobs]
+
+
+async def _job_response(job: Job) -> Response:
+    """One job's view (see ``_jobs_json``)."""
+    return json_response((await _jobs_json([job]))[0])
 
 
 def check_job_id(job_id: str) -> str:
@@ -50,21 +57,19 @@ def parse_job_request(body: dict[str, object], max_priority: int) -> JobRequest:
     filename = v.opt_str(body, "filename", 65536, required=True)
     assert filename is not None
     material = v.opt_str(body, "material", 32)
-    colour = v.opt_str(body, "colour", 7)
-    if colour is not None and not COLOUR_RE.fullmatch(colour.upper()):
-        raise ValidationFailed("colour: expected #RRGGBB, e.g. #FF6600", field="colour")
     return JobRequest(
         filename=filename,
         name=v.opt_str(body, "name", 200) or "",
         priority=v.opt_int(body, "priority", -max_priority, max_priority) or 0,
         copies=v.opt_int(body, "copies", 1, MAX_COPIES) or 1,
         material=material.upper() if material else None,
-        colour=colour.upper() if colour else None,
+        colour=upkeep.colour_arg(body),
         nozzle_diameter=v.opt_num(body, "nozzle_diameter", 0.05, 5.0),
         required_tags=v.str_list(body, "required_tags", 20, 64),
         min_bed=v.num_list(body, "min_bed", 3, 0.0, 10_000.0),  # type: ignore[arg-type]
         sku=v.opt_str(body, "sku", 100),
         estimated_time=v.opt_num(body, "estimated_time", 0.0, 30 * 86400.0),
+        not_before=upkeep.body_time(body, "not_before"),
     )
 
 
@@ -102,8 +107,7 @@ async def list_jobs() -> Response:
         offset=offset,
     )
     fresh = [svc.owner.fresh(j) for j in jobs]
-    waiting = svc.owner.waiting(fresh)
-    return json_response({"jobs": [job_json(j, waiting.get(j.id)) for j in fresh], "total": total})
+    return json_response({"jobs": await _jobs_json(fresh), "total": total})
 
 
 def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
@@ -128,9 +132,7 @@ async def create_job() -> Response:
     if key is not None and not (1 <= len(key) <= 200 and key.isprintable()):
         raise BadRequest("Idempotency-Key: must be 1 to 200 printable characters")
     jobs, created = await svc.owner.submit(job_request, key)
-    waiting = svc.owner.waiting(jobs)
-    out = [job_json(j, waiting.get(j.id)) for j in jobs]
-    resp = json_response({"jobs": out}, 201 if created else 200)
+    resp = json_response({"jobs": await _jobs_json(jobs)}, 201 if created else 200)
     if jobs:
         resp.headers["Location"] = f"/api/jobs/{jobs[0].id}"
     return resp
@@ -140,7 +142,7 @@ async def create_job() -> Response:
 async def get_job(job_id: str) -> Response:
     faults.point("get-job")  # S15: a forced 500 (tests only)
     job = await services().owner.get_job(check_job_id(job_id))
-    return _job_response(job)
+    return await _job_response(job)
 
 
 @bp.post("/api/jobs/<job_id>/cancel")
@@ -149,7 +151,7 @@ async def cancel_job(job_id: str) -> Response:
     v.only_fields(body, ("reason",))
     reason = v.opt_str(body, "reason", 500) or "cancelled by operator"
     job = await services().owner.cancel(check_job_id(job_id), reason)
-    return _job_response(job)
+    return await _job_response(job)
 
 
 @bp.post("/api/jobs/<job_id>/release")
@@ -160,7 +162,7 @@ async def release_job(job_id: str) -> Response:
     if not printer_id:
         raise BadRequest("printerId: required")
     job = await services().owner.release(check_job_id(job_id), printer_id)
-    return _job_response(job)
+    return await _job_response(job)
 
 
 @bp.post("/api/jobs/<job_id>/ship")
@@ -170,23 +172,23 @@ async def ship_job(job_id: str) -> Response:
     tracking = v.opt_str(body, "tracking", 200, required=True)
     assert tracking is not None
     job = await services().owner.ship(check_job_id(job_id), tracking)
-    return _job_response(job)
+    return await _job_response(job)
 
 
 @bp.post("/api/jobs/<job_id>/jump")
 async def jump_job(job_id: str) -> Response:
     job = await services().owner.jump(check_job_id(job_id))
-    return _job_response(job)
+    return await _job_response(job)
 
 
 @bp.post("/api/jobs/<job_id>/pause")
 async def pause_job(job_id: str) -> Response:
     """Pause a printing job on its printer; answers once the printer did (502 if not)."""
     job = await services().owner.pause_job(check_job_id(job_id))
-    return _job_response(job)
+    return await _job_response(job)
 
 
 @bp.post("/api/jobs/<job_id>/resume")
 async def resume_job(job_id: str) -> Response:
     job = await services().owner.resume_job(check_job_id(job_id))
-    return _job_response(job)
+    return await _job_response(job)

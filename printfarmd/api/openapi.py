@@ -988,6 +988,270 @@ PATHS: dict[str, Any] = {
     },
 }
 
+# ---------------------------------------------------------------- issue 16: upkeep
+# Spools (Spoolman), maintenance, staggered starts, scheduled jobs, cost (docs/upkeep.md).
+
+_COST = {
+    "type": "object",
+    "required": ["currency", "filament", "energy", "total"],
+    "properties": {
+        "currency": {"type": "string"},
+        "filament": {"type": "number", "minimum": 0},
+        "energy": {"type": "number", "minimum": 0},
+        "total": {"type": "number", "minimum": 0},
+        "filament_g": {"type": "number", "minimum": 0},
+        "energy_kwh": {"type": "number", "minimum": 0},
+        "attempts": {"type": "integer", "minimum": 0},
+        "spool_id": {"type": ["integer", "null"]},
+        "spoolman": {
+            "type": "string",
+            "enum": ["none", "pending", "sent", "dropped"],
+            "description": "the attempt's usage report to Spoolman",
+        },
+    },
+}
+_COUNTERS = {
+    "type": "object",
+    "required": ["print_hours", "prints", "filament_g"],
+    "properties": {
+        "print_hours": {"type": "number", "minimum": 0},
+        "prints": {"type": "integer", "minimum": 0},
+        "filament_g": {"type": "number", "minimum": 0},
+        "since": _NULLABLE_NUM,
+    },
+}
+_TOOL = {
+    "type": "object",
+    "required": ["tool", "spool_id"],
+    "properties": {
+        "tool": {"type": "integer", "minimum": 0},
+        "spool_id": {"type": ["integer", "null"]},
+        "known": {"type": "boolean", "description": "read from Spoolman at least once"},
+        "name": _NULLABLE_STR,
+        "material": _NULLABLE_STR,
+        "colours": {"type": "array", "items": {"type": "string"}},
+        "remaining_g": {
+            "type": ["number", "null"],
+            "description": "as Spoolman last said, minus the usage not yet reported",
+        },
+        "owed_g": {"type": "number", "minimum": 0},
+        "price_per_kg": _NULLABLE_NUM,
+        "archived": {"type": "boolean"},
+        "missing": {"type": "boolean", "description": "Spoolman says it does not exist"},
+        "read_at": _TS,
+    },
+}
+#: A string with something in it besides white space (and no NUL).
+_FILLED = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+SCHEMAS["Job"]["properties"].update(
+    {
+        "filament_weight": {**_NULLABLE_NUM, "description": "grams, from the file"},
+        "not_before": _TS,
+        "spool_id": {"type": ["integer", "null"], "description": "the spool it prints from"},
+        "cost": {**_COST, "description": "over the attempts so far"},
+    }
+)
+SCHEMAS["JobCreate"]["properties"].update(
+    {
+        "colour": {
+            "type": "string",
+            "pattern": "^#?[0-9A-Fa-f]{6}$",
+            "description": "only a printer with a filament of this colour loaded "
+            "(configured, AMS or bound spool); the # is optional",
+        },
+        "not_before": {
+            **_UNIX_TIME,
+            "description": "do not start before this UTC time (Unix seconds; ISO-8601 too)",
+        },
+    }
+)
+SCHEMAS["Printer"]["properties"].update(
+    {
+        "spools": {"type": "array", "items": _TOOL},
+        "power_group": {"type": "string"},
+        "counters": _COUNTERS,
+        "maintenance_due": {**_NULLABLE_STR, "description": "the threshold crossed"},
+        "maintenance_due_at": _TS,
+        "waiting": {**_NULLABLE_STR, "description": "why an idle printer starts nothing"},
+    }
+)
+SCHEMAS["HistoryEntry"]["properties"]["cost"] = {"anyOf": [_COST, {"type": "null"}]}
+SCHEMAS["StatsGroup"]["properties"]["cost"] = _COST | {"required": ["filament", "energy", "total"]}
+SCHEMAS["Stats"]["properties"]["currency"] = {"type": "string"}
+SCHEMAS.update(
+    {
+        "SpoolList": {
+            "type": "object",
+            "required": ["spoolman", "printers", "pending_reports"],
+            "properties": {
+                "spoolman": {
+                    "type": "object",
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "url": _NULLABLE_STR,
+                        "connected": {"type": "boolean"},
+                    },
+                },
+                "printers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["printer_id", "tools"],
+                        "properties": {
+                            "printer_id": {"type": "string"},
+                            "tools": {"type": "array", "items": _TOOL},
+                        },
+                    },
+                },
+                "pending_reports": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "spool_id": {"type": "integer"},
+                            "grams": {"type": "number"},
+                            "since": _TS,
+                            "attempts": {"type": "integer", "minimum": 0},
+                            "last_error": _NULLABLE_STR,
+                        },
+                    },
+                },
+            },
+        },
+        "Maintenance": {
+            "type": "object",
+            "required": ["thresholds", "printers", "log", "total"],
+            "properties": {
+                "thresholds": {
+                    "type": "object",
+                    "properties": {
+                        "every_hours": _NULLABLE_NUM,
+                        "every_prints": {"type": ["integer", "null"]},
+                        "every_grams": _NULLABLE_NUM,
+                    },
+                },
+                "printers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["printer_id", "maintenance", "counters"],
+                        "properties": {
+                            "printer_id": {"type": "string"},
+                            "maintenance": {"type": "boolean"},
+                            "counters": _COUNTERS,
+                            "due": _NULLABLE_STR,
+                            "due_at": _TS,
+                        },
+                    },
+                },
+                "log": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "printer_id", "at", "by", "work", "counters"],
+                        "properties": {
+                            "id": {"type": "integer"},
+                            "printer_id": {"type": "string"},
+                            "at": _TS,
+                            "by": {"type": "string"},
+                            "work": {"type": "string"},
+                            "counters": _COUNTERS,
+                            "due": _NULLABLE_STR,
+                            "recorded_at": _TS,
+                        },
+                    },
+                },
+                "total": {"type": "integer", "minimum": 0},
+            },
+        },
+    }
+)
+_PAGE = [
+    _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "log page size"),
+    _q("offset", _OFFSET, "log page start"),
+]
+PATHS["/api/printers/{printer_id}/maintenance"]["post"].update(
+    summary="Maintenance mode on or off, or record work done (resets the counters)",
+    requestBody={
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["enabled"],
+                            "properties": {"enabled": {"type": "boolean"}},
+                        },
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["by", "work"],
+                            "properties": {
+                                "by": _text(100, pattern=_FILLED),
+                                "work": _text(2000, pattern=_FILLED),
+                                "at": {
+                                    **_UNIX_TIME,
+                                    "type": ["number", "null"],
+                                    "description": "when it was done (default or null: now); "
+                                    "ISO-8601 too",
+                                },
+                            },
+                        },
+                    ]
+                }
+            }
+        },
+    },
+)
+PATHS["/api/printers/{printer_id}/maintenance"]["get"] = _op(
+    "The printer's counters, thresholds and maintenance log",
+    _ok("Maintenance"),
+    parameters=[_PRINTER_ID, *_PAGE],
+)
+PATHS.update(
+    {
+        "/api/printers/{printer_id}/spool": {
+            "put": _op(
+                "Bind a Spoolman spool to a tool (spool_id null: unbind)",
+                _ok("Printer"),
+                parameters=[_PRINTER_ID],
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["spool_id"],
+                                "properties": {
+                                    "spool_id": {
+                                        "type": ["integer", "null"],
+                                        "minimum": 0,
+                                        "maximum": 2**31 - 1,
+                                    },
+                                    "tool": {"type": "integer", "minimum": 0, "maximum": 63},
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        },
+        "/api/spools": {
+            "get": _op("Spoolman, the bound spools, the usage not yet reported", _ok("SpoolList"))
+        },
+        "/api/maintenance": {
+            "get": _op(
+                "Every printer's counters and the maintenance log, newest first",
+                _ok("Maintenance"),
+                parameters=[_q("printer", {"type": "string"}, "only this printer"), *_PAGE],
+            )
+        },
+    }
+)
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "printfarmd REST API", "version": __version__},

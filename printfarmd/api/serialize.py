@@ -19,7 +19,7 @@ def iso(ts: float | None) -> str | None:
     )
 
 
-def job_json(job: Job, waiting: str | None = None) -> dict[str, Any]:
+def job_json(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "filename": job.filename,
@@ -52,8 +52,10 @@ def job_json(job: Job, waiting: str | None = None) -> dict[str, Any]:
         "last_error": job.last_error,
         "tracking": job.tracking,
         "source": job.source,
-        # Why a queued job has not gone to a printer yet (``core.farm.waiting``).
-        "waiting": waiting,
+        # issue 16
+        "filament_weight": job.filament_weight,
+        "not_before": iso(job.not_before),
+        "spool_id": job.spool_id,
     }
 
 

@@ -16,7 +16,7 @@ also one a Moonraker client deleted from its history view.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from quart import Blueprint, Response, request
@@ -25,11 +25,26 @@ from printfarmd.api.history import book, int_arg, parse_time
 from printfarmd.api.respond import json_response
 from printfarmd.api.serialize import iso
 from printfarmd.store.history import FAILURES, STATUSES, Attempt, Status
+from printfarmd.store.upkeep import UpkeepStore, Usage
 
 bp = Blueprint("stats", __name__)
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
 _ENDED = (Status.COMPLETED, Status.CANCELLED, Status.ERROR, Status.INTERRUPTED)
+
+
+def _cost(attempts: Sequence[Attempt], costs: Mapping[int, Usage]) -> dict[str, Any]:
+    """(issue 16) What the attempts cost (those recorded when they ended)."""
+    found = [costs[a.id] for a in attempts if a.id in costs]
+    filament = sum(u.filament_cost for u in found)
+    energy = sum(u.energy_cost for u in found)
+    return {
+        "filament": round(filament, 4),
+        "energy": round(energy, 4),
+        "total": round(filament + energy, 4),
+        "energy_kwh": round(sum(u.energy_kwh for u in found), 6),
+        "attempts": len(found),
+    }
 
 
 def _group(attempts: Sequence[Attempt]) -> dict[str, Any]:
@@ -80,8 +95,29 @@ def outcomes_by_day(attempts: Iterable[Attempt], until: float, days: int) -> lis
     return [{"date": d, **table[d]} for d in order]
 
 
-def compute(attempts: Sequence[Attempt], now: float, days: int = DEFAULT_DAYS) -> dict[str, Any]:
-    """The statistics document for ``attempts`` (``now``: the end of the day window). Pure."""
+def compute(
+    attempts: Sequence[Attempt],
+    now: float,
+    days: int = DEFAULT_DAYS,
+    costs: Mapping[int, Usage] | None = None,
+    currency: str = "",
+) -> dict[str, Any]:
+    """The statistics document for ``attempts`` (``now``: the end of the day window);
+    with ``costs`` (issue 16: usage by attempt id) each group has its ``cost``. Pure."""
+    if costs is not None:
+        body = compute(attempts, now, days)
+        printer_of: dict[str, list[Attempt]] = {}
+        file_of: dict[str, list[Attempt]] = {}
+        for a in attempts:
+            printer_of.setdefault(a.printer_id or "", []).append(a)
+            file_of.setdefault(a.filename, []).append(a)
+        body["farm"]["cost"] = _cost(attempts, costs)
+        for entry in body["printers"]:
+            entry["cost"] = _cost(printer_of[entry["printer_id"] or ""], costs)
+        for entry in body["files"]:
+            entry["cost"] = _cost(file_of[entry["filename"]], costs)
+        body["currency"] = currency
+        return body
     by_printer: dict[str, list[Attempt]] = {}
     by_file: dict[str, list[Attempt]] = {}
     for a in attempts:
@@ -111,5 +147,6 @@ async def stats() -> Response:
     history = book()
     attempts = await history.attempts_between(since, before)
     now = before if before is not None else history.wall()
-    body = compute(attempts, now, days)
+    costs = await UpkeepStore(history.svc.store).usage_of_attempts([a.id for a in attempts])
+    body = compute(attempts, now, days, costs, history.svc.config.cost.currency)
     return json_response({"since": iso(since), "before": iso(before), **body})

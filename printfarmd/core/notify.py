@@ -21,8 +21,10 @@ import orjson
 
 from printfarmd.models import Job
 
-#: The only event the notifier sends so far.
+#: A job failed for good.
 EVENT_JOB_FAILED = "job.failed"
+#: (issue 16) A printer crossed a maintenance threshold.
+EVENT_MAINTENANCE_DUE = "printer.maintenance_due"
 #: Prefix ``core.retry.fail`` gives ``last_error`` when retries are spent.
 MAX_RETRIES_PREFIX = "max retries reached: "
 SIGNATURE_HEADER = "X-Printfarmd-Signature"
@@ -179,12 +181,14 @@ def verify(body: bytes, secret: str, signature: str) -> bool:
     return hmac.compare_digest(sign(body, secret), signature)
 
 
-def webhook_headers(body: bytes, secret: str, delivery_id: str) -> dict[str, str]:
+def webhook_headers(
+    body: bytes, secret: str, delivery_id: str, event: str = EVENT_JOB_FAILED
+) -> dict[str, str]:
     """Headers of a webhook POST; the signature only when a secret is configured."""
     headers = {
         "Content-Type": "application/json",
         DELIVERY_HEADER: delivery_id,
-        EVENT_HEADER: EVENT_JOB_FAILED,
+        EVENT_HEADER: event,
     }
     if secret:
         headers[SIGNATURE_HEADER] = sign(body, secret)
@@ -237,3 +241,42 @@ def redact_url(url: str) -> str:
 
 def recipients_address(recipients: Sequence[str]) -> str:
     return ", ".join(recipients)
+
+
+# ------------------------------------------------------------------ maintenance (issue 16)
+
+
+def maintenance_delivery_id(printer_id: str, due_at: float, channel: str, address: str) -> str:
+    """The delivery id of a maintenance notice: the same for the same crossing and target,
+    so a notice recorded once is never recorded (or sent) again, even after a restart."""
+    key = f"{printer_id}|{due_at!r}|{channel}|{address}".encode()
+    return "m" + hashlib.sha256(key).hexdigest()[:15]
+
+
+def maintenance_body(printer_id: str, reason: str, due_at: float, now: float) -> bytes:
+    """The JSON body of a ``printer.maintenance_due`` event (webhook and MQTT)."""
+    return orjson.dumps(
+        {
+            "event": EVENT_MAINTENANCE_DUE,
+            "printer_id": printer_id,
+            "reason": reason,
+            "due_at": iso(due_at),
+            "at": iso(now),
+        }
+    )
+
+
+def maintenance_email(printer_id: str, reason: str, due_at: float) -> str:
+    """What a maintenance email delivery stores: its subject and text, as JSON."""
+    text = "\n".join(
+        [
+            f"Printer {printer_id} is due for maintenance since {iso(due_at)}: {reason}.",
+            "",
+            "It finished its print and takes no new job until the work is recorded:",
+            f"  POST /api/printers/{printer_id}/maintenance",
+            '  {"by": "<who>", "work": "<what was done>"}',
+            "-- printfarmd",
+        ]
+    )
+    subject = f"[printfarmd] printer {printer_id} is due for maintenance"[:200]
+    return orjson.dumps({"subject": subject, "text": text + "\n"}).decode()

@@ -43,11 +43,17 @@ class Requirements:
 
 
 def normalize_colour(colour: str | None) -> str | None:
-    """``#RRGGBB`` upper-case (a leading ``#`` added); ``None`` for none or a blank."""
-    if colour is None or not colour.strip():
+    """``#RRGGBB`` upper-case: a leading ``#`` optional, an alpha byte (``RRGGBBAA``, as
+    Spoolman and Bambu write it) dropped. ``None`` for none, a blank or not a hex colour
+    (callers that must refuse a bad colour check it first)."""
+    if colour is None:
         return None
-    text = colour.strip().upper()
-    return text if text.startswith("#") else "#" + text
+    text = colour.strip().lstrip("#").upper()
+    if len(text) == 8:
+        text = text[:6]
+    if len(text) != 6 or any(c not in "0123456789ABCDEF" for c in text):
+        return None
+    return "#" + text
 
 
 def _loaded(caps: Capabilities) -> str:

@@ -44,6 +44,7 @@ def facts_of(meta: GcodeMeta, *, model: bool = False) -> i.FileFacts:
         nozzle_diameter=meta.nozzle_diameter,
         estimated_time=meta.estimated_time,
         model=model,
+        filament_weight=meta.filament_weight_total,
     )
 
 
@@ -85,6 +86,10 @@ class Effects:
         self._arm_timer = arm_timer
         self._drivers_changed = drivers_changed
         self.escalate: Callable[[Job], None] | None = None
+        #: (issue 16) A printer is due for maintenance: tell the people (the notifier).
+        self.maintenance_due: Callable[[out.MaintenanceDue], None] | None = None
+        #: (issue 16) The Spoolman service has work (usage to send, a spool to read).
+        self.spoolman_kick: Callable[[], None] | None = None
         self.nursery: trio.Nursery | None = None
         self._watches: dict[str, Outcomes] = {}
 
@@ -120,6 +125,12 @@ class Effects:
                 self.escalate(effect.job)
         elif isinstance(effect, out.StartDriver | out.StopDriver):
             self._drivers_changed(effect)
+        elif isinstance(effect, out.MaintenanceDue):
+            if self.maintenance_due is not None:
+                self.maintenance_due(effect)
+        elif isinstance(effect, out.SpoolmanKick):
+            if self.spoolman_kick is not None:
+                self.spoolman_kick()
         else:
             assert self.nursery is not None, "effects need the owner's nursery"
             self.nursery.start_soon(self._task, effect)

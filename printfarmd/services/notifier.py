@@ -27,9 +27,9 @@ import secrets
 import smtplib
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.message import EmailMessage
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import httpx
@@ -38,12 +38,15 @@ import trio
 
 from printfarmd import __version__
 from printfarmd.api.serialize import job_json
+from printfarmd.api.upkeep_json import job_cost
 from printfarmd.config import NotifyConfig
 from printfarmd.core import notify
+from printfarmd.core.farm.outputs import MaintenanceDue
 from printfarmd.core.notify import Channel, Delivery, DeliveryPolicy, DeliveryStatus
 from printfarmd.errors import FarmError
 from printfarmd.models import Job
 from printfarmd.store.store import Store
+from printfarmd.store.upkeep import UpkeepStore
 
 log = logging.getLogger("printfarmd.notifier")
 
@@ -116,6 +119,7 @@ class Notifier:
         send_mail: MailSender = send_email,
         mqtt: EventPublisher | None = None,
         wall: Callable[[], float] = time.time,
+        currency: str = "EUR",
     ) -> None:
         self.config = config
         self.store = store
@@ -124,9 +128,11 @@ class Notifier:
         self._send_mail = send_mail
         self._mqtt = mqtt
         self._wall = wall
-        self._send, self._recv = trio.open_memory_channel[Job](QUEUE_SIZE)
+        self._send, self._recv = trio.open_memory_channel[Job | MaintenanceDue](QUEUE_SIZE)
         self._smtp_limiter = trio.CapacityLimiter(SMTP_THREADS)
         self._http: httpx.AsyncClient | None = None
+        #: (issue 16) The currency of the job costs in ``job.failed`` events.
+        self.currency = currency
 
     def targets(self) -> list[_Target]:
         """Every configured destination of an escalation."""
@@ -153,6 +159,17 @@ class Notifier:
         except Exception:  # never let a notification problem reach the scheduler
             log.exception("escalation dropped", extra={"job": job.id})
 
+    def maintenance_due(self, due: MaintenanceDue) -> None:
+        """(issue 16) Queue a maintenance notice for ``due.printer_id``. Never blocks,
+        never raises, not a checkpoint. Each crossing is notified once per target, even
+        across restarts (its delivery ids are derived from it)."""
+        try:
+            self._send.send_nowait(due)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            log.error("maintenance notice dropped", extra={"printer": due.printer_id})
+        except Exception:  # never let a notification problem reach the owner
+            log.exception("maintenance notice dropped", extra={"printer": due.printer_id})
+
     # ------------------------------------------------------------------ service
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -168,8 +185,11 @@ class Notifier:
             async with trio.open_nursery() as nursery:
                 await self._resume(nursery)
                 task_status.started()
-                async for job in self._recv:
-                    await self._open(job, nursery)
+                async for item in self._recv:
+                    if isinstance(item, MaintenanceDue):
+                        await self._open_maintenance(item, nursery)
+                    else:
+                        await self._open(item, nursery)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 await client.aclose()
@@ -194,6 +214,64 @@ class Notifier:
                 )
                 nursery.start_soon(self._deliver, d)
         await self._recover_lost(nursery, now)
+        await self._recover_maintenance(nursery)
+
+    async def _recover_maintenance(self, nursery: trio.Nursery) -> None:
+        """(issue 16) Printers due for maintenance whose notice a crash lost between the
+        owner's commit and ours get it now (notices already recorded are skipped)."""
+        try:
+            due = await UpkeepStore(self.store).due_printers()
+        except FarmError as exc:
+            log.error("maintenance notices not checked", extra={"reason": exc.message})
+            return
+        for printer_id, reason, at in due:
+            await self._open_maintenance(MaintenanceDue(printer_id, reason, at), nursery)
+
+    def _plan_maintenance(self, due: MaintenanceDue, now: float) -> list[Delivery]:
+        body = notify.maintenance_body(due.printer_id, due.reason, due.at, now).decode()
+        mail = notify.maintenance_email(due.printer_id, due.reason, due.at)
+        out: list[Delivery] = []
+        for t in self.targets():
+            d = Delivery(
+                id=notify.maintenance_delivery_id(due.printer_id, due.at, t.channel, t.address),
+                channel=t.channel,
+                target=t.target,
+                address=t.address,
+                job_id=None,
+                event=notify.EVENT_MAINTENANCE_DUE,
+                payload=mail if t.channel is Channel.EMAIL else body,
+                created_at=now,
+                updated_at=now,
+                next_attempt_at=now,
+            )
+            if t.channel is Channel.MQTT and self._mqtt is None:
+                d = notify.give_up(d, MQTT_NOT_AVAILABLE, now)
+            out.append(d)
+        return out
+
+    async def _open_maintenance(self, due: MaintenanceDue, nursery: trio.Nursery) -> None:
+        deliveries = self._plan_maintenance(due, self._wall())
+        if not deliveries:
+            log.warning(
+                "printer due for maintenance; no notification channel is configured",
+                extra={"printer": due.printer_id},
+            )
+            return
+        try:
+            seen = await self.store.existing_deliveries([d.id for d in deliveries])
+            deliveries = [d for d in deliveries if d.id not in seen]
+            if deliveries:
+                await self.store.add_deliveries(deliveries)
+        except FarmError as exc:
+            # Not recorded: the next start tries again (the printer is still due).
+            log.error(
+                "maintenance notice not recorded",
+                extra={"printer": due.printer_id, "reason": exc.message},
+            )
+            return
+        for d in deliveries:
+            if d.status is DeliveryStatus.PENDING:
+                nursery.start_soon(self._deliver, d)
 
     async def _recover_lost(self, nursery: trio.Nursery, now: float) -> None:
         """Escalate jobs that failed for good since the last start but have no delivery:
@@ -213,9 +291,10 @@ class Notifier:
         except FarmError as exc:
             log.error("lost escalations not checked", extra={"reason": exc.message})
 
-    def _plan(self, job: Job, now: float) -> list[Delivery]:
-        """The new deliveries for one escalation (MQTT without a hub: failed at once)."""
-        body = notify.event_body(job, job_json(job), now).decode()
+    def _plan(self, job: Job, now: float, extra: Mapping[str, Any] | None = None) -> list[Delivery]:
+        """The new deliveries for one escalation (MQTT without a hub: failed at once).
+        ``extra``: what ``GET /api/jobs/{id}`` adds to the job (issue 16: its cost)."""
+        body = notify.event_body(job, {**job_json(job), **(extra or {})}, now).decode()
         mail = notify.email_payload(job, now)
         out: list[Delivery] = []
         for t in self.targets():
@@ -236,8 +315,18 @@ class Notifier:
             out.append(d)
         return out
 
+    async def _job_extra(self, job: Job) -> dict[str, Any]:
+        """(issue 16) The job view's ``cost`` and ``waiting`` (a failed job waits for
+        nothing), so the event's job is what the REST API shows."""
+        try:
+            usages = await UpkeepStore(self.store).usage_of_jobs([job.id])
+        except FarmError as exc:
+            log.warning("job cost not read for a notification", extra={"reason": exc.message})
+            usages = {}
+        return {"cost": job_cost(self.currency, usages.get(job.id, [])), "waiting": None}
+
     async def _open(self, job: Job, nursery: trio.Nursery) -> None:
-        deliveries = self._plan(job, self._wall())
+        deliveries = self._plan(job, self._wall(), await self._job_extra(job))
         if not deliveries:
             log.warning(
                 "job failed for good; no notification channel is configured",
@@ -331,7 +420,7 @@ class Notifier:
     async def _post_webhook(self, d: Delivery) -> str | None:
         assert self._http is not None
         body = d.payload.encode()
-        headers = notify.webhook_headers(body, self.config.webhook_secret, d.id)
+        headers = notify.webhook_headers(body, self.config.webhook_secret, d.id, d.event)
         try:
             resp = await self._http.post(d.address, content=body, headers=headers)
         except httpx.TimeoutException:

@@ -32,16 +32,15 @@ import attrs
 import trio
 
 from printfarmd import faults
-from printfarmd.config import Config, PrinterConfig
-from printfarmd.core import routing
-from printfarmd.core.farm import FarmState, Now, Tx, decide
+from printfarmd.config import Config, PrinterConfig, resolve_timezone
+from printfarmd.core.farm import FarmState, Now, Tx, decide, eligibility
 from printfarmd.core.farm import inputs as i
 from printfarmd.core.farm import outputs as out
 from printfarmd.core.farm.fleet import PAUSED_KEY, SETTINGS_KEY
 from printfarmd.core.farm.intake import Created
-from printfarmd.core.farm.startup import restore
+from printfarmd.core.farm.startup import UpkeepMemory, restore
 from printfarmd.core.farm.state import Settings, Slot
-from printfarmd.core.farm.waiting import why_waiting
+from printfarmd.core.farm.upkeep_state import PendingUsage, policy_of
 from printfarmd.core.reload import PrinterReloadPlan, plan_printer_reload
 from printfarmd.drivers.base import PrinterDriver, StatusReport
 from printfarmd.errors import (
@@ -59,7 +58,9 @@ from printfarmd.services.bus import Bus, ProgressUpdate
 from printfarmd.services.drivers import DriverHost
 from printfarmd.services.effects import COMMAND_TIMEOUT, Effects, facts_of
 from printfarmd.services.metrics import FarmCounters
+from printfarmd.services.spoolman import SpoolmanService
 from printfarmd.store.store import Store
+from printfarmd.store.upkeep import UpkeepStore
 
 log = logging.getLogger("printfarmd.owner")
 
@@ -73,7 +74,16 @@ REDO_SECONDS = 1.0
 FACTS_TTL = 1.0
 FACTS_CACHE_SIZE = 256
 #: Inputs that are facts: when their commit fails they are kept and tried again.
-_FACTS = (i.Report, i.StartResult, i.CommandResult, i.SliceResult, i.TimerFired, i.Startup)
+_FACTS = (
+    i.Report,
+    i.StartResult,
+    i.CommandResult,
+    i.SliceResult,
+    i.TimerFired,
+    i.Startup,
+    i.SpoolsRefreshed,  # issue 16
+    i.UsageReported,
+)
 
 
 @attrs.define(eq=False)
@@ -137,7 +147,13 @@ class Owner:
         self.bus = bus
         self._wall = wall
         self._send, self._recv = trio.open_memory_channel[_Envelope](math.inf)
-        self.state = FarmState(printers=[Slot.from_config(p) for p in config.printers])
+        #: (issue 16) The upkeep rules; quiet hours' zone resolved once, here.
+        self.policy = policy_of(config, resolve_timezone(config.power.timezone))
+        self.state = FarmState(
+            printers=[Slot.from_config(p) for p in config.printers], policy=self.policy
+        )
+        #: (issue 16) The Spoolman service, when ``spoolman.url`` is set (the daemon's).
+        self.spoolman: SpoolmanService | None = None
         self.counters = FarmCounters()
         self.host = DriverHost(self.post)
         for pid, driver in drivers.items():
@@ -203,6 +219,7 @@ class Owner:
             )
         paused = bool(saved.get(PAUSED_KEY, sc.dispatch_paused))
         jobs = await self.store.load_live_jobs()
+        kept = await UpkeepStore(self.store).memory()  # issue 16: spools, counters
         self.state = restore(
             printers=self.config.printers,
             memory=await self.store.printer_memory(),
@@ -212,6 +229,13 @@ class Owner:
             next_position=await self.store.max_position() + 1,
             mono=trio.current_time(),
             accept_without_printers=self.config.mqtt.host != "" and self.config.mqtt.discover,
+            policy=self.policy,
+            upkeep=UpkeepMemory(
+                bindings=kept.bindings,
+                spools=kept.spools,
+                pending=[PendingUsage(o.key, o.spool_id, o.grams) for o in kept.pending],
+                counters=kept.upkeep,
+            ),
         )
         log.info(
             "queue restored",
@@ -579,12 +603,61 @@ class Owner:
     async def ping(self) -> None:
         await self.call(i.Ping())
 
+    # ================================================================ upkeep (issue 16)
+
+    async def bind_spool(self, printer_id: str, tool: int, spool_id: int | None) -> Slot:
+        """Bind ``spool_id`` (``None``: unbind) to ``tool`` of ``printer_id``; the spool
+        is read from Spoolman first (``NotFound`` if Spoolman says it does not exist; a
+        Spoolman that does not answer binds it unread). Returns the printer's slot."""
+        info = None
+        if spool_id is not None and self.spoolman is not None:
+            if printer_id not in self.state.printers:
+                raise NotFound(f"printer {printer_id} not found")
+            info = await self.spoolman.fetch(spool_id)
+        slot: Slot = await self.call(i.BindSpool(printer_id, tool, spool_id, info))
+        if self.spoolman is not None:
+            self.spoolman.kick(refresh=True)
+        return self.state.printers.get(printer_id, slot)
+
+    async def record_maintenance(
+        self, printer_id: str, by: str, work: str, at: float | None = None
+    ) -> Slot:
+        """Log maintenance done on ``printer_id``; resets its counters, ends maintenance."""
+        slot: Slot = await self.call(i.RecordMaintenance(printer_id, by, work, at))
+        return self.state.printers.get(printer_id, slot)
+
+    def bound_spools(self) -> set[int]:
+        """Every spool id bound to a tool of some printer (committed state)."""
+        return {sid for s in self.state.printers.values() for sid in s.spools if sid is not None}
+
+    def explainer(self) -> eligibility.Explainer:
+        """Says why queued jobs and idle printers wait, as of now (committed state); one
+        per request that asks about many."""
+        return eligibility.Explainer(self.state, self.state.printers.values(), self._wall())
+
+    def job_waiting(self, job: Job, explainer: eligibility.Explainer | None = None) -> str | None:
+        """Why a queued ``job`` is not printing (``None``: its turn is coming)."""
+        if job.state is not JobState.QUEUED:
+            return None
+        return (explainer or self.explainer()).job(job)
+
+    def printer_waiting(
+        self, printer_id: str, explainer: eligibility.Explainer | None = None
+    ) -> str | None:
+        """Why an idle printer starts nothing now (quiet hours, its power group)."""
+        slot = self.state.printers.get(printer_id)
+        if slot is None:
+            return None
+        return (explainer or self.explainer()).printer(slot)
+
     # ================================================================ printers at run time
 
     async def add_printer(self, config: PrinterConfig, driver: PrinterDriver) -> Printer:
         """Start managing a printer that was not configured at start (discovery, reload).
         ``Conflict`` if the id is taken."""
         memory = (await self.store.printer_memory()).get(config.id)
+        kept = await UpkeepStore(self.store).memory()  # issue 16: spools, counters
+        counters, due, due_at = kept.upkeep.get(config.id, (None, None, None))
         if config.id in self.state.printers:
             raise Conflict(f"printer {config.id} already exists")
         self.host.register(config.id, driver)
@@ -594,6 +667,10 @@ class Owner:
                     config,
                     plate_clear=memory.plate_clear if memory else True,
                     maintenance=memory.maintenance if memory else False,
+                    spools=kept.bindings.get(config.id, ()),
+                    counters=counters,
+                    due=due,
+                    due_at=due_at,
                 )
             )
         except FarmError:
@@ -702,22 +779,6 @@ class Owner:
             if slot is not None and slot.current_job == job.id and slot.confirmed:
                 return attrs.evolve(job, progress=slot.progress, eta=slot.eta)
         return job
-
-    def waiting(self, jobs: Sequence[Job]) -> dict[str, str]:
-        """Why each queued job of ``jobs`` is still waiting (see ``core.farm.waiting``);
-        one answer per requirement class, so a long listing costs O(classes x printers)."""
-        by_class: dict[object, str | None] = {}
-        out: dict[str, str] = {}
-        for job in jobs:
-            if job.state is not JobState.QUEUED:
-                continue
-            key = routing.requirements_of(job)
-            if key not in by_class:
-                by_class[key] = why_waiting(self.state, job)
-            reason = by_class[key]
-            if reason is not None:
-                out[job.id] = reason
-        return out
 
     async def get_job(self, job_id: str) -> Job:
         job = self.state.jobs.get(job_id) or await self.store.get_job(job_id)

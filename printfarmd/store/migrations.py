@@ -6,7 +6,7 @@ never edit a released step, add a new one.
 
 from __future__ import annotations
 
-from printfarmd.store import history
+from printfarmd.store import history, upkeep
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: jobs, the event log, idempotency keys, settings, printer memory.
@@ -116,4 +116,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN colour TEXT;
     """,
+    # 7 (issue 16): job filament weight, schedule and spool; spool bindings and
+    # what is known of the spools; each attempt's usage and cost (the Spoolman outbox);
+    # maintenance counters and the maintenance log (see store/upkeep.py).
+    upkeep.MIGRATION,
 )

@@ -84,3 +84,15 @@ def pending(conn: sqlite3.Connection) -> list[Delivery]:
         f"SELECT {_COLUMNS} FROM notifications WHERE status = 'pending' ORDER BY created_at, rowid"
     ).fetchall()
     return [from_row(r) for r in rows]
+
+
+def existing(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` are recorded deliveries (issue 16: a maintenance notice once)."""
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        marks = ", ".join("?" for _ in chunk)
+        found.update(
+            r[0] for r in conn.execute(f"SELECT id FROM notifications WHERE id IN ({marks})", chunk)
+        )
+    return found

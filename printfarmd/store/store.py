@@ -28,7 +28,7 @@ from printfarmd.core.farm import outputs as out
 from printfarmd.core.farm.startup import Remembered
 from printfarmd.core.notify import Delivery
 from printfarmd.models import Event, Job
-from printfarmd.store import database, events, jobs, notifications, settings
+from printfarmd.store import database, events, jobs, notifications, settings, upkeep
 from printfarmd.store.database import map_sqlite_error
 from printfarmd.store.writer import StoreStatistics, Writer
 
@@ -72,6 +72,8 @@ def _apply(conn: sqlite3.Connection, encoded: list[tuple[out.Record, Any]]) -> l
             settings.put(conn, rec.key, extra)
         elif isinstance(rec, out.PutIdempotency):
             jobs.put_idempotency(conn, rec.key, rec.digest, rec.job_ids, rec.at)
+        elif isinstance(rec, out.UPKEEP_RECORDS):
+            upkeep.apply(conn, rec)  # issue 16: spools, usage, counters, maintenance log
         else:  # pragma: no cover - the Record union is closed
             raise TypeError(f"not a record: {rec!r}")
     return appended
@@ -239,6 +241,10 @@ class Store:
 
     async def pending_deliveries(self) -> list[Delivery]:
         return await self._read(notifications.pending)
+
+    async def existing_deliveries(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are recorded deliveries."""
+        return await self._read(lambda conn: notifications.existing(conn, ids))
 
     async def unnotified_failures(self, since: float, error_prefix: str) -> list[Job]:
         return await self._read(lambda conn: jobs.unnotified_failures(conn, since, error_prefix))

@@ -32,6 +32,8 @@ def install(app: QuartTrio, svc: Services, tokens: OneshotTokens) -> None:
     """
     facade = app.config[FACADE_KEY] = Facade(svc, tokens)
     app.config[BOOK_KEY] = facade.history  # the REST history and stats read the same book
+    if svc.spoolman is not None:  # issue 16: the spool panels hear Spoolman come and go
+        svc.spoolman.on_status = facade.spoolman_status
     app.config["PRINTFARMD_MAX_UPLOAD"] = svc.config.server.max_upload_bytes + 64 * 1024
     app.request_class = UploadAwareRequest
     app.register_blueprint(bp)

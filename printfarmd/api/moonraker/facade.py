@@ -139,6 +139,12 @@ class Facade:
         db = await self.database()
         db[namespace] = value
 
+    def spoolman_status(self, connected: bool) -> None:
+        """(issue 16) ``notify_spoolman_status_changed`` to every authenticated websocket."""
+        frame = notify_frame("notify_spoolman_status_changed", [{"spoolman_connected": connected}])
+        for conn in list(self.connections):
+            conn.push(frame)
+
     def notify_filelist(self, payload: dict[str, Any]) -> None:
         """Send ``notify_filelist_changed`` to every authenticated websocket (after the
         file operation finished; never blocks: a client that cannot keep up is closed)."""

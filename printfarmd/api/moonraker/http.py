@@ -31,6 +31,7 @@ from printfarmd.api.moonraker import (
     queue_methods,
     rpc,
     server_methods,
+    spoolman_methods,
     webcam_methods,
     ws,
 )
@@ -42,7 +43,14 @@ from printfarmd.errors import NotFound
 from printfarmd.services import files, photos, thumbs
 
 # The method modules register themselves on import.
-_REGISTERED = (console, file_methods, history_methods, queue_methods, server_methods)
+_REGISTERED = (
+    console,
+    file_methods,
+    history_methods,
+    queue_methods,
+    server_methods,
+    spoolman_methods,  # issue 16
+)
 #: A camera that does not answer within this long gets a 504.
 SNAPSHOT_TIMEOUT = 10.0
 

@@ -55,7 +55,8 @@ async def server_info(caller: Caller, args: Args) -> dict[str, Any]:
     return {
         "klippy_connected": True,
         "klippy_state": "ready",
-        "components": list(COMPONENTS),
+        # issue 16: the spool panels appear when Spoolman is configured
+        "components": [*COMPONENTS, *(["spoolman"] if caller.facade.svc.spoolman else [])],
         "failed_components": [],
         "registered_directories": list(caller.facade.roots()),
         "warnings": [],

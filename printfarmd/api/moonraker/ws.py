@@ -26,7 +26,7 @@ import trio
 from quart import Response, websocket
 
 from printfarmd.api.auth import Verdict
-from printfarmd.api.moonraker import history_methods, procstats, rpc
+from printfarmd.api.moonraker import history_methods, procstats, rpc, spoolman_methods
 from printfarmd.api.moonraker.facade import Facade, notify_frame
 from printfarmd.errors import FarmError
 from printfarmd.models import Event
@@ -98,8 +98,13 @@ def is_history_event(msg: Message) -> bool:
     return msg.type in HISTORY_EVENT_TYPES
 
 
+def is_spool_event(msg: Message) -> bool:
+    """(issue 16) A spool bound or unbound (``notify_active_spool_set``)."""
+    return isinstance(msg, Event) and msg.type == "printer.spool_bound"
+
+
 def is_notified(msg: Message) -> bool:
-    return is_queue_event(msg) or is_history_event(msg)
+    return is_queue_event(msg) or is_history_event(msg) or is_spool_event(msg)
 
 
 def queue_actions(events: list[Event]) -> list[str]:
@@ -151,6 +156,18 @@ async def _forward(
             )
             conn.push(body)
         await _history(facade, conn, [m for m in batch if is_history_event(m)])
+        for m in batch:
+            if is_spool_event(m):
+                _spool(facade, conn, m)
+
+
+def _spool(facade: Facade, conn: Connection, ev: Message) -> None:
+    """``notify_active_spool_set`` when the facade printer's first tool changed spool."""
+    assert isinstance(ev, Event)
+    caller = rpc.Caller(facade, conn.peer, conn)
+    if ev.printer_id != spoolman_methods.facade_printer(caller) or ev.data.get("tool") != 0:
+        return
+    conn.push(notify_frame("notify_active_spool_set", [{"spool_id": ev.data.get("spool_id")}]))
 
 
 async def _history(facade: Facade, conn: Connection, events: list[Message]) -> None:

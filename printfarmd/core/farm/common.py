@@ -69,6 +69,12 @@ def moved(tx: Tx, old: Job, new: Job, event: JobEvent, reason: str | None) -> No
 def _write(tx: Tx, old: Job, new: Job, event: JobEvent, reason: str | None) -> None:
     tx.put_job(new)
     tx.record(UpdateJob(new, old.state), AppendEvent(transition_event(old, new, event, reason)))
+    if old.state is JobState.PRINTING and new.state is not JobState.PRINTING:
+        # (issue 16) An attempt ended: its usage, cost and the printer's counters go
+        # into the same commit as the transition (after it: the history row is closed).
+        from printfarmd.core.farm import upkeep
+
+        upkeep.attempt_ended(tx, old, new)
     if event is not JobEvent.VALIDATE and event is not JobEvent.SLICE:
         tx.effect(
             Log(

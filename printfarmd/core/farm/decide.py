@@ -13,7 +13,16 @@ from typing import Any
 
 import attrs
 
-from printfarmd.core.farm import dispatch, failures, fleet, intake, reports
+from printfarmd.core.farm import (
+    dispatch,
+    eligibility,
+    failures,
+    fleet,
+    intake,
+    reports,
+    spools,
+    upkeep,
+)
 from printfarmd.core.farm import inputs as i
 from printfarmd.core.farm.common import get_job, get_slot
 from printfarmd.core.farm.outputs import SaveProgress, TimerKind
@@ -117,6 +126,8 @@ def _timer(tx: Tx, e: i.TimerFired, now: Now) -> Any:
         fleet.autoclear_due(tx, e.key, now)
     elif e.kind is TimerKind.STARTUP:
         fleet.start_running(tx, now)
+    elif e.kind is TimerKind.WAKE:
+        eligibility.woke(tx, e.key)
 
 
 def _sweep(tx: Tx, e: i.WatchdogSweep, now: Now) -> Any:
@@ -154,6 +165,22 @@ def _slice_result(tx: Tx, e: i.SliceResult, now: Now) -> Any:
     intake.sliced(tx, e, now)
 
 
+def _bind_spool(tx: Tx, c: i.BindSpool, now: Now) -> Any:
+    return spools.bind(tx, c, now)
+
+
+def _record_maintenance(tx: Tx, c: i.RecordMaintenance, now: Now) -> Any:
+    return upkeep.record_maintenance(tx, c, now)
+
+
+def _spools_refreshed(tx: Tx, e: i.SpoolsRefreshed, now: Now) -> Any:
+    spools.refreshed(tx, e, now)
+
+
+def _usage_reported(tx: Tx, e: i.UsageReported, now: Now) -> Any:
+    spools.usage_reported(tx, e, now)
+
+
 _HANDLERS: dict[type, Any] = {
     i.CreateJobs: _create,
     i.Cancel: _cancel,
@@ -183,4 +210,9 @@ _HANDLERS: dict[type, Any] = {
     i.StartResult: _start_result,
     i.CommandResult: _command_result,
     i.SliceResult: _slice_result,
+    # issue 16: spools, upkeep
+    i.BindSpool: _bind_spool,
+    i.RecordMaintenance: _record_maintenance,
+    i.SpoolsRefreshed: _spools_refreshed,
+    i.UsageReported: _usage_reported,
 }

@@ -17,16 +17,28 @@ from collections.abc import Iterator
 
 from printfarmd.core import eta as eta_rules
 from printfarmd.core import routing
-from printfarmd.core.farm import common
+from printfarmd.core.farm import common, eligibility, power
 from printfarmd.core.farm.outputs import Count, Log, StartPrint
 from printfarmd.core.farm.state import Now, Slot, Tx
 from printfarmd.core.queue import JobQueue
 from printfarmd.errors import Conflict, ValidationFailed
 from printfarmd.models import Capabilities, Job, JobEvent, JobState
 
+#: Jobs of one class a pass passes over (scheduled for later, or fitting no spool)
+#: before it gives up on that class until the next pass: bounds a pass's cost.
+MAX_SKIPPED = 1000
 
-def plan(queue: JobQueue, idle: list[Slot]) -> list[tuple[Job, Slot]]:
-    """The assignments of one dispatch pass over ``queue`` for the ``idle`` printers."""
+
+def plan(
+    queue: JobQueue, idle: list[Slot], gate: eligibility.Gate | None = None
+) -> list[tuple[Job, Slot]]:
+    """The assignments of one dispatch pass over ``queue`` for the ``idle`` printers.
+
+    With a ``gate`` (issue 16), a job it holds (``not_before``) is passed over, a job
+    goes only to a printer whose spools fit it (the next jobs of its class still get
+    their turn), and a start uses its power group's budget: once that is spent, the
+    group's other printers take nothing more in this pass.
+    """
     if not idle or not len(queue):
         return []
     groups: dict[Capabilities, list[Slot]] = {}
@@ -51,6 +63,7 @@ def plan(queue: JobQueue, idle: list[Slot]) -> list[tuple[Job, Slot]]:
         heap.append((first.sort_key, first.id, n, req, first))
     heapq.heapify(heap)
     start_at = dict.fromkeys(ranked, 0)
+    skipped = dict.fromkeys(ranked, 0)
     taken: set[str] = set()
     out: list[tuple[Job, Slot]] = []
     while heap and len(taken) < len(idle):
@@ -61,9 +74,21 @@ def plan(queue: JobQueue, idle: list[Slot]) -> list[tuple[Job, Slot]]:
         start_at[req] = i
         if i == len(slots):
             continue  # no idle printer left for this class: its other jobs wait too
-        chosen = _choose(job, slots, i, taken)
-        taken.add(chosen.id)
-        out.append((job, chosen))
+        if gate is None:
+            chosen: Slot | None = _choose(job, slots, i, taken)
+        elif gate.job_blocked(job) is not None:
+            chosen = None  # scheduled for later: the jobs behind it may go
+        else:
+            chosen = _choose_fitting(job, slots, i, taken, gate)
+        if chosen is not None:
+            taken.add(chosen.id)
+            out.append((job, chosen))
+            if gate is not None:
+                taken.update(gate.take(chosen))
+        else:
+            skipped[req] += 1
+            if skipped[req] > MAX_SKIPPED:
+                continue  # a pathological queue: this class waits for the next pass
         nxt = next(walks[req], None)
         if nxt is not None:
             heapq.heappush(heap, (nxt.sort_key, nxt.id, n, req, nxt))
@@ -86,6 +111,22 @@ def _choose(job: Job, ranked: list[Slot], start: int, taken: set[str]) -> Slot:
     return first
 
 
+def _choose_fitting(
+    job: Job, ranked: list[Slot], start: int, taken: set[str], gate: eligibility.Gate
+) -> Slot | None:
+    """Like ``_choose``, among the printers whose spools fit ``job``; ``None`` if none."""
+    failed = job.failed_printers
+    first: Slot | None = None
+    for slot in ranked[start:]:
+        if slot.id in taken or not gate.fits(job, slot):
+            continue
+        if slot.id not in failed:
+            return slot
+        if first is None:
+            first = slot
+    return first
+
+
 def dispatch(tx: Tx, now: Now) -> int:
     """One dispatch pass on the committed queue; returns the number of jobs started.
 
@@ -98,17 +139,29 @@ def dispatch(tx: Tx, now: Now) -> int:
         tx.kick = True
         return 0
     idle = [s for s in tx.slots() if s.dispatchable]
-    pairs = plan(tx.base.queue, idle)
+    if not idle or not len(tx.base.queue):
+        return 0
+    # (issue 16) quiet hours, staggered starts, scheduled jobs, spools.
+    gate = eligibility.Gate(tx, now.wall, idle)
+    idle = [s for s in idle if gate.printer_blocked(s) is None]
+    pairs = plan(tx.base.queue, idle, gate)
     for job, slot in pairs:
-        start(tx, job, slot, now, None)
+        start(tx, job, slot, now, None, spool_id=gate.spool_for(job, slot))
+    gate.arm(tx, now)
     return len(pairs)
 
 
-def start(tx: Tx, job: Job, slot: Slot, now: Now, reason: str | None) -> Job:
-    """QUEUED -> PRINTING on ``slot``; the hand-over runs after the commit."""
+def start(
+    tx: Tx, job: Job, slot: Slot, now: Now, reason: str | None, *, spool_id: int | None = None
+) -> Job:
+    """QUEUED -> PRINTING on ``slot``; the hand-over runs after the commit. ``spool_id``:
+    the spool it prints from (its usage is reported there)."""
     expected = eta_rules.adjusted(job.estimated_time, tx.speed_factor(slot.id))
     eta = None if expected is None else now.wall + expected
-    new = common.move(tx, job, JobEvent.START, now, reason, printer_id=slot.id, eta=eta)
+    new = common.move(
+        tx, job, JobEvent.START, now, reason, printer_id=slot.id, eta=eta, spool_id=spool_id
+    )
+    power.note_start(tx, slot, now)
     common.set_slot(
         tx,
         slot,
@@ -146,4 +199,20 @@ def release(tx: Tx, job: Job, printer_id: str, now: Now) -> Job:
         raise Conflict(
             f"printer {printer_id} is {slot.state.value}: it can take a job only when idle"
         )
-    return start(tx, job, slot, now, f"released to {printer_id} by operator")
+    # (issue 16) An operator's release overrides the job's schedule (not_before), not
+    # the printer's quiet hours, its power group's budget or its spools.
+    gate = eligibility.Gate(tx, now.wall, list(tx.slots()))
+    held = gate.printer_blocked(slot)
+    if held is not None:
+        raise Conflict(f"printer {printer_id} may not start a print now: {held}")
+    why = gate.refusal(job, slot)
+    if why is not None:
+        raise Conflict(f"printer {printer_id} cannot print job {job_id}: {why}")
+    return start(
+        tx,
+        job,
+        slot,
+        now,
+        f"released to {printer_id} by operator",
+        spool_id=gate.spool_for(job, slot),
+    )

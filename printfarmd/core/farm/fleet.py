@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from printfarmd.core.farm import common, failures, intake
+from printfarmd.core.farm import common, failures, intake, spools
 from printfarmd.core.farm.inputs import AddPrinter, UpdatePrinter
 from printfarmd.core.farm.outputs import (
     AppendEvent,
@@ -23,7 +23,7 @@ from printfarmd.core.farm.outputs import (
     StopDriver,
     TimerKind,
 )
-from printfarmd.core.farm.state import Now, Settings, Slot, Tx, capabilities_of
+from printfarmd.core.farm.state import Now, Settings, Slot, Tx
 from printfarmd.errors import Conflict
 from printfarmd.models import Job, JobEvent, JobState, PrinterState
 
@@ -111,6 +111,15 @@ def add_printer(tx: Tx, cmd: AddPrinter) -> Slot:
     slot = attrs.evolve(
         Slot.from_config(cmd.config), plate_clear=cmd.plate_clear, maintenance=cmd.maintenance
     )
+    # (issue 16) a printer added at run time keeps its stored spools and counters
+    slot = attrs.evolve(
+        slot,
+        spools=cmd.spools[: max(cmd.config.tools, 1)],
+        counters=cmd.counters if cmd.counters is not None else slot.counters,
+        due=cmd.due,
+        due_at=cmd.due_at,
+    )
+    slot = attrs.evolve(slot, capabilities=spools.capabilities(slot, tx.spools))
     tx.put_printer(slot)
     tx.effect(
         StartDriver(slot.id),
@@ -131,7 +140,8 @@ def remove_printer(tx: Tx, printer_id: str) -> None:
 
 def update_printer(tx: Tx, cmd: UpdatePrinter) -> Slot:
     slot = common.get_slot(tx, cmd.config.id)
-    slot = common.set_slot(tx, slot, config=cmd.config, capabilities=capabilities_of(cmd.config))
+    slot = common.set_slot(tx, slot, config=cmd.config)
+    slot = spools.refresh_capabilities(tx, slot)  # (issue 16) config, reported, spools
     tx.kick = True
     return slot
 

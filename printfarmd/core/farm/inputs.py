@@ -36,13 +36,17 @@ class JobRequest:
     sku: str | None = None
     estimated_time: float | None = None
     source: str = "api"
+    #: ``#RRGGBB``; only a printer with that colour loaded (config, AMS, bound spool).
     colour: str | None = None
+    #: (issue 16) Not started before this UTC time.
+    not_before: float | None = None
 
     def digest(self) -> str:
         """A stable hash of the request, to detect an Idempotency-Key reused for another."""
         fields = attrs.asdict(self)
-        if fields["colour"] is None:
-            del fields["colour"]  # (added later: keys stored before still match)
+        for added_later in ("colour", "not_before"):  # keys stored before still match
+            if fields[added_later] is None:
+                del fields[added_later]
         return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -55,6 +59,8 @@ class FileFacts:
     nozzle_diameter: float | None = None
     estimated_time: float | None = None
     model: bool = False
+    #: (issue 16) Grams of filament the file uses.
+    filament_weight: float | None = None
 
 
 # ---------------------------------------------------------------------- commands
@@ -183,6 +189,11 @@ class AddPrinter:
     config: PrinterConfig
     plate_clear: bool = True
     maintenance: bool = False
+    #: (issue 16) What the store remembers: its spools, its counters and why it is due.
+    spools: tuple[int | None, ...] = ()
+    counters: Any = None
+    due: str | None = None
+    due_at: float | None = None
 
 
 @attrs.frozen
@@ -200,6 +211,28 @@ class UpdatePrinter:
 @attrs.frozen
 class Ping:
     """Answered at once: shows the owner is taking inputs (the systemd watchdog)."""
+
+
+@attrs.frozen
+class BindSpool:
+    """(issue 16) Bind ``spool_id`` (``None``: unbind) to ``tool`` of ``printer_id``;
+    ``info``: the spool as Spoolman has it (read by the edge), ``None`` if not reached."""
+
+    printer_id: str
+    tool: int
+    spool_id: int | None
+    info: Any = None
+
+
+@attrs.frozen
+class RecordMaintenance:
+    """(issue 16) Maintenance was done on ``printer_id`` by ``by``: ``work``; at ``at``
+    (UTC; ``None``: now). Resets the counters and ends maintenance mode."""
+
+    printer_id: str
+    by: str
+    work: str
+    at: float | None = None
 
 
 Command = (
@@ -222,6 +255,8 @@ Command = (
     | RemovePrinter
     | UpdatePrinter
     | Ping
+    | BindSpool
+    | RecordMaintenance
 )
 
 # ---------------------------------------------------------------------- events
@@ -293,6 +328,25 @@ class SliceResult:
     error: str | None = None
 
 
+@attrs.frozen
+class SpoolsRefreshed:
+    """(issue 16) What Spoolman says of spools now (``upkeep_state.SpoolInfo`` values),
+    and the ids it answered 404 for."""
+
+    spools: tuple[Any, ...]
+    missing: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class UsageReported:
+    """(issue 16) The usage report ``key`` is settled: Spoolman applied it (``applied``),
+    or it was dropped (``error`` says why)."""
+
+    key: str
+    applied: bool
+    error: str | None = None
+
+
 Event = (
     Report
     | TimerFired
@@ -303,5 +357,7 @@ Event = (
     | StartResult
     | CommandResult
     | SliceResult
+    | SpoolsRefreshed
+    | UsageReported
 )
 Input = Command | Event

@@ -41,6 +41,10 @@ _PIPELINE_FROM = {
 }
 
 
+#: Drivers that report what is loaded (an AMS's trays): their colours are not fixed.
+REPORTS_LOADED = frozenset({"bambu"})
+
+
 def check_some_printer_can(tx: Tx, job: Job) -> None:
     """``ValidationFailed`` unless some printer of the farm could print ``job``."""
     slots = list(tx.slots())
@@ -51,7 +55,13 @@ def check_some_printer_can(tx: Tx, job: Job) -> None:
     req = routing.requirements_of(job)
     reasons = []
     for slot in slots:
-        why = routing.incompatibility(slot.capabilities, req)
+        # Where the loaded colours change without the config (bound spools, a printer
+        # that reports what it has loaded), a colour nobody has now is loaded later:
+        # the job waits for it (the view says so) rather than being refused.
+        fixed = not (tx.policy.spoolman or slot.loaded or slot.config.driver in REPORTS_LOADED)
+        why = routing.incompatibility(
+            slot.capabilities, req if fixed else attrs.evolve(req, colour=None)
+        )
         if why is None:
             return
         reasons.append(f"{slot.id}: {why}")
@@ -103,6 +113,8 @@ def _new_job(request: JobRequest, facts: FileFacts, now: Now) -> Job:
         created_at=now.wall,
         updated_at=now.wall,
         source=request.source,
+        filament_weight=facts.filament_weight,
+        not_before=request.not_before,
     )
 
 
@@ -183,6 +195,7 @@ def sliced(tx: Tx, result: SliceResult, now: Now) -> None:
             estimated_time=job.estimated_time
             if job.estimated_time is not None
             else facts.estimated_time,
+            filament_weight=facts.filament_weight,
         )
         # The row holds the model until this commit: write the sliced fields with SLICE.
         new = transition(prev, JobEvent.SLICE, now.wall)

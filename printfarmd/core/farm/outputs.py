@@ -89,9 +89,98 @@ class PutIdempotency:
     at: float
 
 
+# (issue 16) upkeep records: spools, usage and its outbox, counters, the maintenance log.
+
+
+@attrs.frozen
+class PutBinding:
+    """The spool bound to ``tool`` of ``printer_id`` (``None``: unbound)."""
+
+    printer_id: str
+    tool: int
+    spool_id: int | None
+    at: float
+
+
+@attrs.frozen
+class PutSpool:
+    """What the farm knows of a spool (``info`` is a ``upkeep_state.SpoolInfo``)."""
+
+    info: Any
+
+
+@attrs.frozen
+class RecordUsage:
+    """One print attempt ended: what it used and cost, stored with the transition that
+    ended it. With ``report``, the usage is also queued for Spoolman (an outbox row keyed
+    ``key``, sent by ``services/spoolman.py``)."""
+
+    key: str
+    job_id: str
+    printer_id: str | None
+    spool_id: int | None
+    status: str
+    fraction: float
+    grams: float | None
+    seconds: float
+    filament_cost: float
+    energy_kwh: float
+    energy_cost: float
+    currency: str
+    at: float
+    report: bool
+
+
+@attrs.frozen
+class MarkUsage:
+    """The outbox row ``key`` is settled: ``sent`` (Spoolman has it) or ``dropped``."""
+
+    key: str
+    status: str
+    at: float
+    error: str | None = None
+
+
+@attrs.frozen
+class PutUpkeep:
+    """A printer's counters since its last maintenance and why it is due (stored)."""
+
+    printer_id: str
+    counters: Any
+    due: str | None
+    due_at: float | None
+
+
+@attrs.frozen
+class AppendMaintenance:
+    """One entry of the maintenance log (who did what, when, and the counters reset)."""
+
+    printer_id: str
+    at: float
+    by: str
+    work: str
+    counters: Any
+    due: str | None
+    recorded_at: float
+
+
 Record = (
-    InsertJob | UpdateJob | SaveProgress | AppendEvent | PutPrinter | PutSetting | PutIdempotency
+    InsertJob
+    | UpdateJob
+    | SaveProgress
+    | AppendEvent
+    | PutPrinter
+    | PutSetting
+    | PutIdempotency
+    | PutBinding
+    | PutSpool
+    | RecordUsage
+    | MarkUsage
+    | PutUpkeep
+    | AppendMaintenance
 )
+#: The records ``store/upkeep.py`` writes.
+UPKEEP_RECORDS = (PutBinding, PutSpool, RecordUsage, MarkUsage, PutUpkeep, AppendMaintenance)
 
 # ---------------------------------------------------------------------- effects
 
@@ -100,6 +189,7 @@ class TimerKind(enum.StrEnum):
     RETRY = "retry"  # key: job id
     AUTOCLEAR = "autoclear"  # key: printer id
     STARTUP = "startup"  # key: "" (the reconciliation deadline)
+    WAKE = "wake"  # key: a UTC time (repr): a dispatch rule's window opens (issue 16)
 
 
 @attrs.frozen
@@ -215,6 +305,21 @@ class Count:
     value: float = 1.0
 
 
+@attrs.frozen
+class MaintenanceDue:
+    """``printer_id`` crossed a maintenance threshold at ``at``: tell the people once
+    (the escalation channels)."""
+
+    printer_id: str
+    reason: str
+    at: float
+
+
+@attrs.frozen
+class SpoolmanKick:
+    """Usage waits for Spoolman, or a binding changed: the Spoolman service has work."""
+
+
 Effect = (
     StartPrint
     | StopPrint
@@ -231,4 +336,6 @@ Effect = (
     | StopDriver
     | Log
     | Count
+    | MaintenanceDue
+    | SpoolmanKick
 )

@@ -16,10 +16,8 @@ Reports are facts; the farm decides. The rules:
 
 from __future__ import annotations
 
-import attrs
-
 from printfarmd.core import eta as eta_rules
-from printfarmd.core.farm import common, failures, fleet
+from printfarmd.core.farm import common, failures, fleet, power, spools
 from printfarmd.core.farm.inputs import CommandResult, StartOutcome, StartResult
 from printfarmd.core.farm.outputs import (
     AppendEvent,
@@ -35,7 +33,6 @@ from printfarmd.core.farm.state import (
     Now,
     Slot,
     Tx,
-    capabilities_of,
 )
 from printfarmd.drivers.base import (
     DriverEvent,
@@ -74,16 +71,12 @@ def on_driver_event(tx: Tx, ev: DriverEvent, now: Now) -> None:
             for k, m in enumerate(ev.materials)
             if m.strip()
         ]
-        caps = capabilities_of(slot.config)
-        if pairs:
-            caps = attrs.evolve(
-                caps,
-                materials=tuple(m for m, _ in pairs),
-                colours=tuple(c for _, c in pairs) if any(c for _, c in pairs) else (),
-            )
-        if caps != slot.capabilities:
-            common.set_slot(tx, slot, capabilities=caps)
-            tx.kick = True
+        loaded = tuple(m for m, _ in pairs)
+        colours = tuple(c for _, c in pairs) if any(c for _, c in pairs) else ()
+        if (loaded, colours) != (slot.loaded, slot.loaded_colours):
+            slot = common.set_slot(tx, slot, loaded=loaded, loaded_colours=colours)
+        # Bound spools' materials and colours come first (core/farm/spools.py).
+        spools.refresh_capabilities(tx, slot)
 
 
 def _held(tx: Tx, slot: Slot, job_id: str) -> Job | None:
@@ -233,6 +226,7 @@ def on_finished(tx: Tx, slot: Slot, job_id: str, now: Now) -> None:
     if job is None:
         return  # a repeated or stale report: already handled
     common.move(tx, job, JobEvent.FINISH, now)
+    slot = tx.printer(slot.id) or slot  # the attempt's end changed its counters
     slot = common.set_slot(
         tx, slot, progress=100.0, confirmed=True, restored=False, handing=None, eta=None
     )
@@ -258,6 +252,8 @@ def on_start_result(tx: Tx, res: StartResult, now: Now) -> None:
         return
     if slot.handing == res.job_id:
         slot = common.set_slot(tx, slot, handing=None)
+        # (issue 16) a staggered start counts from the printer's answer
+        power.start_settled(tx, slot.id, res.outcome is StartOutcome.ACCEPTED, now)
     job = tx.job(res.job_id)
     held = slot.current_job == res.job_id
     ours = held and job is not None and job.state is JobState.PRINTING

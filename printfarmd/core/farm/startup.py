@@ -7,7 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 
 from printfarmd.config import PrinterConfig
+from printfarmd.core.farm import power, spools
 from printfarmd.core.farm.state import FarmState, Settings, Slot
+from printfarmd.core.farm.upkeep_state import Counters, PendingUsage, Policy, SpoolInfo
 from printfarmd.models import Job, JobState
 
 
@@ -29,6 +31,8 @@ def restore(
     next_position: int,
     mono: float,
     accept_without_printers: bool = False,
+    policy: Policy | None = None,
+    upkeep: UpkeepMemory | None = None,
 ) -> FarmState:
     """The state after a (re)start. A job that was printing is held by its printer as
     ``restored``: not confirmed, its fate decided by the printer's first real report; the
@@ -54,6 +58,8 @@ def restore(
                 plate_clear=False if held.state is JobState.POST_PROCESS else slot.plate_clear,
             )
         slots.append(slot)
+    kept = upkeep or UpkeepMemory()
+    slots = [_with_upkeep(slot, kept) for slot in slots]
     return FarmState(
         printers=slots,
         jobs=live,
@@ -61,4 +67,28 @@ def restore(
         paused=paused,
         next_position=next_position,
         accept_without_printers=accept_without_printers,
+        policy=policy,
+        spools=kept.spools,
+        pending=kept.pending,
+        power_starts=power.starts_of(live, {s.id: s for s in slots}),
     )
+
+
+@attrs.frozen
+class UpkeepMemory:
+    """(issue 16) The stored upkeep state: bindings per printer, spools, the usage not yet
+    confirmed by Spoolman, counters (and why due) per printer."""
+
+    bindings: Mapping[str, tuple[int | None, ...]] = attrs.field(factory=dict)
+    spools: Mapping[int, SpoolInfo] = attrs.field(factory=dict)
+    pending: Sequence[PendingUsage] = ()
+    counters: Mapping[str, tuple[Counters, str | None, float | None]] = attrs.field(factory=dict)
+
+
+def _with_upkeep(slot: Slot, mem: UpkeepMemory) -> Slot:
+    bound = tuple(mem.bindings.get(slot.id, ()))[: max(slot.config.tools, 1)]
+    while bound and bound[-1] is None:
+        bound = bound[:-1]
+    counters, due, due_at = mem.counters.get(slot.id, (Counters(), None, None))
+    slot = attrs.evolve(slot, spools=bound, counters=counters, due=due, due_at=due_at)
+    return attrs.evolve(slot, capabilities=spools.capabilities(slot, mem.spools))

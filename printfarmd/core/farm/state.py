@@ -14,16 +14,19 @@ what is stored, monotonic seconds for timers and the watchdog).
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
 
 from printfarmd.config import PrinterConfig
 from printfarmd.core import retry as retry_rules
+from printfarmd.core.farm.upkeep_state import Counters, PendingUsage, Policy, SpoolInfo
 from printfarmd.core.queue import JobQueue
 from printfarmd.models import Capabilities, Job, JobState, Printer, PrinterState
 
+#: (issue 16) Parts of the state a ``Tx`` replaces whole with ``set``.
+UPKEEP_SCALARS = ("spools", "pending", "power_starts", "wakes")
 #: Idempotency keys the farm remembers in memory (older ones are found in the store).
 KEYS_IN_MEMORY = 10_000
 #: A printer that accepted a job and then reports idle this many monotonic seconds later
@@ -113,6 +116,18 @@ class Slot:
     #: The printer printed something the farm did not start: its plate is not known clear
     #: once it stops.
     outside: bool = False
+    #: (issue 16, stored) The Spoolman spool bound to each tool (``None``: no spool).
+    spools: tuple[int | None, ...] = ()
+    #: The materials the driver last reported loaded (an AMS, say; empty: the configured
+    #: ones), with ``loaded_colours`` index-aligned (``""``: unknown); with the bound
+    #: spools' they make ``capabilities`` (``spools.capabilities``).
+    loaded: tuple[str, ...] = ()
+    loaded_colours: tuple[str, ...] = ()
+    #: (issue 16, stored) Use since the last recorded maintenance, and why it is due
+    #: (``due``: a threshold was crossed at ``due_at``; cleared by recorded maintenance).
+    counters: Counters = attrs.field(factory=Counters)
+    due: str | None = None
+    due_at: float | None = None
 
     @classmethod
     def from_config(cls, config: PrinterConfig) -> Slot:
@@ -185,6 +200,10 @@ class FarmState:
         paused: bool = False,
         next_position: int = 1,
         accept_without_printers: bool = False,
+        policy: Policy | None = None,
+        spools: Mapping[int, SpoolInfo] | None = None,
+        pending: Iterable[PendingUsage] = (),
+        power_starts: Mapping[str, tuple[Any, ...]] | None = None,
     ) -> None:
         live = [j for j in jobs if is_live(j)]
         self.jobs: dict[str, Job] = {j.id: j for j in live}
@@ -204,6 +223,14 @@ class FarmState:
         self.retry_waiting: set[str] = {
             j.id for j in live if j.state is JobState.FAILED and j.retry_at is not None
         }
+        # (issue 16) Upkeep: the rules, what is known of the spools, the usage not yet
+        # confirmed by Spoolman, recent print starts per power group (``power.Start``) and the
+        # wake-up timers armed for dispatch (UTC times).
+        self.policy: Policy = policy or Policy()
+        self.spools: Mapping[int, SpoolInfo] = dict(spools or {})
+        self.pending: Mapping[str, PendingUsage] = {p.key: p for p in pending}
+        self.power_starts: Mapping[str, tuple[Any, ...]] = dict(power_starts or {})
+        self.wakes: frozenset[float] = frozenset()
 
     # ------------------------------------------------------------------ reads (FarmView)
 
@@ -254,6 +281,9 @@ class FarmState:
             self.running = s["running"]
         if "next_position" in s:
             self.next_position = s["next_position"]
+        for name in UPKEEP_SCALARS:
+            if name in s:
+                setattr(self, name, s[name])
         for key, value in tx.keys.items():
             self.keys[key] = value
             self.keys.move_to_end(key)
@@ -362,6 +392,33 @@ class Tx:
     def accept_without_printers(self) -> bool:
         return bool(self._scalar("accept_without_printers"))
 
+    # (issue 16) upkeep parts of the state; each is replaced whole by ``set``.
+    @property
+    def policy(self) -> Policy:
+        value: Policy = self._scalar("policy")
+        return value
+
+    @property
+    def spools(self) -> Mapping[int, SpoolInfo]:
+        value: Mapping[int, SpoolInfo] = self._scalar("spools")
+        return value
+
+    @property
+    def pending(self) -> Mapping[str, PendingUsage]:
+        value: Mapping[str, PendingUsage] = self._scalar("pending")
+        return value
+
+    @property
+    def power_starts(self) -> Mapping[str, tuple[Any, ...]]:
+        """Recent print starts per power group (``power.Start`` values)."""
+        value: Mapping[str, tuple[Any, ...]] = self._scalar("power_starts")
+        return value
+
+    @property
+    def wakes(self) -> frozenset[float]:
+        value: frozenset[float] = self._scalar("wakes")
+        return value
+
     def max_front(self) -> int:
         return int(self._scalar("max_front"))
 
@@ -404,7 +461,8 @@ class Tx:
         self.printers[printer_id] = None
 
     def set(self, name: str, value: Any) -> None:
-        """Set one of the scalars: settings, paused, running, next_position."""
+        """Set one of the scalars: settings, paused, running, next_position, and the
+        upkeep parts (``UPKEEP_SCALARS``)."""
         self.scalars[name] = value
 
     def allocate_position(self) -> int:

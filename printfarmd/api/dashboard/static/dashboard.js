@@ -32,6 +32,7 @@
     history: { entries: [], total: 0 },  // the loaded page(s) of GET /api/history
     stats: null,           // GET /api/stats
     historyTimer: null,
+    spoolman: false,       // Spoolman configured: tiles offer to bind a spool
   };
   const HISTORY_PAGE = 50;
   const OUTCOMES = ["completed", "cancelled", "interrupted", "error"];
@@ -144,6 +145,9 @@
       api("GET", "/api/orchestrator/status"),
     ]);
     state.printers = new Map(printers.printers.map((p) => [p.id, p]));
+    try {  // issue 16: spool binding from the tiles when Spoolman is configured
+      state.spoolman = (await api("GET", "/api/spools")).spoolman.enabled;
+    } catch (_e) { state.spoolman = false; }
     state.jobs = new Map(jobs.jobs.map((j) => [j.id, j]));
     state.paused = status.paused;
     state.lastSeq = status.last_event_seq;
@@ -315,6 +319,18 @@
         thumb.textContent = job ? "no preview" : "";
       }
       const actions = el("div", { class: "tile-actions" });
+      if (state.spoolman) {
+        actions.append(el("button", {
+          type: "button", class: "bind-spool quiet", text: "Spool\u2026",
+          onclick: () => bindSpool(p),
+        }));
+      }
+      if (p.maintenance_due) {
+        actions.append(el("button", {
+          type: "button", class: "record-maintenance", text: "Maintenance done…",
+          onclick: () => recordMaintenance(p),
+        }));
+      }
       if (!p.plate_clear && p.state !== "printing") {
         actions.append(el("button", {
           type: "button", class: "primary clear-plate", text: "Plate cleared",
@@ -335,6 +351,7 @@
           el("div", { class: "meta" },
             el("span", { class: "job", text: job ? jobLabel(job) : (p.current_job || "no job") }),
             el("span", { class: "material", text: `material: ${(p.materials || []).join(", ") || "none"}` }),
+            ...upkeepLines(p),
             el("span", { class: "eta", text: p.eta ? `ETA ${when(p.eta)}` : "" }),
             el("span", { class: "pct", text: p.state === "printing" ? `${pct.toFixed(1)} %` : "" }))),
         el("div", { class: "progress", role: "progressbar", "aria-valuenow": pct.toFixed(0),
@@ -343,6 +360,95 @@
         actions));
     }
     box.replaceChildren(...tiles);
+  }
+
+  // ------------------------------------------------------------------ upkeep (issue 16)
+
+  function spoolLines(p) {
+    // One line per bound spool: "spool 12: PETG 612 g left" with a colour swatch.
+    const out = [];
+    for (const t of p.spools || []) {
+      if (t.spool_id === null || t.spool_id === undefined) continue;
+      const tool = (p.spools.length > 1) ? `T${t.tool} ` : "";
+      let text = `${tool}spool ${t.spool_id}`;
+      if (!t.known) text += ": not read from Spoolman yet";
+      else if (t.missing) text += ": not in Spoolman any more";
+      else {
+        text += `: ${t.material || "?"}`;
+        if (t.remaining_g !== null && t.remaining_g !== undefined) text += ` ${Math.round(t.remaining_g)} g left`;
+        if (t.archived) text += " (archived)";
+      }
+      const line = el("span", { class: "spool", dataset: { spoolId: String(t.spool_id) } });
+      for (const c of t.colours || []) {
+        const sw = el("span", { class: "swatch", title: c });
+        if (/^#[0-9A-F]{6}$/.test(c)) sw.style.backgroundColor = c;
+        line.append(sw);
+      }
+      line.append(document.createTextNode(text));
+      out.push(line);
+    }
+    return out;
+  }
+
+  function bindSpool(p) {
+    const tools = (p.spools || []).length || 1;
+    let tool = 0;
+    if (tools > 1) {
+      const raw = window.prompt(`Tool of ${p.name || p.id} (0 to ${tools - 1})`, "0");
+      if (raw === null) return;
+      tool = Number(raw);
+      if (!Number.isInteger(tool)) { notice("Tool: enter a whole number", true); return; }
+    }
+    const raw = window.prompt(`Spoolman spool id for ${p.name || p.id} (empty: no spool)`, "");
+    if (raw === null) return;
+    const spool = raw.trim() === "" ? null : Number(raw);
+    if (spool !== null && !Number.isInteger(spool)) { notice("Spool: enter a spool id", true); return; }
+    act("Spool", async () => {
+      const np = await api("PUT", `/api/printers/${encodeURIComponent(p.id)}/spool`, { spool_id: spool, tool });
+      state.printers.set(np.id, np);
+      renderPrinters();
+    });
+  }
+
+  function recordMaintenance(p) {
+    const by = window.prompt(`Maintenance of ${p.name || p.id}: who did it?`);
+    if (!by || !by.trim()) return;
+    const work = window.prompt("What was done?");
+    if (!work || !work.trim()) return;
+    act("Record maintenance", async () => {
+      const np = await api("POST", `/api/printers/${encodeURIComponent(p.id)}/maintenance`, { by, work });
+      state.printers.set(np.id, np);
+      renderPrinters();
+    });
+  }
+
+  function upkeepLines(p) {
+    const lines = spoolLines(p);
+    if (p.maintenance_due) {
+      lines.push(el("span", { class: "due", text: `maintenance due: ${p.maintenance_due}` }));
+    }
+    if (p.waiting) lines.push(el("span", { class: "waiting", text: `waiting: ${p.waiting}` }));
+    return lines;
+  }
+
+  function money(cost) {
+    if (!cost || !cost.attempts || !cost.total) return "";
+    return `cost ${cost.total.toFixed(2)} ${cost.currency}`;
+  }
+
+  // Rules that hold printers and jobs (quiet hours, staggered starts, schedules) open
+  // with time, not with events: read printers and queued jobs again now and then.
+  async function refreshWaiting() {
+    try {
+      const [printers, queued] = await Promise.all([
+        api("GET", "/api/printers"),
+        api("GET", "/api/jobs?status=queued&limit=200&sort=created"),
+      ]);
+      for (const p of printers.printers) state.printers.set(p.id, p);
+      for (const j of queued.jobs) state.jobs.set(j.id, j);
+      renderPrinters();
+      renderJobs();
+    } catch (_e) { /* the next full load shows it */ }
   }
 
   function sortValue(job, key) {
@@ -450,8 +556,8 @@
           el("span", { class: "badge", dataset: { state: j.state }, text: j.state }),
           j.state === "printing" ? el("span", { class: "sub", text: ` ${Number(j.progress).toFixed(0)} %` }) : null,
           j.last_error && j.state === "failed" ? el("div", { class: "sub", text: j.last_error }) : null,
-          // Why a queued job has not gone to a printer yet (the API says).
-          j.waiting && j.state === "queued" ? el("div", { class: "sub waiting", text: j.waiting }) : null),
+          j.state === "queued" && j.waiting ? el("div", { class: "sub waiting", text: j.waiting }) : null,
+          money(j.cost) ? el("div", { class: "sub cost", text: money(j.cost) }) : null),
         el("td", { "data-label": "Printer", dataset: { col: "printer" }, text: j.printer_id || "" }),
         el("td", { "data-label": "SKU", dataset: { col: "sku" }, text: j.sku || "" }),
         el("td", { "data-label": "ETA", dataset: { col: "eta", eta: j.eta || "" }, text: eta }),
@@ -682,6 +788,7 @@
 
   // Relative ETAs age: redraw them now and then.
   setInterval(() => { if (!$("main").hidden) { renderPrinters(); renderJobs(); } }, 15000);
+  setInterval(() => { if (!$("main").hidden) refreshWaiting(); }, 10000);
 
   // ------------------------------------------------------------------ start
 
