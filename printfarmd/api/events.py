@@ -15,7 +15,7 @@ Wire format (``text/event-stream``):
 No gap, no duplicate: the stream subscribes to the bus *before* it replays from the store,
 then drops bus events whose seq it already sent. A subscriber that falls a full buffer
 (``server.sse_buffer``) behind is dropped by the bus and its connection is closed (see
-``streamguard``), so one stuck client never slows the farm or the other clients.
+``api/front.py``), so one stuck client never slows the farm or the other clients.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ import attrs
 import orjson
 import trio
 from quart import Blueprint, Response, request
-from quart_trio import QuartTrio
 
 from printfarmd.api.context import Services, client_address, services
+from printfarmd.api.front import StreamControl, control_of
 from printfarmd.api.jobs import check_job_id
 from printfarmd.api.serialize import event_json, iso, job_json
-from printfarmd.api.streamguard import StreamControl, StreamGuard, control_of
 from printfarmd.config import PRINTER_ID_RE
 from printfarmd.errors import BadRequest, Forbidden, NotFound
 from printfarmd.models import JOB_ID_RE, Event, Job, JobState
@@ -370,12 +369,3 @@ async def stream_job(job_id: str) -> Response:
     fields = _log_fields("job", EventFilter(job_id=job_id), None)
     log.info("event stream opened", extra=fields)
     return _sse_response(_job_stream(svc, job_id, control_of(request.scope), fields))
-
-
-def install(app: QuartTrio) -> None:
-    """Register the SSE routes and wrap the app in the stream guard."""
-    app.register_blueprint(bp)
-    app.asgi_app = StreamGuard(  # type: ignore[method-assign, assignment]
-        app.asgi_app,  # type: ignore[arg-type]
-        lambda: getattr(app, "nursery", None),
-    )
