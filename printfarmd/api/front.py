@@ -25,7 +25,8 @@ the test-only wire recorder (``wirelog``). In order, for HTTP:
    remembered for that connection (``Access``), so it is not hashed again per request;
 6. **fast routes** (``serve_get``): a few hot, read-only ``GET`` answers built without a
    Quart request (``/server/job_queue/status``): the same bytes and headers as through
-   Quart, a test compares the two. A request with a body always goes through Quart;
+   Quart, a test compares the two. A request that declares a body (even
+   ``Content-Length: 0``) always goes through Quart;
 7. on the way out: ``X-Content-Type-Options: nosniff`` and (unless the view set one)
    ``Cache-Control: no-store`` on every response, the CORS headers for an allowed
    origin; the last body message is sent **shielded** (a hypercorn/quart-trio race: when
@@ -112,7 +113,8 @@ def client_of(scope: Any) -> str | None:
 @attrs.define(slots=True)
 class Headers:
     """The request headers the front reads, each the first of its name (latin-1, as
-    werkzeug decodes them), and whether the request has a body."""
+    werkzeug decodes them), and whether the request declares a body (``Content-Length``
+    or ``Transfer-Encoding``, even an empty one)."""
 
     host: str | None = None
     api_key: str | None = None
@@ -141,7 +143,7 @@ class Headers:
             elif n == b"accept-encoding":
                 h.accept_encoding += value.decode("latin-1")
             elif n in (b"content-length", b"transfer-encoding"):
-                h.has_body = h.has_body or value.strip() not in (b"0", b"")
+                h.has_body = True  # declared, even if empty
         return h
 
 

@@ -53,7 +53,6 @@ class Facade:
         self.wire = QueueWire()
         #: Notification frames by (action, queue version, queue state), newest last.
         self._notified: dict[tuple[str, Any, str], bytes] = {}
-        self.notification_encodings = 0
         #: ``notify_history_changed`` frames by event seq (shared by every client).
         self.history_frames: dict[int, list[bytes]] = {}
         self.history_pending: dict[int, trio.Event] = {}
@@ -114,24 +113,14 @@ class Facade:
         """The ``notify_job_queue_changed`` frame for ``action`` as the queue is now.
 
         Encoded once per (action, queue version, queue state): every websocket client
-        notified of the same change gets the same bytes (``notification_encodings``
-        counts the encodings)."""
+        notified of the same change gets the same bytes."""
         state = self.queue_state()
         key = (action, self.svc.owner.queue.version, state)
         cached = self._notified.get(key)
         if cached is not None:
             return cached
         queue = b"null" if action == "state_changed" else self.queued_jobs_json()
-        frame = (
-            b'{"jsonrpc":"2.0","method":"notify_job_queue_changed","params":[{"action":"'
-            + action.encode()
-            + b'","updated_queue":'
-            + queue
-            + b',"queue_state":"'
-            + state.encode()
-            + b'"}]}'
-        )
-        self.notification_encodings += 1
+        frame = encode_queue_notification(action, queue, state)
         self._notified[key] = frame
         while len(self._notified) > NOTIFIED_KEEP:
             del self._notified[next(iter(self._notified))]
@@ -199,35 +188,46 @@ class QueueWire:
         self._version: Any = None
         #: Per queued job id: ``{"filename":..,"job_id":..,"time_added":..,"time_in_queue":``.
         self._entry: dict[str, bytes] = {}
-        self._heads: list[bytes] = []
+        #: The answer in pieces: ``[`` + entry, number, ``},`` + entry, number, ...,
+        #: ``}]``; the numbers' slots (odd indexes) are filled per request.
+        self._parts: list[bytes] = []
         self._since: list[float] = []
+        self._latest = 0.0
         self.encoded = 0
 
     def _update(self, queue: Any) -> None:
         jobs: list[Job] = queue.ordered()
         old = self._entry
         entry: dict[str, bytes] = {}
-        for job in jobs:
+        parts: list[bytes] = []
+        for i, job in enumerate(jobs):
             head = old.get(job.id)
             if head is None:
                 head = _entry_head(job)
                 self.encoded += 1
             entry[job.id] = head
+            parts += (b"}," if i else b"[") + head, b""
+        if parts:
+            parts.append(b"}]")
         self._entry = entry
-        self._heads = [entry[j.id] for j in jobs]
+        self._parts = parts
         self._since = [_queued_since(j) for j in jobs]
+        self._latest = max(self._since, default=0.0)
         self._version = queue.version
 
     def queued_jobs(self, queue: Any, now: float) -> bytes:
         """The array as JSON bytes, ``time_in_queue`` as of ``now`` (wall seconds)."""
         if queue.version != self._version:
             self._update(queue)
-        if not self._heads:
+        if not self._parts:
             return b"[]"
-        # One orjson call formats every number as the whole dict's encoding would.
-        numbers = orjson.dumps([max(now - since, 0.0) for since in self._since])
-        tails = numbers[1:-1].split(b",")
-        return b"[" + b"},".join(map(bytes.__add__, self._heads, tails)) + b"}]"
+        if now >= self._latest:
+            ages = [now - since for since in self._since]
+        else:  # the wall clock stepped back: no negative ages
+            ages = [max(now - since, 0.0) for since in self._since]
+        # One orjson call formats every number as encoding the whole dicts would.
+        self._parts[1:-1:2] = orjson.dumps(ages)[1:-1].split(b",")
+        return b"".join(self._parts)
 
 
 def _entry_head(job: Job) -> bytes:
@@ -259,6 +259,19 @@ def http_answer(
             ((b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")),
         )
     return b"application/json", body, ()
+
+
+def encode_queue_notification(action: str, queue: bytes, state: str) -> bytes:
+    """A ``notify_job_queue_changed`` frame; ``queue`` is the encoded ``updated_queue``."""
+    return (
+        b'{"jsonrpc":"2.0","method":"notify_job_queue_changed","params":[{"action":"'
+        + action.encode()
+        + b'","updated_queue":'
+        + queue
+        + b',"queue_state":"'
+        + state.encode()
+        + b'"}]}'
+    )
 
 
 def notify_frame(name: str, params: list[Any] | None) -> bytes:

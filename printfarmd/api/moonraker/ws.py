@@ -12,7 +12,9 @@ UIs do: Mainsail also closes a socket that is silent for 10 s), and
 
 Order: requests are answered one at a time, and a bus notification waits until no
 request is being answered, so a client always gets the response before the notification
-its change caused. Responses and notifications share one outgoing channel.
+its change caused. The request loop sends its answers itself; notifications go through
+one bounded outgoing channel and its writer task (a client too slow to take them is
+closed). Each notification is encoded once for every client (``Facade.queue_notification``).
 """
 
 from __future__ import annotations
@@ -258,13 +260,15 @@ async def serve(facade: Facade) -> Response | None:
                         data: Any = await websocket.receive()
                         limit = MAX_FRAME if conn.authenticated else MAX_ANONYMOUS_FRAME
                         if _size(data) > limit:
-                            await send.send(frame_too_large(limit))
+                            await websocket.send(frame_too_large(limit).decode())
                             continue
                         conn.busy = True
                         try:
                             reply = await rpc.dispatch(caller, data, authorized)
                             if reply is not None:
-                                await send.send(reply)
+                                # Straight out, not through the notifications' writer: one
+                                # task switch less per answer. Frames go out whole either way.
+                                await websocket.send(reply.decode("utf-8"))
                         finally:
                             conn.busy = False
                             conn.idle.set()
