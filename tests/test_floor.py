@@ -130,6 +130,11 @@ def test_the_wire_form_encodes_each_job_once_and_matches_a_plain_encoding() -> N
     early = 1_700_000_500.0
     assert wire.queued_jobs(queue, early) == plain(queue.ordered(), early)
     assert wire.queued_jobs(JobQueue(), now) == b"[]"
+    # Jobs queued in batches share their queue time: one number per batch.
+    for batches in (1, 3):
+        batched = JobQueue(job(i, 1_700_000_100.0 + i % batches) for i in range(40))
+        for at in (now, early, 1_700_000_101.5):
+            assert wire.queued_jobs(batched, at) == plain(batched.ordered(), at)
 
 
 async def test_a_verified_key_is_remembered_for_its_connection(

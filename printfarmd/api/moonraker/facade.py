@@ -99,15 +99,25 @@ class Facade:
         """The ``queued_jobs`` array as JSON, ``time_in_queue`` computed now."""
         return self.wire.queued_jobs(self.svc.owner.queue, self._wall())
 
+    def status_pieces(self, before: bytes = b"", after: bytes = b"") -> list[bytes]:
+        """``before`` + the status object + ``after``, in pieces to join at once (one copy
+        of a large queue instead of one per wrapping). A list of its own: it stays valid."""
+        state = self.queue_state().encode()
+        return [
+            before + b'{"queued_jobs":',
+            *self.wire.pieces(self.svc.owner.queue, self._wall()),
+            b',"queue_state":"' + state + b'"}' + after,
+        ]
+
     def status_json(self) -> bytes:
         """``{"queued_jobs": [...], "queue_state": ...}`` as JSON bytes."""
-        state = self.queue_state().encode()
-        return b'{"queued_jobs":' + self.queued_jobs_json() + b',"queue_state":"' + state + b'"}'
+        return b"".join(self.status_pieces())
 
     def fast_status(self, scope: Any, headers: Any) -> tuple[bytes, bytes, Any]:
         """``GET /server/job_queue/status`` answered by the front (no Quart request): the
         same bytes and headers as the route's view (``http._wrap``)."""
-        return http_answer(b'{"result":' + self.status_json() + b"}", headers.accept_encoding)
+        body = b"".join(self.status_pieces(b'{"result":', b"}"))
+        return http_answer(body, headers.accept_encoding)
 
     def queue_notification(self, action: str) -> bytes:
         """The ``notify_job_queue_changed`` frame for ``action`` as the queue is now.
@@ -185,6 +195,8 @@ class QueueWire:
     """
 
     def __init__(self) -> None:
+        #: The queue (and its version) the pieces were made for.
+        self._queue: Any = None
         self._version: Any = None
         #: Per queued job id: ``{"filename":..,"job_id":..,"time_added":..,"time_in_queue":``.
         self._entry: dict[str, bytes] = {}
@@ -193,6 +205,9 @@ class QueueWire:
         self._parts: list[bytes] = []
         self._since: list[float] = []
         self._latest = 0.0
+        #: With few distinct queue times: those times, and each job's index into them.
+        self._distinct: list[float] = []
+        self._groups: list[int] | None = None
         self.encoded = 0
 
     def _update(self, queue: Any) -> None:
@@ -211,23 +226,46 @@ class QueueWire:
             parts.append(b"}]")
         self._entry = entry
         self._parts = parts
-        self._since = [_queued_since(j) for j in jobs]
-        self._latest = max(self._since, default=0.0)
+        self._since = since = [_queued_since(j) for j in jobs]
+        self._latest = max(since, default=0.0)
+        distinct = sorted(set(since))
+        if len(distinct) * 2 <= len(since):
+            where = {t: i for i, t in enumerate(distinct)}
+            self._distinct = distinct
+            self._groups = [where[t] for t in since]
+        else:
+            self._distinct, self._groups = [], None
         self._version = queue.version
+        self._queue = queue
 
     def queued_jobs(self, queue: Any, now: float) -> bytes:
         """The array as JSON bytes, ``time_in_queue`` as of ``now`` (wall seconds)."""
-        if queue.version != self._version:
+        return b"".join(self.pieces(queue, now))
+
+    def pieces(self, queue: Any, now: float) -> list[bytes]:
+        """The array's bytes in pieces (join them for the JSON): this object's own list,
+        valid until the next call, so join or copy it before any checkpoint."""
+        if queue is not self._queue or queue.version != self._version:
             self._update(queue)
-        if not self._parts:
-            return b"[]"
+        parts = self._parts
+        if not parts:
+            return [b"[]"]
+        if self._groups is not None:
+            # Few distinct queue times (jobs queued in batches): one number per batch.
+            ages = [max(now - since, 0.0) for since in self._distinct]
+            texts = orjson.dumps(ages)[1:-1].split(b",")
+            if len(texts) == 1:
+                parts[1:-1:2] = texts * len(self._since)
+            else:
+                parts[1:-1:2] = map(texts.__getitem__, self._groups)
+            return parts
         if now >= self._latest:
             ages = [now - since for since in self._since]
         else:  # the wall clock stepped back: no negative ages
             ages = [max(now - since, 0.0) for since in self._since]
         # One orjson call formats every number as encoding the whole dicts would.
-        self._parts[1:-1:2] = orjson.dumps(ages)[1:-1].split(b",")
-        return b"".join(self._parts)
+        parts[1:-1:2] = orjson.dumps(ages)[1:-1].split(b",")
+        return parts
 
 
 def _entry_head(job: Job) -> bytes:

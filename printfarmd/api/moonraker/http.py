@@ -89,7 +89,7 @@ def _wrap(result: Any) -> Response:
     if result is None:
         return Response(b"", status=204)
     content_type, body, extra = http_answer(
-        b'{"result":' + rpc.encode(result) + b"}", request.headers.get("Accept-Encoding", "")
+        rpc.wrap(result, b'{"result":', b"}"), request.headers.get("Accept-Encoding", "")
     )
     resp = Response(body, status=200, content_type=content_type.decode())
     for name, value in extra:
