@@ -235,6 +235,8 @@ async def serve(facade: Facade) -> Response | None:
             content_type="application/json",
         )
     await websocket.accept()
+    # The request's own websocket object: no context lookup per frame.
+    sock = websocket._get_current_object()  # type: ignore[attr-defined]
     send, recv = trio.open_memory_channel[bytes](OUT_BUFFER)
     with trio.CancelScope() as scope:
         conn = Connection(facade.next_connection_id(), peer, authenticated, send, scope)
@@ -257,10 +259,10 @@ async def serve(facade: Facade) -> Response | None:
 
                     nursery.start_soon(forward_then_close)
                     while True:
-                        data: Any = await websocket.receive()
+                        data: Any = await sock.receive()
                         limit = MAX_FRAME if conn.authenticated else MAX_ANONYMOUS_FRAME
                         if _size(data) > limit:
-                            await websocket.send(frame_too_large(limit).decode())
+                            await sock.send(frame_too_large(limit).decode())
                             continue
                         conn.busy = True
                         try:
@@ -268,7 +270,7 @@ async def serve(facade: Facade) -> Response | None:
                             if reply is not None:
                                 # Straight out, not through the notifications' writer: one
                                 # task switch less per answer. Frames go out whole either way.
-                                await websocket.send(reply.decode("utf-8"))
+                                await sock.send(reply.decode("utf-8"))
                         finally:
                             conn.busy = False
                             conn.idle.set()
