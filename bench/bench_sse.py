@@ -100,6 +100,8 @@ class Result:
     delivery_p99_ms: float
     all_p50_ms: float
     all_p99_ms: float
+    ack_p50_ms: float
+    ack_p99_ms: float
     daemon_cpu_ms_per_event: float
     daemon_cpu_us_per_delivery: float
     client_cpu_ms_per_event: float
@@ -164,10 +166,12 @@ async def measure(
             nursery.start_soon(read_reference)
             cpu0 = cpu_seconds(pid)
             own0 = time.process_time()
+            acked: list[float] = []
             for k in range(n_events):
                 r = await api.post(
                     "/api/orchestrator/reprioritize", json={"jobId": job, "priority": k % 50}
                 )
+                acked.append(time.time())
                 assert r.status_code == 200, r.text
                 await trio.sleep(gap)
             if server == "printfarmd":
@@ -186,6 +190,9 @@ async def measure(
         await c.aclose()
     per_delivery: list[float] = []
     to_all: list[float] = []
+    # The change's answer came back this long after its ``at`` (commit, publish, answer).
+    ats = [sent_at[q] for q in sorted(sent_at)]
+    ack = [(t - at) * 1000 for t, at in zip(acked, ats, strict=False)]
     missed = 0
     for seq, at in sent_at.items():
         times = [got[seq] for got in received if seq in got]
@@ -203,6 +210,8 @@ async def measure(
         delivery_p99_ms=round(pct(per_delivery, 99), 2),
         all_p50_ms=round(statistics.median(to_all), 2),
         all_p99_ms=round(pct(to_all, 99), 2),
+        ack_p50_ms=round(statistics.median(ack), 2) if ack else float("nan"),
+        ack_p99_ms=round(pct(ack, 99), 2) if ack else float("nan"),
         daemon_cpu_ms_per_event=round(cpu * 1000 / n_events, 2),
         daemon_cpu_us_per_delivery=round(cpu * 1e6 / (n_events * (n_clients + 1)), 1),
         client_cpu_ms_per_event=round(own * 1000 / n_events, 2),
@@ -266,7 +275,7 @@ def row(r: Result) -> str:
         f"{r.all_p50_ms:>8.2f} ms {r.all_p99_ms:>7.2f} ms {r.rss_idle_mb:>6.1f} MB "
         f"{r.rss_connected_mb:>7.1f} MB {r.daemon_cpu_ms_per_event:>7.2f} ms "
         f"{r.daemon_cpu_us_per_delivery:>8.1f} us {r.client_cpu_ms_per_event:>9.2f} ms "
-        f"{r.missed:>7}"
+        f"{r.missed:>7} {r.ack_p50_ms:>8.2f} ms {r.ack_p99_ms:>8.2f} ms"
     )
 
 
@@ -314,7 +323,7 @@ def main() -> int:
     print(
         f"{'server':>10} {'clients':>7} {'delivery p50':>13} {'p99':>10} {'to all p50':>11} "
         f"{'p99':>10} {'RSS idle':>9} {'RSS conn.':>10} {'CPU/event':>10} {'CPU/deliv.':>11} "
-        f"{'bench CPU/ev':>12} {'missed':>7}"
+        f"{'bench CPU/ev':>12} {'missed':>7} {'answer p50':>11} {'p99':>11}"
     )
     for r in results:
         print(row(r))

@@ -31,7 +31,7 @@ import trio
 from quart import Blueprint, Response, request
 
 from printfarmd.api.context import Services, client_address, services
-from printfarmd.api.front import StreamControl, control_of
+from printfarmd.api.front import StreamControl, control_of, stream_response
 from printfarmd.api.jobs import check_job_id
 from printfarmd.api.serialize import event_json, iso, job_json
 from printfarmd.config import PRINTER_ID_RE
@@ -183,6 +183,11 @@ def _log_fields(stream: str, filt: EventFilter, last_id: int | None) -> dict[str
 
 
 def _sse_response(body: AsyncIterator[bytes]) -> Response:
+    """The stream's response; the front writes ``body`` itself (``stream_response``)."""
+    return stream_response(request.scope, body, _sse_head)
+
+
+def _sse_head(body: AsyncIterator[bytes]) -> Response:
     resp = Response(body, status=200, content_type="text/event-stream; charset=utf-8")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
@@ -217,7 +222,15 @@ class _Ended(Exception):
 async def _next(recv: trio.MemoryReceiveChannel[Message], heartbeat: float) -> Message | None:
     """The next message, or ``None`` after ``heartbeat`` seconds of silence.
 
-    Raises ``_Ended`` when the bus ended the subscription. A checkpoint."""
+    Raises ``_Ended`` when the bus ended the subscription. A checkpoint only when it has
+    to wait: a stream that is behind takes its next message at once (its write to the
+    client, right after, is the checkpoint), with no timer set up per message."""
+    try:
+        return recv.receive_nowait()
+    except trio.WouldBlock:
+        pass
+    except (trio.EndOfChannel, trio.ClosedResourceError):
+        raise _Ended from None
     with trio.move_on_after(heartbeat):
         try:
             return await recv.receive()
@@ -230,7 +243,7 @@ async def _next_batch(recv: trio.MemoryReceiveChannel[Message], heartbeat: float
     """Every message waiting (at least one, at most ``BATCH_MAX``), or ``[]`` after
     ``heartbeat`` seconds of silence: a burst goes out as one write, not one per event.
 
-    Raises ``_Ended`` when the bus ended the subscription. A checkpoint."""
+    Raises ``_Ended`` when the bus ended the subscription. A checkpoint when it waits."""
     first = await _next(recv, heartbeat)
     if first is None:
         return []

@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import attrs
@@ -65,12 +65,16 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+R = TypeVar("R")
 
 #: Scope keys: the access decision (None on a public route) and the client address.
 DECISION_KEY = "printfarmd.decision"
 CLIENT_KEY = "printfarmd.client"
 #: The ASGI scope key under which a request finds its ``StreamControl``.
 STREAM_KEY = "printfarmd.stream_control"
+#: Whether the front can write an event stream itself (True), and the stream's source.
+HANDOFF_KEY = "printfarmd.stream_handoff"
+SOURCE_KEY = "printfarmd.stream_source"
 #: Paths answered whatever the connection count.
 ALWAYS_ANSWERED = frozenset({"/api/health"})
 #: Path prefixes answered in Moonraker's shapes (errors included).
@@ -271,6 +275,51 @@ class _Writer:
             self.done.set()
 
 
+@attrs.define(eq=False)
+class _Streamer:
+    """Writes one event stream: the response start, then each chunk ``source`` yields,
+    straight to the server from this task (no per-chunk hop through the request's task),
+    then the end. The request's task only waits for ``done`` (cancellable: an abort ends
+    the request, hypercorn closes the connection, and a send blocked here wakes)."""
+
+    _send: Send
+    _start: Message
+    _source: AsyncIterator[bytes]
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(self) -> None:
+        source = self._source
+        try:
+            await self._send(self._start)
+            async for chunk in source:
+                await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await self._send({"type": "http.response.body", "body": b""})
+        except Exception as exc:  # the connection failed under us: nothing left to do
+            log.debug("stream writer ended", extra={"reason": repr(exc)})
+        finally:
+            self.done.set()
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
+
+
+def stream_response(scope: Any, source: AsyncIterator[bytes], response: Callable[[Any], R]) -> R:
+    """An event-stream response whose body ``source`` the front writes itself, from one
+    task per stream (see ``_Streamer``): ``response(body)`` builds the view's response,
+    here with an empty body. Without the front's writer nursery (no lifespan), ``source``
+    is the body and Quart writes it."""
+    if isinstance(scope, dict) and scope.get(HANDOFF_KEY):
+        scope[SOURCE_KEY] = source
+        return response(_no_body())
+    return response(source)
+
+
 # ---------------------------------------------------------------- the middleware
 
 
@@ -467,13 +516,18 @@ class Front:
         self, scope: Scope, receive: Receive, send: Send, finish: Callable[[list[Any]], None]
     ) -> None:
         """The app, with a ``send`` that finishes the headers, shields the last body and
-        hands an event stream to its own writer task."""
+        writes an event stream from its own task (``stream_response``)."""
         control = StreamControl()
         scope[STREAM_KEY] = control
+        nursery = self._nursery_of()
+        scope[HANDOFF_KEY] = nursery is not None
         writer: _Writer | None = None
+        streamer: _Streamer | None = None
 
         async def outgoing(message: Message) -> None:
-            nonlocal writer
+            nonlocal writer, streamer
+            if streamer is not None:
+                return  # the view's own (empty) body: the streamer writes the real one
             if writer is not None:
                 if not await writer.put(message):
                     control.abort()
@@ -484,8 +538,12 @@ class Front:
                 headers = list(message.get("headers", ()))
                 finish(headers)
                 message = {**message, "headers": headers}
-                nursery = self._nursery_of()
                 if nursery is not None and _is_event_stream(headers):
+                    source = scope.pop(SOURCE_KEY, None)
+                    if source is not None:
+                        streamer = _Streamer(lambda m: _send_last(send, m), message, source)
+                        nursery.start_soon(streamer.run)
+                        return
                     writer = _Writer.around(lambda m: _send_last(send, m))
                     nursery.start_soon(writer.run)
                     if not await writer.put(message):
@@ -499,6 +557,8 @@ class Front:
         with control._scope:
             try:
                 await self.app(scope, receive, outgoing)
+                if streamer is not None:
+                    await streamer.done.wait()
             finally:
                 if writer is not None:
                     writer.close()
