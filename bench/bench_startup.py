@@ -9,8 +9,14 @@ until it answers 200 with ``{"status": "ok"}``, waits ``--idle`` seconds, reads
 ``VmRSS`` (and the peak, ``VmHWM``) from ``/proc/<pid>/status``, then stops it with
 SIGTERM (the time to exit is reported too). Medians of ``--runs`` runs per case.
 
-Cases (all with 20 simulated printers, ``dispatch_paused = true`` so nothing prints,
-periodic backups off):
+Cases:
+
+- demo: the demo farm, ``config.example.toml`` as shipped (3 simulated printers printing
+  at once, 6 demo jobs submitted on the first start) with only its port and folders moved,
+  from a fresh data folder each run (what a new user starts first).
+
+Then, with 20 simulated printers, ``dispatch_paused = true`` so nothing prints, periodic
+backups off:
 
 - A: an empty database (schema created by one earlier, unmeasured start);
 - B: ``--jobs`` jobs already in the database, 4 events each. Built without REST: one
@@ -39,6 +45,7 @@ import http.client
 import json
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -190,6 +197,51 @@ def daemon_run(
         stop = time.perf_counter() - t0
     if status != 0:
         raise RuntimeError(f"daemon exited with {status} after SIGTERM:\n{d.log()}")
+    return {"seconds": ready, "rss_kb": mem["VmRSS"], "peak_rss_kb": mem["VmHWM"], "stop_s": stop}
+
+
+def demo_config(folder: Path) -> tuple[Path, int]:
+    """``config.example.toml`` (the demo farm: simulated printers printing at once, the
+    demo jobs submitted on the first start) with only its port, data and gcodes folders
+    moved, as ``tests/test_docs.py`` runs it; a fresh data folder each time."""
+    text = (REPO / "config.example.toml").read_text()
+    port = free_port()
+    data = folder / f"demo-data-{port}"
+    text = re.sub(r"(?m)^port = 7125$", f"port = {port}", text, count=1)
+    text = re.sub(r'(?m)^data_dir = "data"$', f'data_dir = "{data}"', text, count=1)
+    text = re.sub(
+        r'(?m)^gcodes_dir = "demo/gcodes"$', f'gcodes_dir = "{REPO / "demo" / "gcodes"}"', text
+    )
+    path = folder / f"demo-{port}.toml"
+    path.write_text(text)
+    return path, port
+
+
+def demo_run(folder: Path, idle: float) -> dict[str, float]:
+    """The demo farm from a fresh data folder, measured like the other cases."""
+    path, port = demo_config(folder)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "printfarmd", "serve", "--config", str(path)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready = wait_http_ok(port, proc=proc, poll=POLL) - t0
+        time.sleep(idle)
+        mem = rss_kb(proc.pid)
+        t1 = time.perf_counter()
+        proc.terminate()
+        status = proc.wait(timeout=15)
+        stop = time.perf_counter() - t1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=15)
+    if status != 0:
+        raise RuntimeError(f"demo farm exited with {status} after SIGTERM")
     return {"seconds": ready, "rss_kb": mem["VmRSS"], "peak_rss_kb": mem["VmHWM"], "stop_s": stop}
 
 
@@ -369,6 +421,7 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
             "import_printfarmd": [],
             "http_server": [],
             "bare_stack": [],
+            "demo": [],
             "A": [],
             "B": [],
         }
@@ -380,6 +433,7 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
             )
             cases["http_server"].append(server_run(HTTP_SERVER_BASELINE, root, idle))
             cases["bare_stack"].append(server_run(BARE_STACK_BASELINE, root, idle))
+            cases["demo"].append(demo_run(root, idle))
             cases["A"].append(daemon_run(folder_a, data_a, idle, i, None))
             cases["B"].append(daemon_run(folder_b, built["data_dir"], idle, i, check_b_once))
 
@@ -401,7 +455,7 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
                     "time_to_200": ratio(summary[case]["seconds"], summary[base]["seconds"]),
                     "idle_rss": ratio(summary[case]["rss_kb"], summary[base]["rss_kb"]),
                 }
-                for case in ("A", "B")
+                for case in ("demo", "A", "B")
                 for base in ("http_server", "bare_stack")
             }
             | {
@@ -460,6 +514,7 @@ def print_report(r: dict[str, Any]) -> None:
         "import_printfarmd": "import printfarmd.cli+daemon (to end)",
         "http_server": "stdlib http.server baseline",
         "bare_stack": "bare quart-trio + hypercorn app",
+        "demo": "demo farm (config.example.toml)",
         "A": "A: printfarmd, 20 printers, empty db",
         "B": f"B: printfarmd, 20 printers, {b['jobs']:,} jobs",
     }

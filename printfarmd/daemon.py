@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -37,7 +38,6 @@ from printfarmd.api.moonraker import ws
 from printfarmd.config import Config, load_config
 from printfarmd.core.farm.inputs import JobRequest
 from printfarmd.drivers import make_driver
-from printfarmd.drivers.mqtt import MqttHub, open_mqtt_hub
 from printfarmd.errors import ConfigError, DatabaseDamaged, FarmError
 from printfarmd.logs import setup_logging
 from printfarmd.services.backups import Backups
@@ -47,6 +47,9 @@ from printfarmd.services.owner import Owner
 from printfarmd.services.retention import Retention
 from printfarmd.services.watchdog import Watchdog
 from printfarmd.store import Store, open_store
+
+if TYPE_CHECKING:
+    from printfarmd.drivers.mqtt import MqttHub
 
 log = logging.getLogger("printfarmd")
 
@@ -141,8 +144,13 @@ async def _run(
     task_status: trio.TaskStatus[Running],
 ) -> None:
     bus = Bus()
-    # One broker link for every MQTT printer (issue 4); None when MQTT is off.
-    mqtt_hub = open_mqtt_hub(config)
+    # One broker link for every MQTT printer (issue 4); None when MQTT is off. Imported
+    # only then (issue 17: nothing the first request does not need).
+    mqtt_hub: MqttHub | None = None
+    if config.mqtt.host.strip():
+        from printfarmd.drivers.mqtt import open_mqtt_hub
+
+        mqtt_hub = open_mqtt_hub(config)
     drivers = {p.id: make_driver(p, mqtt_hub=mqtt_hub) for p in config.printers}
     owner = Owner(config=config, store=store, bus=bus, drivers=drivers)
     notifier = Notifier(

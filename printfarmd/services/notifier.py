@@ -29,10 +29,9 @@ import ssl
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
-import httpx
 import orjson
 import trio
 
@@ -44,6 +43,9 @@ from printfarmd.core.notify import Channel, Delivery, DeliveryPolicy, DeliverySt
 from printfarmd.errors import FarmError
 from printfarmd.models import Job
 from printfarmd.store.store import Store
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("printfarmd.notifier")
 
@@ -157,13 +159,6 @@ class Notifier:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Resume pending deliveries, report ready, then serve escalations until cancelled."""
-        client = httpx.AsyncClient(
-            transport=self._transport,
-            timeout=self.config.webhook_timeout,
-            headers={"User-Agent": f"printfarmd/{__version__}"},
-            follow_redirects=False,
-        )
-        self._http = client
         try:
             async with trio.open_nursery() as nursery:
                 await self._resume(nursery)
@@ -171,8 +166,23 @@ class Notifier:
                 async for job in self._recv:
                     await self._open(job, nursery)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await client.aclose()
+            if self._http is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await self._http.aclose()
+
+    def _client(self) -> httpx.AsyncClient:
+        """The webhook client, made (and httpx imported) on the first webhook: a farm's
+        start needs neither (issue 17)."""
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(
+                transport=self._transport,
+                timeout=self.config.webhook_timeout,
+                headers={"User-Agent": f"printfarmd/{__version__}"},
+                follow_redirects=False,
+            )
+        return self._http
 
     async def _resume(self, nursery: trio.Nursery) -> None:
         configured = {(t.channel, t.address) for t in self.targets()}
@@ -329,11 +339,13 @@ class Notifier:
             return f"internal error: {type(exc).__name__}"
 
     async def _post_webhook(self, d: Delivery) -> str | None:
-        assert self._http is not None
+        client = self._client()
+        import httpx
+
         body = d.payload.encode()
         headers = notify.webhook_headers(body, self.config.webhook_secret, d.id)
         try:
-            resp = await self._http.post(d.address, content=body, headers=headers)
+            resp = await client.post(d.address, content=body, headers=headers)
         except httpx.TimeoutException:
             return f"timed out after {self.config.webhook_timeout:g} s"
         except httpx.HTTPError as exc:
