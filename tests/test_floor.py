@@ -237,3 +237,17 @@ async def _compare(farm: LiveFarm, fast: list[int], accept: str) -> None:
     assert fast_headers["cache-control"] == ["no-store"]
     assert (fast_headers.get("content-encoding") == ["gzip"]) == (accept == "gzip")
     assert _queue_of(fast_body, fast_headers) == _queue_of(slow_body, slow_headers)
+
+
+async def test_the_metadata_cache_is_warm_after_start_without_a_request(tmp_path: Path) -> None:
+    from printfarmd.services import files
+
+    config = make_config(tmp_path, (sim_printer("p1"),), dispatch_paused=True)
+    async with live_farm(config) as farm:
+        assert farm.owner.ready  # serving and dispatching: start did not wait for it
+        root = config.gcodes_path.resolve()
+        wanted = {str(root / f.path) for f in files.list_gcodes(root)}
+        assert len(wanted) >= 5
+        with trio.fail_after(20):
+            while not wanted <= {key[0] for key in list(files._meta_cache)}:
+                await trio.sleep(0.02)
