@@ -249,5 +249,5 @@ async def test_the_metadata_cache_is_warm_after_start_without_a_request(tmp_path
         wanted = {str(root / f.path) for f in files.list_gcodes(root)}
         assert len(wanted) >= 5
         with trio.fail_after(20):
-            while not wanted <= {key[0] for key in list(files._meta_cache)}:
+            while not wanted <= {key[0] for key in list(files._meta_cache)}:  # noqa: ASYNC110
                 await trio.sleep(0.02)

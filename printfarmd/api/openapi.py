@@ -1,21 +1,27 @@
 """The OpenAPI 3.1 document of the REST API, served at ``/api/openapi.json``.
 
-A test compares its paths and methods with the app's routes both ways, so a route
-cannot be added without documenting it (or documented without existing).
+The request bodies and the domain response objects are the contract's (``api/shapes.py``,
+``api/contract.py``): declared once, parsed and serialized by the handlers through the
+same declarations. This module adds the operations (``PATHS``: summary, parameters,
+responses; an operation names its body with ``body("Shape")``) and the aggregate
+responses (``STATIC_SCHEMAS``). ``tests/test_api.py`` compares the paths and methods with
+the app's routes both ways; ``tests/test_contract.py`` checks the handlers against the
+document field by field.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from quart import Blueprint, Response
 
 from printfarmd import __version__
 from printfarmd.api.context import services
+from printfarmd.api.contract import Limits, request_schema
 from printfarmd.api.respond import json_response
+from printfarmd.api.shapes import FILE_NAME, JOB_ID_PATTERN, REQUESTS, RESPONSES
 from printfarmd.config import SchedulerConfig
-from printfarmd.models import JobState, PrinterState
+from printfarmd.models import JobState
 from printfarmd.store.history import STATUSES as HISTORY_STATUSES
 
 bp = Blueprint("openapi", __name__)
@@ -23,37 +29,17 @@ bp = Blueprint("openapi", __name__)
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 _TS = {"type": ["string", "null"], "format": "date-time"}
-#: What ``JOB_ID_RE`` accepts; any other id is answered 404 (path) or 422 (body).
-_JOB_ID_PATTERN = "^[0-9A-F]{16}$"
+_JOB_ID_PATTERN = JOB_ID_PATTERN
 #: Largest page offset the list endpoints accept (SQLite's OFFSET is a 64-bit integer).
 MAX_OFFSET = 10**9
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}
-#: Request strings never carry NUL (``validate.opt_str`` answers 400).
-_NO_NUL = "^[^\\u0000]*$"
-_SEGMENT = "[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,253}[A-Za-z0-9_-])?"
-#: File names: the portable subset of what ``services.files.check_relative_name`` accepts
-#: (it also takes other printable Unicode; it refuses control characters, backslashes,
-#: absolute paths, dot segments, segments ending in a dot or space, percent escapes).
-_FILE_NAME = {
-    "type": "string",
-    "maxLength": 1024,
-    "pattern": f"^(?:{_SEGMENT}/)*{_SEGMENT}$",
-    "description": "path relative to the gcodes folder, e.g. parts/benchy.gcode",
-}
+_FILE_NAME = FILE_NAME
 
 
 #: ``Idempotency-Key``: 1 to 200 printable Latin-1 characters (headers are Latin-1),
 #: no space at either end (HTTP strips it).
 _KEY_CHAR = "!-~\\u00a1-\\u00ac\\u00ae-\\u00ff"
 _IDEMPOTENCY_KEY = f"^[{_KEY_CHAR}](?:[ {_KEY_CHAR}]{{0,198}}[{_KEY_CHAR}])?$"
-
-
-def _text(max_length: int | None = None, **extra: Any) -> dict[str, Any]:
-    """A request string: no NUL, at most ``max_length`` characters."""
-    schema: dict[str, Any] = {"type": "string", "pattern": _NO_NUL, **extra}
-    if max_length is not None:
-        schema["maxLength"] = max_length
-    return schema
 
 
 #: Event sequence numbers are SQLite integers.
@@ -68,9 +54,9 @@ _STATE = "|".join(s.value for s in JobState)
 _STATE_LIST = f"^(({_STATE})(,({_STATE}))*)?$"
 #: The priority bound the document states; the served copy states the configured one.
 DEFAULT_MAX_PRIORITY = SchedulerConfig().max_priority
-_PRIORITY = {"type": "integer", "minimum": -DEFAULT_MAX_PRIORITY, "maximum": DEFAULT_MAX_PRIORITY}
+_DEFAULT_LIMITS = Limits(DEFAULT_MAX_PRIORITY)
 
-SCHEMAS: dict[str, Any] = {
+STATIC_SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -88,96 +74,12 @@ SCHEMAS: dict[str, Any] = {
             }
         },
     },
-    "Job": {
-        "type": "object",
-        "required": ["id", "filename", "state", "priority", "copies", "progress", "created_at"],
-        "properties": {
-            "id": {"type": "string", "pattern": _JOB_ID_PATTERN},
-            "filename": {"type": "string"},
-            "name": {"type": "string"},
-            "state": {"type": "string", "enum": [s.value for s in JobState]},
-            "priority": {"type": "integer"},
-            "position": {"type": "integer"},
-            "jumped": {"type": "boolean"},
-            "copies": {"type": "integer", "minimum": 1},
-            "copy_index": {"type": "integer", "minimum": 1},
-            "group_id": {"type": "string"},
-            "material": _NULLABLE_STR,
-            "nozzle_diameter": _NULLABLE_NUM,
-            "required_tags": {"type": "array", "items": {"type": "string"}},
-            "min_bed": {"type": ["array", "null"], "items": {"type": "number"}},
-            "sku": _NULLABLE_STR,
-            "estimated_time": _NULLABLE_NUM,
-            "printer_id": _NULLABLE_STR,
-            "retry_count": {"type": "integer"},
-            "failed_printers": {"type": "array", "items": {"type": "string"}},
-            "progress": {"type": "number", "minimum": 0, "maximum": 100},
-            "eta": _TS,
-            "retry_at": _TS,
-            "created_at": _TS,
-            "updated_at": _TS,
-            "queued_at": _TS,
-            "started_at": _TS,
-            "finished_at": _TS,
-            "last_error": _NULLABLE_STR,
-            "tracking": _NULLABLE_STR,
-            "source": {"type": "string"},
-        },
-    },
-    "JobCreate": {
-        "type": "object",
-        "required": ["filename"],
-        "additionalProperties": False,
-        "properties": {
-            "filename": _FILE_NAME,
-            "name": _text(200),
-            "priority": {**_PRIORITY, "description": "higher prints first"},
-            "copies": {"type": "integer", "minimum": 1, "maximum": 100},
-            "material": _text(32),
-            "nozzle_diameter": {"type": "number", "minimum": 0.05, "maximum": 5},
-            "required_tags": {
-                "type": "array",
-                "items": _text(64, minLength=1),
-                "maxItems": 20,
-            },
-            "min_bed": {
-                "type": "array",
-                "items": {"type": "number", "minimum": 0, "maximum": 10000},
-                "minItems": 3,
-                "maxItems": 3,
-            },
-            "sku": _text(100),
-            "estimated_time": {"type": "number", "minimum": 0, "maximum": 30 * 86400},
-        },
-    },
     "JobList": {
         "type": "object",
         "required": ["jobs"],
         "properties": {
             "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
             "total": {"type": "integer"},
-        },
-    },
-    "Printer": {
-        "type": "object",
-        "required": ["id", "name", "state", "plate_clear"],
-        "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "driver": {"type": "string"},
-            "state": {"type": "string", "enum": [s.value for s in PrinterState]},
-            "plate_clear": {"type": "boolean"},
-            "current_job": _NULLABLE_STR,
-            "progress": {"type": "number"},
-            "eta": _TS,
-            "message": {"type": "string"},
-            "maintenance": {"type": "boolean"},
-            "auto_clear": {"type": "boolean"},
-            "materials": {"type": "array", "items": {"type": "string"}},
-            "nozzle_diameter": {"type": "number"},
-            "bed_size": {"type": "array", "items": {"type": "number"}},
-            "tags": {"type": "array", "items": {"type": "string"}},
-            "updated_at": _TS,
         },
     },
     "QueueStatus": {
@@ -197,39 +99,6 @@ SCHEMAS: dict[str, Any] = {
             "last_event_seq": {"type": "integer"},
         },
     },
-    "OrchestratorConfig": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "max_retries": {"type": "integer", "minimum": 0, "maximum": 100},
-            "retry_backoff": {
-                "type": "array",
-                "items": {"type": "number", "minimum": 0, "maximum": 7 * 86400},
-                "minItems": 1,
-                "maxItems": 20,
-            },
-            "cooldown_seconds": {"type": "number", "minimum": 0, "maximum": 86400},
-        },
-    },
-    "Notification": {
-        "type": "object",
-        "required": ["id", "channel", "target", "status", "attempts", "created_at"],
-        "properties": {
-            "id": {"type": "string", "description": "also sent as X-Printfarmd-Delivery"},
-            "channel": {"type": "string", "enum": ["webhook", "email", "mqtt"]},
-            "target": {"type": "string", "description": "where it goes, without secrets"},
-            "job_id": _NULLABLE_STR,
-            "event": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
-            "attempts": {"type": "integer", "minimum": 0},
-            "last_error": _NULLABLE_STR,
-            "created_at": _TS,
-            "updated_at": _TS,
-            "delivered_at": _TS,
-            "next_attempt_at": _TS,
-        },
-    },
-    # issue 14: print history and statistics.
     "HistoryEntry": {
         "type": "object",
         "required": ["id", "job_id", "filename", "status", "started_at", "duration", "deleted"],
@@ -282,7 +151,14 @@ SCHEMAS: dict[str, Any] = {
                 "items": {
                     "type": "object",
                     "required": ["date"],
-                    "properties": {"date": {"type": "string", "format": "date"}},
+                    "properties": {
+                        "date": {"type": "string", "format": "date"},
+                        # attempts that ended that day, by how they ended (api/stats.py)
+                        **{
+                            s: {"type": "integer", "minimum": 0}
+                            for s in ("completed", "cancelled", "error", "interrupted")
+                        },
+                    },
                 },
             },
         },
@@ -299,22 +175,20 @@ SCHEMAS: dict[str, Any] = {
             "files": {"type": "array", "items": {"$ref": "#/components/schemas/StatsGroup"}},
         },
     },
-    "Event": {
-        "type": "object",
-        "required": ["seq", "type", "at"],
-        "properties": {
-            "seq": {"type": "integer"},
-            "type": {"type": "string"},
-            "at": _TS,
-            "job_id": _NULLABLE_STR,
-            "printer_id": _NULLABLE_STR,
-            "from_state": _NULLABLE_STR,
-            "to_state": _NULLABLE_STR,
-            "reason": _NULLABLE_STR,
-            "data": {"type": "object"},
-        },
-    },
 }
+
+
+def schemas(limits: Limits = _DEFAULT_LIMITS) -> dict[str, Any]:
+    """Every component schema: the contract's request and response shapes (``shapes``)
+    with ``limits``, and the aggregate responses written here."""
+    return {
+        **{name: out.schema() for name, out in RESPONSES.items()},
+        **{name: request_schema(shape, limits) for name, shape in REQUESTS.items()},
+        **STATIC_SCHEMAS,
+    }
+
+
+SCHEMAS: dict[str, Any] = schemas()
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -349,8 +223,21 @@ def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]
     return {"summary": summary, "responses": {**responses, **_ERRORS}, **extra}
 
 
-def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": False, "content": {"application/json": {"schema": schema}}}
+def body(shape: str, *, required: bool = True) -> dict[str, Any]:
+    """The ``requestBody`` of an operation taking the contract's request shape ``shape``
+    (its name in ``shapes.REQUESTS``)."""
+    assert shape in REQUESTS, shape
+    return {"required": required, "content": {"application/json": {"schema": _ref(shape)}}}
+
+
+def operation(
+    summary: str, ok: dict[str, Any], *, request: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """One documented operation: ``ok`` (its success responses, e.g. ``_ok("Job")``),
+    the canonical error responses, and ``request`` (a request shape's name) as its body."""
+    if request is not None:
+        extra["requestBody"] = body(request, required=extra.pop("body_required", True))
+    return _op(summary, ok, **extra)
 
 
 _JOB_ID = {
@@ -486,10 +373,7 @@ PATHS: dict[str, Any] = {
                     "description": "1 to 200 printable characters",
                 }
             ],
-            requestBody={
-                "required": True,
-                "content": {"application/json": {"schema": _ref("JobCreate")}},
-            },
+            requestBody=body("JobCreate"),
         ),
     },
     "/api/jobs/{job_id}": {"get": _op("One job", _ok("Job"), parameters=[_JOB_ID])},
@@ -498,13 +382,7 @@ PATHS: dict[str, Any] = {
             "Cancel a job",
             _ok("Job"),
             parameters=[_JOB_ID],
-            requestBody=_json_body(
-                {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"reason": _text(500)},
-                }
-            ),
+            requestBody=body("JobCancel", required=False),
         )
     },
     "/api/jobs/{job_id}/release": {
@@ -512,19 +390,7 @@ PATHS: dict[str, Any] = {
             "Send a queued job to a chosen idle printer now",
             _ok("Job"),
             parameters=[_JOB_ID],
-            requestBody={
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["printerId"],
-                            "properties": {"printerId": _text(64, minLength=1)},
-                        }
-                    }
-                },
-            },
+            requestBody=body("JobRelease"),
         )
     },
     "/api/jobs/{job_id}/ship": {
@@ -532,19 +398,7 @@ PATHS: dict[str, Any] = {
             "Mark a ready job shipped with its tracking number",
             _ok("Job"),
             parameters=[_JOB_ID],
-            requestBody={
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["tracking"],
-                            "properties": {"tracking": _text(200)},
-                        }
-                    }
-                },
-            },
+            requestBody=body("JobShip"),
         )
     },
     "/api/jobs/{job_id}/jump": {
@@ -583,19 +437,7 @@ PATHS: dict[str, Any] = {
             "Maintenance mode on or off (no jobs while on)",
             _ok("Printer"),
             parameters=[_PRINTER_ID],
-            requestBody={
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["enabled"],
-                            "properties": {"enabled": {"type": "boolean"}},
-                        }
-                    }
-                },
-            },
+            requestBody=body("Maintenance"),
         )
     },
     "/api/files": {
@@ -772,22 +614,7 @@ PATHS: dict[str, Any] = {
         "post": _op(
             "Change a job's priority",
             _ok("Job"),
-            requestBody={
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["jobId", "priority"],
-                            "properties": {
-                                "jobId": {"type": "string", "pattern": _JOB_ID_PATTERN},
-                                "priority": _PRIORITY,
-                            },
-                        }
-                    }
-                },
-            },
+            requestBody=body("Reprioritize"),
         )
     },
     "/api/orchestrator/config": {
@@ -795,10 +622,7 @@ PATHS: dict[str, Any] = {
         "put": _op(
             "Change retry and cool-down settings (persisted; an empty body changes nothing)",
             _ok("OrchestratorConfig"),
-            requestBody={
-                "required": False,
-                "content": {"application/json": {"schema": _ref("OrchestratorConfig")}},
-            },
+            requestBody=body("OrchestratorConfig", required=False),
         ),
     },
     "/api/notifications": {
@@ -969,11 +793,8 @@ def document(max_priority: int) -> dict[str, Any]:
     configured ``scheduler.max_priority``; ``DOCUMENT`` states the default)."""
     if max_priority == DEFAULT_MAX_PRIORITY:
         return DOCUMENT
-    doc = copy.deepcopy(DOCUMENT)
-    bound = {"minimum": -max_priority, "maximum": max_priority}
-    doc["components"]["schemas"]["JobCreate"]["properties"]["priority"].update(bound)
-    body = doc["paths"]["/api/orchestrator/reprioritize"]["post"]["requestBody"]
-    body["content"]["application/json"]["schema"]["properties"]["priority"].update(bound)
+    doc = dict(DOCUMENT)
+    doc["components"] = {**DOCUMENT["components"], "schemas": schemas(Limits(max_priority))}
     return doc
 
 

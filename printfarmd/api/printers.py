@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from printfarmd.api import validate as v
 from printfarmd.api.context import services
-from printfarmd.api.respond import json_response, read_json
+from printfarmd.api.respond import body_of, json_response
 from printfarmd.api.serialize import printer_json
-from printfarmd.errors import BadRequest
+from printfarmd.api.shapes import Maintenance
 
 bp = Blueprint("printers", __name__)
 
@@ -40,10 +39,6 @@ async def clear_plate(printer_id: str) -> Response:
 
 @bp.post("/api/printers/<printer_id>/maintenance")
 async def maintenance(printer_id: str) -> Response:
-    body = await read_json()
-    v.only_fields(body, ("enabled",))
-    enabled = v.opt_bool(body, "enabled")
-    if enabled is None:
-        raise BadRequest("enabled: required (true or false)")
-    await services().owner.set_maintenance(printer_id, enabled)
+    body = await body_of(Maintenance)
+    await services().owner.set_maintenance(printer_id, body.enabled)
     return _printer(printer_id)
