@@ -26,6 +26,10 @@ backups off:
   10% queued; the 4 events are each job's first four transitions (created, validated,
   sliced, queued). WAL checkpointed after the load, as on a farm that has run a while.
 
+``--memory``: instead, where the memory goes: the demo farm and the bare app each run once
+under ``python -X tracemalloc`` (``bench/startup_memory.py``), and after ``--idle`` seconds
+the traced memory is summed by the package that allocated (or imported) it.
+
 Baselines, same run:
 
 - ``python -c pass``: spawn to exit, and its RSS as it exits (the child reads its own
@@ -551,6 +555,47 @@ def print_report(r: dict[str, Any]) -> None:
     )
 
 
+def memory_tables(idle: float) -> dict[str, Any]:
+    """``startup_memory.py`` under ``-X tracemalloc`` for the demo farm and the bare app."""
+    script = str(REPO / "bench" / "startup_memory.py")
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        path, _port = demo_config(Path(tmp))
+        for name, args in (("demo", ["demo", str(path)]), ("bare", ["bare", str(free_port())])):
+            proc = subprocess.run(
+                [sys.executable, "-X", "tracemalloc=25", script, *args, str(idle)],
+                cwd=REPO,
+                capture_output=True,
+                check=False,
+                timeout=120,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"startup_memory {name}: {proc.stderr.decode()[-2000:]}")
+            out[name] = json.loads(proc.stdout)
+    return out
+
+
+def print_memory(m: dict[str, Any]) -> None:
+    demo, bare = m["demo"], m["bare"]
+    print(
+        f"tracemalloc after start and {m['idle_s']:g} s idle: demo farm "
+        f"{demo['traced_kib'] / 1024:.1f} MiB, bare stack {bare['traced_kib'] / 1024:.1f} MiB"
+    )
+    names = list(dict.fromkeys([*demo["by_package_kib"], *bare["by_package_kib"]]))[:20]
+    rows = [
+        [
+            n,
+            f"{demo['by_package_kib'].get(n, 0) / 1024:.2f}",
+            f"{bare['by_package_kib'].get(n, 0) / 1024:.2f}",
+        ]
+        for n in names
+    ]
+    print(table(["charged to (importer's package)", "demo MiB", "bare MiB"], rows))
+    print()
+    rows = [[site, f"{kib:.0f}"] for site, kib in list(demo["printfarmd_sites_kib"].items())[:15]]
+    print(table(["printfarmd line (what it imported or built)", "KiB"], rows))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="runs per case (default 5)")
@@ -558,7 +603,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=3.0, help="s after ready before RSS (3)")
     parser.add_argument("--seed", type=int, default=1, help="random seed for case B (1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "--memory", action="store_true", help="only the tracemalloc tables (demo vs bare)"
+    )
     args = parser.parse_args(argv)
+    if args.memory:
+        mem = {**memory_tables(args.idle), "idle_s": args.idle}
+        if args.json:
+            print(json.dumps(mem, indent=2))
+        else:
+            print_memory(mem)
+        return 0
     if args.runs < 1 or args.jobs < 1 or args.idle < 0:
         parser.error("--runs and --jobs must be positive, --idle not negative")
     result = bench(args.runs, args.jobs, args.idle, args.seed)
