@@ -11,7 +11,7 @@ SIGTERM (the time to exit is reported too). Medians of ``--runs`` runs per case.
 
 Cases:
 
-- demo: the demo farm, ``config.example.toml`` as shipped (3 simulated printers printing
+- demo: the demo farm, ``config.example.toml`` as shipped (4 simulated printers printing
   at once, 6 demo jobs submitted on the first start) with only its port and folders moved,
   from a fresh data folder each run (what a new user starts first).
 
