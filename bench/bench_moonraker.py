@@ -13,9 +13,10 @@ Servers, each a child process on a free loopback port:
   printfarmd) answering ``GET /server/job_queue/status`` with the exact bytes printfarmd
   answered at that queue size, and every websocket frame with printfarmd's answer frame:
   what the framework costs to move the same bytes. Restarted for each queue size;
-- ``moonraker`` (only with ``--moonraker DIR``): real Moonraker run from ``DIR`` (see
-  ``bench/moonraker_side.py``: ``DIR/venv/bin/python DIR/src/moonraker/moonraker.py``),
-  its gcodes folder holding the demo files, its queue filled the same way.
+- ``moonraker`` (only with ``--moonraker DIR``): real Moonraker (v0.10, tornado) run from
+  ``DIR`` (see ``bench/moonraker_side.py`` for preparing it), its gcodes folder holding the
+  demo files, its queue filled the same way, loopback a trusted client (it checks no key;
+  printfarmd checks its key on every request).
 
 One client, one request at a time: ``http.client`` keep-alive for HTTP, one
 ``trio-websocket`` connection per server for JSON-RPC. The servers are measured in
@@ -177,6 +178,10 @@ class Floor:
 
 
 def http_block(server: Server, n: int) -> list[float]:
+    # A fresh keep-alive connection per block (servers close idle ones after a few
+    # seconds, hypercorn after 5 s), opened by one request that is not timed.
+    server.close()
+    server.get(STATUS_PATH)
     out = []
     conn = server.connection()
     for _ in range(n):
@@ -198,6 +203,8 @@ async def ws_block(server: Server, n: int, ids: Callable[[], int]) -> list[float
         t0 = time.perf_counter()
         await server.ws.send_message(msg)
         reply = await server.ws.get_message()
+        while '"id"' not in reply:  # a notification (no id), not the answer
+            reply = await server.ws.get_message()
         out.append(time.perf_counter() - t0)
         if '"result"' not in reply:
             raise RuntimeError(f"{server.name}: {str(reply)[:200]}")
