@@ -77,6 +77,9 @@ HANDOFF_KEY = "printfarmd.stream_handoff"
 SOURCE_KEY = "printfarmd.stream_source"
 #: Paths answered whatever the connection count.
 ALWAYS_ANSWERED = frozenset({"/api/health"})
+#: The app's websocket routes: the decision is made for these (a one-shot token is spent
+#: only where it can be used).
+WEBSOCKET_PATHS = frozenset({"/websocket"})
 #: Path prefixes answered in Moonraker's shapes (errors included).
 FACADE_PREFIXES = ("/server/", "/printer/", "/machine/", "/access/")
 #: How long a finished event stream waits for its last chunk to reach the socket.
@@ -369,6 +372,9 @@ class Front:
             if not host_ok(h.host):
                 await receive()
                 await send({"type": "websocket.close", "code": 1008})
+                return
+            if scope["path"] not in WEBSOCKET_PATHS:  # no such websocket: Quart refuses it
+                await self.app(scope, receive, send)
                 return
             access = self.svc.access
             client = access.client(_peer(scope), h.forwarded_for)

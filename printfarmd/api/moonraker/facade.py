@@ -125,12 +125,13 @@ class Facade:
         Encoded once per (action, queue version, queue state): every websocket client
         notified of the same change gets the same bytes."""
         state = self.queue_state()
-        key = (action, self.svc.owner.queue.version, state)
+        queue = self.svc.owner.queue
+        key = (action, (id(queue), queue.version), state)
         cached = self._notified.get(key)
         if cached is not None:
             return cached
-        queue = b"null" if action == "state_changed" else self.queued_jobs_json()
-        frame = encode_queue_notification(action, queue, state)
+        updated = b"null" if action == "state_changed" else self.queued_jobs_json()
+        frame = encode_queue_notification(action, updated, state)
         self._notified[key] = frame
         while len(self._notified) > NOTIFIED_KEEP:
             del self._notified[next(iter(self._notified))]
