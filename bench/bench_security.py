@@ -11,8 +11,12 @@ baseline time / checked time, so 1.0 means free and 0.25 means four times slower
 - access: ``Access.decide`` for a request with the right key (SHA-256 of what was
   presented, ``compare_digest``), with a wrong key, and from a trusted address, in µs,
   against ``orjson.loads`` of the job-creation body as a yardstick of per-request work;
-- middleware: one ASGI request through ``ConnectionLimit(HostCheck(CloseShield(app)))``
-  against the same trivial app called bare, under trio.
+- middleware: one ASGI request through the front (``api/front.py``: connection limit,
+  Host check, the access decision with the right key on a kept-alive connection, headers
+  hardened, last body shielded) against the same trivial app called bare, under trio.
+
+- the REST contract: a job body through ``contract.parse(JobCreate)`` against the
+  field-by-field helpers the handlers called before issue 17, and ``orjson.loads``.
 
 Best of ``--repeat`` timings of a fixed number of loops each.
 """
@@ -28,12 +32,11 @@ from typing import Any
 import orjson
 import trio
 
-from printfarmd.api import jsonin
+from printfarmd.api import contract, jsonin
 from printfarmd.api.auth import Access, hash_key
-from printfarmd.api.closeshield import CloseShield
-from printfarmd.api.connlimit import ConnectionLimit
-from printfarmd.api.hostcheck import HostCheck
-from printfarmd.config import ServerConfig
+from printfarmd.api.front import Front
+from printfarmd.api.shapes import JobCreate
+from printfarmd.config import Config, ServerConfig
 
 KEY = "k" * 43
 
@@ -116,7 +119,9 @@ async def _trivial_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 async def _asgi_loop(app: Any, loops: int) -> float:
-    scope = {"type": "http", "path": "/api/jobs", "headers": [(b"host", b"farm.local:7125")]}
+    headers = [(b"host", b"farm.local:7125"), (b"x-api-key", KEY.encode())]
+    client = ("10.0.0.5", 50123)
+    scope = {"type": "http", "method": "GET", "path": "/api/jobs", "headers": headers}
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -126,12 +131,50 @@ async def _asgi_loop(app: Any, loops: int) -> float:
 
     start = time.perf_counter()
     for _ in range(loops):
-        await app(scope, receive, send)
+        await app({**scope, "client": client}, receive, send)
     return (time.perf_counter() - start) / loops
 
 
+class _Services:
+    """What the front reads of the daemon's services."""
+
+    def __init__(self) -> None:
+        self.config = Config(server=ServerConfig(api_key_hash=hash_key(KEY)))
+        self.access = Access(self.config.server)
+        self.stopping = trio.Event()
+
+
+def _by_hand(body: dict[str, Any]) -> None:
+    """The old per-handler parsing of a job body: one helper call per field."""
+    from printfarmd.api import validate as v
+
+    v.only_fields(body, [f.name for f in contract.fields_of(JobCreate)])
+    v.opt_str(body, "filename", 65536, required=True)
+    v.opt_str(body, "name", 200)
+    v.opt_int(body, "priority", -100, 100)
+    v.opt_int(body, "copies", 1, 100)
+    v.opt_str(body, "material", 32)
+    v.opt_num(body, "nozzle_diameter", 0.05, 5.0)
+    v.str_list(body, "required_tags", 20, 64)
+    v.num_list(body, "min_bed", 3, 0.0, 10_000.0)
+    v.opt_str(body, "sku", 100)
+    v.opt_num(body, "estimated_time", 0.0, 30 * 86400.0)
+
+
+def bench_contract(repeat: int) -> dict[str, Any]:
+    """A job body through the contract (``contract.parse(JobCreate)``) against the
+    field-by-field helpers the handlers used before, and orjson's parse of it."""
+    raw = json_bodies()["job creation (~80 B)"]
+    body = orjson.loads(raw)
+    loops = 20000
+    parse = best_of(lambda: orjson.loads(raw), loops, repeat)
+    contract_t = best_of(lambda: contract.parse(JobCreate, body), loops, repeat)
+    by_hand = best_of(lambda: _by_hand(body), loops, repeat)
+    return {"orjson_us": parse * 1e6, "contract_us": contract_t * 1e6, "by_hand_us": by_hand * 1e6}
+
+
 def bench_middleware(repeat: int) -> dict[str, Any]:
-    wrapped = ConnectionLimit(HostCheck(CloseShield(_trivial_app)), 1024)
+    wrapped = Front(_trivial_app, _Services(), lambda: None)  # type: ignore[arg-type]
     loops = 20000
     base = min(trio.run(_asgi_loop, _trivial_app, loops) for _ in range(repeat))
     ours = min(trio.run(_asgi_loop, wrapped, loops) for _ in range(repeat))
@@ -147,6 +190,7 @@ def main() -> None:
         "json": bench_json(args.repeat),
         "access": bench_access(args.repeat),
         "middleware": bench_middleware(args.repeat),
+        "contract": bench_contract(args.repeat),
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -163,8 +207,13 @@ def main() -> None:
         print(f"  {row['case']:<16} {row['us']:6.2f} µs  ratio {ratio:.2f}")
     mw = result["middleware"]
     print(
-        f"ASGI middleware: bare {mw['bare_us']:.2f} µs, wrapped {mw['wrapped_us']:.2f} µs,"
+        f"ASGI front: bare {mw['bare_us']:.2f} µs, through the front {mw['wrapped_us']:.2f} µs,"
         f" added {mw['added_us']:.2f} µs per request"
+    )
+    ct = result["contract"]
+    print(
+        f"a job body: contract.parse {ct['contract_us']:.2f} µs, the old field-by-field"
+        f" helpers {ct['by_hand_us']:.2f} µs, orjson.loads {ct['orjson_us']:.2f} µs"
     )
 
 

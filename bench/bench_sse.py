@@ -11,14 +11,16 @@ free loopback port, then for each client count (1, the baseline; then ``--client
 - makes ``--events`` changes (``POST /api/orchestrator/reprioritize``, every ``--gap`` s),
   each one event, and records when each client receives each event.
 
-The daemon's CPU time per event (``/proc/<pid>/stat``, all its work while the events are
-made and delivered, divided by the number of events) is the figure least disturbed by
-the clients sharing the machine.
+The daemon's CPU time per event and per delivery (``/proc/<pid>/stat``, all its work
+while the events are made and delivered, divided by the events, and by events x streams)
+is the figure least disturbed by the clients sharing the machine; the bench's own CPU per
+event is printed too (the clients share this one process and one core).
 
-Latency of one delivery = receive time - the event's ``at`` (the wall time of the change,
-taken before its commit, so it includes the commit's fsync). "to all" = per event, the
-latency to the *last* client. The clients share one Python process with the bench, so
-at 500 clients part of the figure is the clients' own parsing; read the ratio.
+Each measured client only finds the event ids in what it receives (a regular expression
+over the raw bytes, so 500 of them can keep up); one extra reference stream parses every
+message for its ``at``. Latency of one delivery = receive time - the event's ``at`` (the
+wall time of the change, taken before its commit, so it includes the commit's fsync).
+"to all" = per event, the latency to the *last* client.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -88,6 +91,7 @@ def pct(values: list[float], p: float) -> float:
 
 @attrs.frozen
 class Result:
+    server: str
     clients: int
     events: int
     rss_idle_mb: float
@@ -96,19 +100,34 @@ class Result:
     delivery_p99_ms: float
     all_p50_ms: float
     all_p99_ms: float
+    ack_p50_ms: float
+    ack_p99_ms: float
     daemon_cpu_ms_per_event: float
+    daemon_cpu_us_per_delivery: float
+    client_cpu_ms_per_event: float
     missed: int
 
 
-async def measure(url: str, pid: int, n_clients: int, n_events: int, gap: float) -> Result:
+_ID = re.compile(rb"(?:^|\n)id: (\d+)\n")
+
+
+async def measure(
+    url: str, pid: int, n_clients: int, n_events: int, gap: float, server: str = "printfarmd"
+) -> Result:
     rss_idle = rss_mb(pid)
+    path = "/api/events?type=job.reprioritized"
     clients: list[SSEClient] = []
     for _ in range(n_clients):
-        c = await SSEClient.open(url, "/api/events?type=job.reprioritized", HEADERS)
+        c = await SSEClient.open(url, path, HEADERS)
         assert c.status == 200, c.status
         with trio.fail_after(10):
             await c.next()  # the "retry:" preamble: the stream is subscribed
         clients.append(c)
+    # One more client parses every message in full, once per event, for its ``at``
+    # (the commit-time wall clock); the measured clients only find the ids.
+    reference = await SSEClient.open(url, path, HEADERS)
+    with trio.fail_after(10):
+        await reference.next()
     rss_connected = rss_mb(pid)
     received: list[dict[int, float]] = [{} for _ in clients]
     sent_at: dict[int, float] = {}
@@ -116,41 +135,64 @@ async def measure(url: str, pid: int, n_clients: int, n_events: int, gap: float)
     done = trio.Event()
 
     async def read(i: int, c: SSEClient) -> None:
+        got = received[i]
+        tail = b""
+        while True:
+            data = await c.stream.receive_some(65536)
+            if not data:
+                return
+            now = time.time()
+            text = tail + data
+            for m in _ID.finditer(text):
+                got.setdefault(int(m.group(1)), now)
+            tail = text[-24:]
+
+    async def read_reference() -> None:
         try:
             while True:
-                msg = await c.next_message()
-                now = time.time()
-                body = msg.json()
-                received[i][body["seq"]] = now
-                sent_at.setdefault(body["seq"], parse_at(body["at"]))
+                body = (await reference.next_message()).json()
+                sent_at[body["seq"]] = parse_at(body["at"])
         except StreamEnded:
             return
 
     async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=30) as api:
-        r = await api.post("/api/jobs", json={"filename": "benchy_pla.gcode"})
-        job = r.json()["jobs"][0]["id"]
+        job = "0123456789ABCDEF"
+        if server == "printfarmd":
+            r = await api.post("/api/jobs", json={"filename": "benchy_pla.gcode"})
+            job = r.json()["jobs"][0]["id"]
         async with trio.open_nursery() as nursery:
             for i, c in enumerate(clients):
                 nursery.start_soon(read, i, c)
+            nursery.start_soon(read_reference)
             cpu0 = cpu_seconds(pid)
+            own0 = time.process_time()
+            acked: list[float] = []
             for k in range(n_events):
                 r = await api.post(
                     "/api/orchestrator/reprioritize", json={"jobId": job, "priority": k % 50}
                 )
+                acked.append(time.time())
                 assert r.status_code == 200, r.text
                 await trio.sleep(gap)
-            status = (await api.get("/api/orchestrator/status")).json()
-            last_seq[0] = status["last_event_seq"]
+            if server == "printfarmd":
+                status = (await api.get("/api/orchestrator/status")).json()
+                last_seq[0] = status["last_event_seq"]
+            else:
+                last_seq[0] = r.json()["seq"]
             with trio.move_on_after(30):
                 while not all(last_seq[0] in got for got in received):  # noqa: ASYNC110
                     await trio.sleep(0.05)
             cpu = cpu_seconds(pid) - cpu0
+            own = time.process_time() - own0
             done.set()
             nursery.cancel_scope.cancel()
-    for c in clients:
+    for c in [*clients, reference]:
         await c.aclose()
     per_delivery: list[float] = []
     to_all: list[float] = []
+    # The change's answer came back this long after its ``at`` (commit, publish, answer).
+    ats = [sent_at[q] for q in sorted(sent_at)]
+    ack = [(t - at) * 1000 for t, at in zip(acked, ats, strict=False)]
     missed = 0
     for seq, at in sent_at.items():
         times = [got[seq] for got in received if seq in got]
@@ -159,6 +201,7 @@ async def measure(url: str, pid: int, n_clients: int, n_events: int, gap: float)
         if len(times) == n_clients:
             to_all.append((max(times) - at) * 1000)
     return Result(
+        server=server,
         clients=n_clients,
         events=len(sent_at),
         rss_idle_mb=round(rss_idle, 1),
@@ -167,7 +210,11 @@ async def measure(url: str, pid: int, n_clients: int, n_events: int, gap: float)
         delivery_p99_ms=round(pct(per_delivery, 99), 2),
         all_p50_ms=round(statistics.median(to_all), 2),
         all_p99_ms=round(pct(to_all, 99), 2),
+        ack_p50_ms=round(statistics.median(ack), 2) if ack else float("nan"),
+        ack_p99_ms=round(pct(ack, 99), 2) if ack else float("nan"),
         daemon_cpu_ms_per_event=round(cpu * 1000 / n_events, 2),
+        daemon_cpu_us_per_delivery=round(cpu * 1e6 / (n_events * (n_clients + 1)), 1),
+        client_cpu_ms_per_event=round(own * 1000 / n_events, 2),
         missed=missed,
     )
 
@@ -201,24 +248,66 @@ def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("daemon did not start:\n" + (tmp / "daemon.log").read_text())
 
 
+def start_floor(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``bench/floor_app.py``: the same streams from a bare quart-trio + hypercorn app."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "floor_app.py"), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "floor.log", "wb"),  # noqa: SIM115 - owned by the child
+        cwd=REPO,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/api/health", timeout=1).json()["status"] == "ok":
+                return proc, url
+        except (httpx.HTTPError, ValueError):
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("floor did not start:\n" + (tmp / "floor.log").read_text())
+
+
+def row(r: Result) -> str:
+    return (
+        f"{r.server:>10} {r.clients:>7} {r.delivery_p50_ms:>10.2f} ms {r.delivery_p99_ms:>7.2f} ms "
+        f"{r.all_p50_ms:>8.2f} ms {r.all_p99_ms:>7.2f} ms {r.rss_idle_mb:>6.1f} MB "
+        f"{r.rss_connected_mb:>7.1f} MB {r.daemon_cpu_ms_per_event:>7.2f} ms "
+        f"{r.daemon_cpu_us_per_delivery:>8.1f} us {r.client_cpu_ms_per_event:>9.2f} ms "
+        f"{r.missed:>7} {r.ack_p50_ms:>8.2f} ms {r.ack_p99_ms:>8.2f} ms"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=500)
     ap.add_argument("--events", type=int, default=100)
     ap.add_argument("--gap", type=float, default=0.02, help="seconds between changes")
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare-stack floor")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_daemon(Path(tmp))
+        floor_proc, floor_url = (None, "") if args.no_floor else start_floor(Path(tmp))
         try:
-            results = [
-                trio.run(measure, url, proc.pid, n, args.events, args.gap)
-                for n in (1, args.clients)
-            ]
+            for n in (1, args.clients):
+                results.append(trio.run(measure, url, proc.pid, n, args.events, args.gap))
+                if floor_proc is not None:
+                    results.append(
+                        trio.run(
+                            measure, floor_url, floor_proc.pid, n, args.events, args.gap, "floor"
+                        )
+                    )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-    base, many = results
+            if floor_proc is not None:
+                floor_proc.terminate()
+                floor_proc.wait(timeout=30)
+    ours = [r for r in results if r.server == "printfarmd"]
+    base, many = ours
     if args.json:
         print(
             json.dumps(
@@ -232,15 +321,12 @@ def main() -> int:
         return 0
     print(f"SSE fan-out, {platform.machine()} x{os.cpu_count()}, {args.events} events each run")
     print(
-        f"{'clients':>7} {'delivery p50':>13} {'p99':>8} {'to all p50':>11} {'p99':>8} "
-        f"{'RSS idle':>9} {'RSS conn.':>10} {'CPU/event':>10} {'missed':>7}"
+        f"{'server':>10} {'clients':>7} {'delivery p50':>13} {'p99':>10} {'to all p50':>11} "
+        f"{'p99':>10} {'RSS idle':>9} {'RSS conn.':>10} {'CPU/event':>10} {'CPU/deliv.':>11} "
+        f"{'bench CPU/ev':>12} {'missed':>7} {'answer p50':>11} {'p99':>11}"
     )
     for r in results:
-        print(
-            f"{r.clients:>7} {r.delivery_p50_ms:>10.2f} ms {r.delivery_p99_ms:>5.2f} ms "
-            f"{r.all_p50_ms:>8.2f} ms {r.all_p99_ms:>5.2f} ms {r.rss_idle_mb:>6.1f} MB "
-            f"{r.rss_connected_mb:>7.1f} MB {r.daemon_cpu_ms_per_event:>7.2f} ms {r.missed:>7}"
-        )
+        print(row(r))
     per_client_kb = (many.rss_connected_mb - base.rss_connected_mb) * 1024 / (many.clients - 1)
     print(
         f"ratio {many.clients}/1: delivery p50 x{many.delivery_p50_ms / base.delivery_p50_ms:.1f}, "
@@ -248,7 +334,15 @@ def main() -> int:
         f"RSS +{many.rss_connected_mb - base.rss_connected_mb:.1f} MB "
         f"(~{per_client_kb:.0f} KB per extra client)"
     )
-    return 0 if base.missed == 0 and many.missed == 0 else 1
+    floors = [r for r in results if r.server == "floor"]
+    if floors:
+        fl = floors[-1]
+        print(
+            f"printfarmd / floor at {many.clients} clients: delivery p99 "
+            f"{many.delivery_p99_ms / fl.delivery_p99_ms:.2f}x, CPU per delivery "
+            f"{many.daemon_cpu_us_per_delivery / fl.daemon_cpu_us_per_delivery:.2f}x"
+        )
+    return 0 if all(r.missed == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

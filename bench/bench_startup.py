@@ -9,8 +9,14 @@ until it answers 200 with ``{"status": "ok"}``, waits ``--idle`` seconds, reads
 ``VmRSS`` (and the peak, ``VmHWM``) from ``/proc/<pid>/status``, then stops it with
 SIGTERM (the time to exit is reported too). Medians of ``--runs`` runs per case.
 
-Cases (all with 20 simulated printers, ``dispatch_paused = true`` so nothing prints,
-periodic backups off):
+Cases:
+
+- demo: the demo farm, ``config.example.toml`` as shipped (4 simulated printers printing
+  at once, 6 demo jobs submitted on the first start) with only its port and folders moved,
+  from a fresh data folder each run (what a new user starts first).
+
+Then, with 20 simulated printers, ``dispatch_paused = true`` so nothing prints, periodic
+backups off:
 
 - A: an empty database (schema created by one earlier, unmeasured start);
 - B: ``--jobs`` jobs already in the database, 4 events each. Built without REST: one
@@ -22,6 +28,10 @@ periodic backups off):
   Only the queued 10% can still change, so only they are kept in memory;
 - C: as B, every job finished (80% shipped, 15% cancelled, 5% ready): nothing is kept in
   memory, so its idle RSS is the empty farm's (issue 13: C / A).
+
+``--memory``: instead, where the memory goes: the demo farm and the bare app each run once
+under ``python -X tracemalloc`` (``bench/startup_memory.py``), and after ``--idle`` seconds
+the traced memory is summed by the package that allocated (or imported) it.
 
 Baselines, same run:
 
@@ -42,6 +52,7 @@ import http.client
 import json
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -200,6 +211,51 @@ def daemon_run(
         stop = time.perf_counter() - t0
     if status != 0:
         raise RuntimeError(f"daemon exited with {status} after SIGTERM:\n{d.log()}")
+    return {"seconds": ready, "rss_kb": mem["VmRSS"], "peak_rss_kb": mem["VmHWM"], "stop_s": stop}
+
+
+def demo_config(folder: Path) -> tuple[Path, int]:
+    """``config.example.toml`` (the demo farm: simulated printers printing at once, the
+    demo jobs submitted on the first start) with only its port, data and gcodes folders
+    moved, as ``tests/test_docs.py`` runs it; a fresh data folder each time."""
+    text = (REPO / "config.example.toml").read_text()
+    port = free_port()
+    data = folder / f"demo-data-{port}"
+    text = re.sub(r"(?m)^port = 7125$", f"port = {port}", text, count=1)
+    text = re.sub(r'(?m)^data_dir = "data"$', f'data_dir = "{data}"', text, count=1)
+    text = re.sub(
+        r'(?m)^gcodes_dir = "demo/gcodes"$', f'gcodes_dir = "{REPO / "demo" / "gcodes"}"', text
+    )
+    path = folder / f"demo-{port}.toml"
+    path.write_text(text)
+    return path, port
+
+
+def demo_run(folder: Path, idle: float) -> dict[str, float]:
+    """The demo farm from a fresh data folder, measured like the other cases."""
+    path, port = demo_config(folder)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "printfarmd", "serve", "--config", str(path)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready = wait_http_ok(port, proc=proc, poll=POLL) - t0
+        time.sleep(idle)
+        mem = rss_kb(proc.pid)
+        t1 = time.perf_counter()
+        proc.terminate()
+        status = proc.wait(timeout=15)
+        stop = time.perf_counter() - t1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=15)
+    if status != 0:
+        raise RuntimeError(f"demo farm exited with {status} after SIGTERM")
     return {"seconds": ready, "rss_kb": mem["VmRSS"], "peak_rss_kb": mem["VmHWM"], "stop_s": stop}
 
 
@@ -385,6 +441,7 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
             "import_printfarmd": [],
             "http_server": [],
             "bare_stack": [],
+            "demo": [],
             "A": [],
             "B": [],
             "C": [],
@@ -397,6 +454,7 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
             )
             cases["http_server"].append(server_run(HTTP_SERVER_BASELINE, root, idle))
             cases["bare_stack"].append(server_run(BARE_STACK_BASELINE, root, idle))
+            cases["demo"].append(demo_run(root, idle))
             cases["A"].append(daemon_run(folder_a, data_a, idle, i, None))
             cases["B"].append(daemon_run(folder_b, built["data_dir"], idle, i, check_b_once))
             cases["C"].append(daemon_run(folder_c, built_c["data_dir"], idle, i, None))
@@ -419,7 +477,7 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
                     "time_to_200": ratio(summary[case]["seconds"], summary[base]["seconds"]),
                     "idle_rss": ratio(summary[case]["rss_kb"], summary[base]["rss_kb"]),
                 }
-                for case in ("A", "B", "C")
+                for case in ("demo", "A", "B", "C")
                 for base in ("http_server", "bare_stack")
             }
             | {
@@ -479,6 +537,7 @@ def print_report(r: dict[str, Any]) -> None:
         "import_printfarmd": "import printfarmd.cli+daemon (to end)",
         "http_server": "stdlib http.server baseline",
         "bare_stack": "bare quart-trio + hypercorn app",
+        "demo": "demo farm (config.example.toml)",
         "A": "A: printfarmd, 20 printers, empty db",
         "B": f"B: printfarmd, 20 printers, {b['jobs']:,} jobs",
         "C": f"C: printfarmd, 20 printers, {b['jobs']:,} finished jobs",
@@ -516,6 +575,47 @@ def print_report(r: dict[str, Any]) -> None:
     )
 
 
+def memory_tables(idle: float) -> dict[str, Any]:
+    """``startup_memory.py`` under ``-X tracemalloc`` for the demo farm and the bare app."""
+    script = str(REPO / "bench" / "startup_memory.py")
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        path, _port = demo_config(Path(tmp))
+        for name, args in (("demo", ["demo", str(path)]), ("bare", ["bare", str(free_port())])):
+            proc = subprocess.run(
+                [sys.executable, "-X", "tracemalloc=25", script, *args, str(idle)],
+                cwd=REPO,
+                capture_output=True,
+                check=False,
+                timeout=120,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"startup_memory {name}: {proc.stderr.decode()[-2000:]}")
+            out[name] = json.loads(proc.stdout)
+    return out
+
+
+def print_memory(m: dict[str, Any]) -> None:
+    demo, bare = m["demo"], m["bare"]
+    print(
+        f"tracemalloc after start and {m['idle_s']:g} s idle: demo farm "
+        f"{demo['traced_kib'] / 1024:.1f} MiB, bare stack {bare['traced_kib'] / 1024:.1f} MiB"
+    )
+    names = list(dict.fromkeys([*demo["by_package_kib"], *bare["by_package_kib"]]))[:20]
+    rows = [
+        [
+            n,
+            f"{demo['by_package_kib'].get(n, 0) / 1024:.2f}",
+            f"{bare['by_package_kib'].get(n, 0) / 1024:.2f}",
+        ]
+        for n in names
+    ]
+    print(table(["charged to (importer's package)", "demo MiB", "bare MiB"], rows))
+    print()
+    rows = [[site, f"{kib:.0f}"] for site, kib in list(demo["printfarmd_sites_kib"].items())[:15]]
+    print(table(["printfarmd line (what it imported or built)", "KiB"], rows))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="runs per case (default 5)")
@@ -523,7 +623,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=3.0, help="s after ready before RSS (3)")
     parser.add_argument("--seed", type=int, default=1, help="random seed for case B (1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument(
+        "--memory", action="store_true", help="only the tracemalloc tables (demo vs bare)"
+    )
     args = parser.parse_args(argv)
+    if args.memory:
+        mem = {**memory_tables(args.idle), "idle_s": args.idle}
+        if args.json:
+            print(json.dumps(mem, indent=2))
+        else:
+            print_memory(mem)
+        return 0
     if args.runs < 1 or args.jobs < 1 or args.idle < 0:
         parser.error("--runs and --jobs must be positive, --idle not negative")
     result = bench(args.runs, args.jobs, args.idle, args.seed)

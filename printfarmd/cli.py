@@ -8,6 +8,7 @@ never as a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sqlite3
@@ -16,12 +17,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from printfarmd import __version__
 from printfarmd.api.auth import hash_key, new_key
@@ -38,6 +36,23 @@ from printfarmd.cli_client import (
 )
 from printfarmd.config import load_config, starter_config
 from printfarmd.errors import ConfigError, FarmError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+else:
+    # issue 17: `printfarmd serve` never needs rich; every other command imports it on
+    # its first use of one of these.
+    def _lazy(module: str, name: str) -> Any:
+        def make(*args: Any, **kwargs: Any) -> Any:
+            return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+        return make
+
+    Console = _lazy("rich.console", "Console")
+    Table = _lazy("rich.table", "Table")
+    Text = _lazy("rich.text", "Text")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -11,14 +11,16 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import attrs
-import httpx
 
 from printfarmd import __version__
 from printfarmd.config import load_config
+
+if TYPE_CHECKING:
+    import httpx
 
 #: Seconds to wait for the daemon (connect, read and write each).
 DEFAULT_TIMEOUT = 10.0
@@ -137,6 +139,8 @@ class FarmClient:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        import httpx  # on first use: `printfarmd serve` never needs it (issue 17)
+
         self.endpoint = endpoint
         self.timeout = timeout
         self._client = httpx.Client(
@@ -286,6 +290,8 @@ class FarmClient:
 
 @contextmanager
 def _translate_errors(url: str, timeout: float) -> Iterator[None]:
+    import httpx
+
     try:
         yield
     except (httpx.ConnectError, httpx.ConnectTimeout):

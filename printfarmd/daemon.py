@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -39,9 +40,9 @@ from printfarmd.api.moonraker import ws
 from printfarmd.config import Config, load_config
 from printfarmd.core.farm.inputs import JobRequest
 from printfarmd.drivers import make_driver
-from printfarmd.drivers.mqtt import MqttHub, open_mqtt_hub
 from printfarmd.errors import ConfigError, DatabaseDamaged, FarmError
 from printfarmd.logs import setup_logging
+from printfarmd.services import files
 from printfarmd.services.backups import Backups
 from printfarmd.services.bus import Bus
 from printfarmd.services.notifier import Notifier
@@ -50,6 +51,9 @@ from printfarmd.services.retention import Retention
 from printfarmd.services.spoolman import SpoolmanService
 from printfarmd.services.watchdog import Watchdog
 from printfarmd.store import Store, open_store
+
+if TYPE_CHECKING:
+    from printfarmd.drivers.mqtt import MqttHub
 
 log = logging.getLogger("printfarmd")
 
@@ -144,8 +148,13 @@ async def _run(
     task_status: trio.TaskStatus[Running],
 ) -> None:
     bus = Bus()
-    # One broker link for every MQTT printer (issue 4); None when MQTT is off.
-    mqtt_hub = open_mqtt_hub(config)
+    # One broker link for every MQTT printer (issue 4); None when MQTT is off. Imported
+    # only then (issue 17: nothing the first request does not need).
+    mqtt_hub: MqttHub | None = None
+    if config.mqtt.host.strip():
+        from printfarmd.drivers.mqtt import open_mqtt_hub
+
+        mqtt_hub = open_mqtt_hub(config)
     drivers = {p.id: make_driver(p, mqtt_hub=mqtt_hub) for p in config.printers}
     owner = Owner(config=config, store=store, bus=bus, drivers=drivers)
     notifier = Notifier(
@@ -213,6 +222,9 @@ async def _run(
         # issue 8: systemd Type=notify. READY once dispatch runs; the watchdog ping is a
         # round trip through the owner, so neither a wedged loop nor a stuck owner pings.
         sdnotify.notify("READY=1")
+        # issue 17: the G-code metadata cache is filled now, in the background, so the
+        # first listings and submissions find it warm; start never waits for it.
+        nursery.start_soon(_warm_metadata, config.gcodes_path)
         interval = sdnotify.watchdog_interval()
         if interval is not None:
             nursery.start_soon(sdnotify.ping_watchdog, interval, owner.ping)
@@ -251,6 +263,21 @@ async def _submit_demo_jobs(config: Config, owner: Owner, store: Store) -> None:
             await owner.submit(JobRequest(filename=filename, source="demo"))
         except FarmError as exc:
             log.error("demo job not submitted", extra={"file": filename, "reason": exc.message})
+
+
+async def _warm_metadata(root: Path) -> None:
+    """Parse the metadata of the G-code files under ``root`` into ``files.meta_of``'s
+    cache (as many as it holds), one file at a time on a worker thread. Never raises."""
+    try:
+        found = await trio.to_thread.run_sync(files.list_gcodes, root)
+        for stored in found[: files.META_CACHE_SIZE]:
+            try:
+                # The same path form a submission looks up (resolve_gcode's).
+                await trio.to_thread.run_sync(files.gcode_file, root, stored.path)
+            except (OSError, FarmError) as exc:  # gone meanwhile: it is read when needed
+                log.debug("metadata not warmed", extra={"file": stored.path, "reason": str(exc)})
+    except Exception as exc:  # a warm cache is a nicety, never a reason to stop
+        log.warning("metadata cache not warmed", extra={"reason": str(exc)})
 
 
 async def _watch_signals(stop: trio.Event) -> None:

@@ -338,6 +338,10 @@ class AuthThrottle:
 
 # ---------------------------------------------------------------- the decision
 
+#: Connections whose verified key ``Access`` remembers at most (``server.max_connections``
+#: is 1024 by default).
+VERIFIED_MAX = 4096
+
 
 class Verdict(enum.Enum):
     ALLOWED = "allowed"
@@ -376,9 +380,15 @@ class Access:
         self._proxies: tuple[Network, ...] = ()
         self.cors_domains: frozenset[str] = frozenset()
         self._own_hosts: frozenset[str] = frozenset()
+        #: Keys verified on a connection (hypercorn's ``scope["client"]``, one per TCP
+        #: connection): a request presenting the same bytes again is not hashed again.
+        #: A different connection, or different bytes, are checked afresh; emptied when
+        #: the rules change (a rotated key). Bounded; the least recently used go first.
+        self._verified: OrderedDict[object, bytes] = OrderedDict()
         self.update(server)
 
     def update(self, server: ServerAccess) -> None:
+        self._verified.clear()
         self._digest = expected_digest(server.api_key, server.api_key_hash)
         self._trusted = parse_networks(server.trusted_clients)
         self._proxies = parse_networks(server.trusted_proxies)
@@ -402,15 +412,47 @@ class Access:
     def key_matches(self, presented: str | None) -> bool:
         return key_matches(presented, self._digest)
 
-    def check_credential(self, client: str | None, *, key: str | None, token: str | None) -> bool:
+    def check_credential(
+        self,
+        client: str | None,
+        *,
+        key: str | None,
+        token: str | None,
+        connection: object | None = None,
+    ) -> bool:
         """Whether ``key`` or one-shot ``token`` lets ``client`` in; a wrong one counts
-        towards the client's back-off, a right one clears it."""
-        if self.key_matches(key) or self.tokens.redeem(token, client):
+        towards the client's back-off, a right one clears it. With ``connection`` (a
+        hashable identity of the TCP connection), a key verified on it is remembered
+        there and compared in constant time the next time instead of hashed."""
+        if key and self._remembered(connection, key):
+            self.throttle.succeeded(client)
+            return True
+        if key and self.key_matches(key):
+            self._remember(connection, key)
+            self.throttle.succeeded(client)
+            return True
+        if self.tokens.redeem(token, client):
             self.throttle.succeeded(client)
             return True
         if key or token:
             self.throttle.failed(client)
         return False
+
+    def _remembered(self, connection: object | None, key: str) -> bool:
+        if connection is None:
+            return False
+        known = self._verified.get(connection)
+        if known is None:
+            return False
+        return hmac.compare_digest(known, key.encode("utf-8", "surrogatepass"))
+
+    def _remember(self, connection: object | None, key: str) -> None:
+        if connection is None:
+            return
+        self._verified[connection] = key.encode("utf-8", "surrogatepass")
+        self._verified.move_to_end(connection)
+        while len(self._verified) > VERIFIED_MAX:
+            self._verified.popitem(last=False)
 
     def decide(
         self,
@@ -428,13 +470,27 @@ class Access:
         client address in back-off is refused before its credential is even looked at, so
         guessing cannot go on at full speed.
         """
-        client = self.client(peer, forwarded_for)
+        return self.decide_for(
+            self.client(peer, forwarded_for), host=host, api_key=api_key, oneshot=oneshot
+        )
+
+    def decide_for(
+        self,
+        client: str | None,
+        *,
+        host: str | None,
+        api_key: str | None,
+        oneshot: str | None,
+        connection: object | None = None,
+    ) -> Decision:
+        """``decide`` for a ``client`` address already worked out (``client``); with
+        ``connection``, a key verified on that connection before is not hashed again."""
         if self.trusted(client, host):
             return Decision(Verdict.ALLOWED, client)
         wait = self.throttle.wait_for(client)
         if wait > 0 and not self.throttle.exempt(client):
             return Decision(Verdict.THROTTLED, client, retry_after=max(1, int(wait + 0.999)))
-        if self.check_credential(client, key=api_key or None, token=oneshot):
+        if self.check_credential(client, key=api_key or None, token=oneshot, connection=connection):
             return Decision(Verdict.ALLOWED, client)
         return Decision(Verdict.DENIED, client)
 

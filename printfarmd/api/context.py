@@ -7,6 +7,7 @@ import trio
 from quart import current_app, request
 
 from printfarmd.api.auth import Access
+from printfarmd.api.front import CLIENT_KEY, client_of
 from printfarmd.config import Config
 from printfarmd.services.bus import Bus
 from printfarmd.services.owner import Owner
@@ -40,5 +41,9 @@ def services() -> Services:
 
 def client_address() -> str | None:
     """The current request's client address: the TCP peer, or what a trusted proxy
-    forwarded (``server.trusted_proxies``); used for trust, tokens, back-off and logs."""
+    forwarded (``server.trusted_proxies``); used for trust, tokens, back-off and logs.
+    Worked out once, by the front (``api/front.py``)."""
+    scope = request.scope
+    if CLIENT_KEY in scope:
+        return client_of(scope)
     return services().access.client(request.remote_addr, request.headers.get("X-Forwarded-For"))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 from quart import Response
@@ -35,32 +33,6 @@ def error_response(status: int, code: str, message: str, **extra: object) -> Res
     if isinstance(extra.get("retry_after"), int):
         resp.headers["Retry-After"] = str(extra["retry_after"])
     return resp
-
-
-async def send_asgi_error(
-    send: Callable[[dict[str, Any]], Awaitable[None]],
-    status: int,
-    code: str,
-    message: str,
-    headers: tuple[tuple[bytes, bytes], ...] = (),
-) -> None:
-    """The canonical error body sent straight over ASGI, for middleware that answers
-    before Quart (and its after-request hooks) ever see the request."""
-    body = error_body(code, message)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", JSON.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-content-type-options", b"nosniff"),
-                (b"cache-control", b"no-store"),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 _HTTP_CODES = {

@@ -15,7 +15,7 @@ Wire format (``text/event-stream``):
 No gap, no duplicate: the stream subscribes to the bus *before* it replays from the store,
 then drops bus events whose seq it already sent. A subscriber that falls a full buffer
 (``server.sse_buffer``) behind is dropped by the bus and its connection is closed (see
-``streamguard``), so one stuck client never slows the farm or the other clients.
+``api/front.py``), so one stuck client never slows the farm or the other clients.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ import attrs
 import orjson
 import trio
 from quart import Blueprint, Response, request
-from quart_trio import QuartTrio
 
 from printfarmd.api.context import Services, client_address, services
+from printfarmd.api.front import StreamControl, control_of, stream_response
 from printfarmd.api.jobs import check_job_id
 from printfarmd.api.serialize import event_json, iso, job_json
-from printfarmd.api.streamguard import StreamControl, StreamGuard, control_of
 from printfarmd.config import PRINTER_ID_RE
 from printfarmd.errors import BadRequest, Forbidden, NotFound
 from printfarmd.models import JOB_ID_RE, Event, Job, JobState
@@ -184,6 +183,11 @@ def _log_fields(stream: str, filt: EventFilter, last_id: int | None) -> dict[str
 
 
 def _sse_response(body: AsyncIterator[bytes]) -> Response:
+    """The stream's response; the front writes ``body`` itself (``stream_response``)."""
+    return stream_response(request.scope, body, _sse_head)
+
+
+def _sse_head(body: AsyncIterator[bytes]) -> Response:
     resp = Response(body, status=200, content_type="text/event-stream; charset=utf-8")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
@@ -218,7 +222,15 @@ class _Ended(Exception):
 async def _next(recv: trio.MemoryReceiveChannel[Message], heartbeat: float) -> Message | None:
     """The next message, or ``None`` after ``heartbeat`` seconds of silence.
 
-    Raises ``_Ended`` when the bus ended the subscription. A checkpoint."""
+    Raises ``_Ended`` when the bus ended the subscription. A checkpoint only when it has
+    to wait: a stream that is behind takes its next message at once (its write to the
+    client, right after, is the checkpoint), with no timer set up per message."""
+    try:
+        return recv.receive_nowait()
+    except trio.WouldBlock:
+        pass
+    except (trio.EndOfChannel, trio.ClosedResourceError):
+        raise _Ended from None
     with trio.move_on_after(heartbeat):
         try:
             return await recv.receive()
@@ -231,7 +243,7 @@ async def _next_batch(recv: trio.MemoryReceiveChannel[Message], heartbeat: float
     """Every message waiting (at least one, at most ``BATCH_MAX``), or ``[]`` after
     ``heartbeat`` seconds of silence: a burst goes out as one write, not one per event.
 
-    Raises ``_Ended`` when the bus ended the subscription. A checkpoint."""
+    Raises ``_Ended`` when the bus ended the subscription. A checkpoint when it waits."""
     first = await _next(recv, heartbeat)
     if first is None:
         return []
@@ -370,12 +382,3 @@ async def stream_job(job_id: str) -> Response:
     fields = _log_fields("job", EventFilter(job_id=job_id), None)
     log.info("event stream opened", extra=fields)
     return _sse_response(_job_stream(svc, job_id, control_of(request.scope), fields))
-
-
-def install(app: QuartTrio) -> None:
-    """Register the SSE routes and wrap the app in the stream guard."""
-    app.register_blueprint(bp)
-    app.asgi_app = StreamGuard(  # type: ignore[method-assign, assignment]
-        app.asgi_app,  # type: ignore[arg-type]
-        lambda: getattr(app, "nursery", None),
-    )

@@ -5,11 +5,11 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from printfarmd import faults
-from printfarmd.api import upkeep
-from printfarmd.api import validate as v
+from printfarmd.api import contract, upkeep
 from printfarmd.api.context import services
-from printfarmd.api.respond import json_response, read_json
+from printfarmd.api.respond import body_of, json_response, read_json
 from printfarmd.api.serialize import job_json
+from printfarmd.api.shapes import MAX_COPIES, JobCancel, JobCreate, JobRelease, JobShip
 from printfarmd.core.farm.inputs import JobRequest
 from printfarmd.errors import BadRequest, NotFound
 from printfarmd.models import JOB_ID_RE, Job, JobState
@@ -17,21 +17,7 @@ from printfarmd.store.jobs import JOB_SORTS
 
 bp = Blueprint("jobs", __name__)
 
-MAX_COPIES = 100
-JOB_FIELDS = (
-    "filename",
-    "name",
-    "priority",
-    "copies",
-    "material",
-    "colour",
-    "nozzle_diameter",
-    "required_tags",
-    "min_bed",
-    "sku",
-    "estimated_time",
-    "not_before",
-)
+__all__ = ["MAX_COPIES", "bp", "check_job_id", "parse_job_request"]
 
 
 async def _jobs_json(jobs: list[Job]) -> list[dict[str, object]]:
@@ -52,24 +38,21 @@ def check_job_id(job_id: str) -> str:
 
 
 def parse_job_request(body: dict[str, object], max_priority: int) -> JobRequest:
-    v.only_fields(body, JOB_FIELDS)
-    # Length and shape are judged by the one containment check (services.files).
-    filename = v.opt_str(body, "filename", 65536, required=True)
-    assert filename is not None
-    material = v.opt_str(body, "material", 32)
+    """A ``POST /api/jobs`` body (the ``JobCreate`` shape) as the owner's request."""
+    job = contract.parse(JobCreate, body, contract.Limits(max_priority))
     return JobRequest(
-        filename=filename,
-        name=v.opt_str(body, "name", 200) or "",
-        priority=v.opt_int(body, "priority", -max_priority, max_priority) or 0,
-        copies=v.opt_int(body, "copies", 1, MAX_COPIES) or 1,
-        material=material.upper() if material else None,
-        colour=upkeep.colour_arg(body),
-        nozzle_diameter=v.opt_num(body, "nozzle_diameter", 0.05, 5.0),
-        required_tags=v.str_list(body, "required_tags", 20, 64),
-        min_bed=v.num_list(body, "min_bed", 3, 0.0, 10_000.0),  # type: ignore[arg-type]
-        sku=v.opt_str(body, "sku", 100),
-        estimated_time=v.opt_num(body, "estimated_time", 0.0, 30 * 86400.0),
-        not_before=upkeep.body_time(body, "not_before"),
+        filename=job.filename,
+        name=job.name,
+        priority=job.priority,
+        copies=job.copies,
+        material=job.material,
+        colour=job.colour,
+        nozzle_diameter=job.nozzle_diameter,
+        required_tags=job.required_tags,
+        min_bed=job.min_bed,  # type: ignore[arg-type]
+        sku=job.sku,
+        estimated_time=job.estimated_time,
+        not_before=job.not_before,
     )
 
 
@@ -147,31 +130,22 @@ async def get_job(job_id: str) -> Response:
 
 @bp.post("/api/jobs/<job_id>/cancel")
 async def cancel_job(job_id: str) -> Response:
-    body = await read_json()
-    v.only_fields(body, ("reason",))
-    reason = v.opt_str(body, "reason", 500) or "cancelled by operator"
-    job = await services().owner.cancel(check_job_id(job_id), reason)
+    body = await body_of(JobCancel)
+    job = await services().owner.cancel(check_job_id(job_id), body.reason)
     return await _job_response(job)
 
 
 @bp.post("/api/jobs/<job_id>/release")
 async def release_job(job_id: str) -> Response:
-    body = await read_json()
-    v.only_fields(body, ("printerId", "printer_id"))
-    printer_id = v.opt_str(body, "printerId", 64) or v.opt_str(body, "printer_id", 64)
-    if not printer_id:
-        raise BadRequest("printerId: required")
-    job = await services().owner.release(check_job_id(job_id), printer_id)
+    body = await body_of(JobRelease)
+    job = await services().owner.release(check_job_id(job_id), body.printerId)
     return await _job_response(job)
 
 
 @bp.post("/api/jobs/<job_id>/ship")
 async def ship_job(job_id: str) -> Response:
-    body = await read_json()
-    v.only_fields(body, ("tracking",))
-    tracking = v.opt_str(body, "tracking", 200, required=True)
-    assert tracking is not None
-    job = await services().owner.ship(check_job_id(job_id), tracking)
+    body = await body_of(JobShip)
+    job = await services().owner.ship(check_job_id(job_id), body.tracking)
     return await _job_response(job)
 
 

@@ -13,7 +13,7 @@ from quart import Blueprint, Response, request
 
 from printfarmd.api.context import services
 from printfarmd.api.respond import json_response
-from printfarmd.api.serialize import iso
+from printfarmd.api.shapes import NOTIFICATION
 from printfarmd.core.notify import Channel, Delivery, DeliveryStatus
 from printfarmd.errors import BadRequest
 
@@ -24,20 +24,8 @@ MAX_OFFSET = 10**9
 
 
 def delivery_json(d: Delivery) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "channel": d.channel.value,
-        "target": d.target,
-        "job_id": d.job_id,
-        "event": d.event,
-        "status": d.status.value,
-        "attempts": d.attempts,
-        "last_error": d.last_error,
-        "created_at": iso(d.created_at),
-        "updated_at": iso(d.updated_at),
-        "delivered_at": iso(d.delivered_at),
-        "next_attempt_at": iso(d.next_attempt_at) if d.status is DeliveryStatus.PENDING else None,
-    }
+    """One delivery as the API shows it (``shapes.NOTIFICATION``)."""
+    return NOTIFICATION.dump(d)
 
 
 def _choice(name: str, allowed: list[str]) -> str | None:

@@ -1,21 +1,35 @@
 """The OpenAPI 3.1 document of the REST API, served at ``/api/openapi.json``.
 
-A test compares its paths and methods with the app's routes both ways, so a route
-cannot be added without documenting it (or documented without existing).
+The request bodies and the domain response objects are the contract's (``api/shapes.py``,
+``api/contract.py``): declared once, parsed and serialized by the handlers through the
+same declarations. This module adds the operations (``PATHS``: summary, parameters,
+responses; an operation names its body with ``body("Shape")``) and the aggregate
+responses (``STATIC_SCHEMAS``). ``tests/test_api.py`` compares the paths and methods with
+the app's routes both ways; ``tests/test_contract.py`` checks the handlers against the
+document field by field.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from quart import Blueprint, Response
 
 from printfarmd import __version__
 from printfarmd.api.context import services
+from printfarmd.api.contract import Limits, request_schema
 from printfarmd.api.respond import json_response
+from printfarmd.api.shapes import (
+    COST,
+    COUNTERS,
+    FILE_NAME,
+    JOB_ID_PATTERN,
+    REQUESTS,
+    RESPONSES,
+    TOOL,
+)
 from printfarmd.config import SchedulerConfig
-from printfarmd.models import JobState, PrinterState
+from printfarmd.models import JobState
 from printfarmd.store.history import STATUSES as HISTORY_STATUSES
 
 bp = Blueprint("openapi", __name__)
@@ -23,39 +37,17 @@ bp = Blueprint("openapi", __name__)
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 _TS = {"type": ["string", "null"], "format": "date-time"}
-#: A filament colour: ``#RRGGBB`` (either case).
-_COLOUR_PATTERN = "^#[0-9A-Fa-f]{6}$"
-#: What ``JOB_ID_RE`` accepts; any other id is answered 404 (path) or 422 (body).
-_JOB_ID_PATTERN = "^[0-9A-F]{16}$"
+_JOB_ID_PATTERN = JOB_ID_PATTERN
 #: Largest page offset the list endpoints accept (SQLite's OFFSET is a 64-bit integer).
 MAX_OFFSET = 10**9
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}
-#: Request strings never carry NUL (``validate.opt_str`` answers 400).
-_NO_NUL = "^[^\\u0000]*$"
-_SEGMENT = "[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,253}[A-Za-z0-9_-])?"
-#: File names: the portable subset of what ``services.files.check_relative_name`` accepts
-#: (it also takes other printable Unicode; it refuses control characters, backslashes,
-#: absolute paths, dot segments, segments ending in a dot or space, percent escapes).
-_FILE_NAME = {
-    "type": "string",
-    "maxLength": 1024,
-    "pattern": f"^(?:{_SEGMENT}/)*{_SEGMENT}$",
-    "description": "path relative to the gcodes folder, e.g. parts/benchy.gcode",
-}
+_FILE_NAME = FILE_NAME
 
 
 #: ``Idempotency-Key``: 1 to 200 printable Latin-1 characters (headers are Latin-1),
 #: no space at either end (HTTP strips it).
 _KEY_CHAR = "!-~\\u00a1-\\u00ac\\u00ae-\\u00ff"
 _IDEMPOTENCY_KEY = f"^[{_KEY_CHAR}](?:[ {_KEY_CHAR}]{{0,198}}[{_KEY_CHAR}])?$"
-
-
-def _text(max_length: int | None = None, **extra: Any) -> dict[str, Any]:
-    """A request string: no NUL, at most ``max_length`` characters."""
-    schema: dict[str, Any] = {"type": "string", "pattern": _NO_NUL, **extra}
-    if max_length is not None:
-        schema["maxLength"] = max_length
-    return schema
 
 
 #: Event sequence numbers are SQLite integers.
@@ -70,9 +62,9 @@ _STATE = "|".join(s.value for s in JobState)
 _STATE_LIST = f"^(({_STATE})(,({_STATE}))*)?$"
 #: The priority bound the document states; the served copy states the configured one.
 DEFAULT_MAX_PRIORITY = SchedulerConfig().max_priority
-_PRIORITY = {"type": "integer", "minimum": -DEFAULT_MAX_PRIORITY, "maximum": DEFAULT_MAX_PRIORITY}
+_DEFAULT_LIMITS = Limits(DEFAULT_MAX_PRIORITY)
 
-SCHEMAS: dict[str, Any] = {
+STATIC_SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -90,107 +82,12 @@ SCHEMAS: dict[str, Any] = {
             }
         },
     },
-    "Job": {
-        "type": "object",
-        "required": ["id", "filename", "state", "priority", "copies", "progress", "created_at"],
-        "properties": {
-            "id": {"type": "string", "pattern": _JOB_ID_PATTERN},
-            "filename": {"type": "string"},
-            "name": {"type": "string"},
-            "state": {"type": "string", "enum": [s.value for s in JobState]},
-            "priority": {"type": "integer"},
-            "position": {"type": "integer"},
-            "jumped": {"type": "boolean"},
-            "copies": {"type": "integer", "minimum": 1},
-            "copy_index": {"type": "integer", "minimum": 1},
-            "group_id": {"type": "string"},
-            "material": _NULLABLE_STR,
-            "colour": {"type": ["string", "null"], "pattern": _COLOUR_PATTERN},
-            "nozzle_diameter": _NULLABLE_NUM,
-            "required_tags": {"type": "array", "items": {"type": "string"}},
-            "min_bed": {"type": ["array", "null"], "items": {"type": "number"}},
-            "sku": _NULLABLE_STR,
-            "estimated_time": _NULLABLE_NUM,
-            "printer_id": _NULLABLE_STR,
-            "retry_count": {"type": "integer"},
-            "failed_printers": {"type": "array", "items": {"type": "string"}},
-            "progress": {"type": "number", "minimum": 0, "maximum": 100},
-            "eta": _TS,
-            "retry_at": _TS,
-            "created_at": _TS,
-            "updated_at": _TS,
-            "queued_at": _TS,
-            "started_at": _TS,
-            "finished_at": _TS,
-            "last_error": _NULLABLE_STR,
-            "tracking": _NULLABLE_STR,
-            "source": {"type": "string"},
-            "waiting": {
-                **_NULLABLE_STR,
-                "description": "why a queued job has not gone to a printer yet",
-            },
-        },
-    },
-    "JobCreate": {
-        "type": "object",
-        "required": ["filename"],
-        "additionalProperties": False,
-        "properties": {
-            "filename": _FILE_NAME,
-            "name": _text(200),
-            "priority": {**_PRIORITY, "description": "higher prints first"},
-            "copies": {"type": "integer", "minimum": 1, "maximum": 100},
-            "material": _text(32),
-            "colour": {
-                "type": "string",
-                "pattern": _COLOUR_PATTERN,
-                "description": "only a printer with a filament of this colour (#RRGGBB)",
-            },
-            "nozzle_diameter": {"type": "number", "minimum": 0.05, "maximum": 5},
-            "required_tags": {
-                "type": "array",
-                "items": _text(64, minLength=1),
-                "maxItems": 20,
-            },
-            "min_bed": {
-                "type": "array",
-                "items": {"type": "number", "minimum": 0, "maximum": 10000},
-                "minItems": 3,
-                "maxItems": 3,
-            },
-            "sku": _text(100),
-            "estimated_time": {"type": "number", "minimum": 0, "maximum": 30 * 86400},
-        },
-    },
     "JobList": {
         "type": "object",
         "required": ["jobs"],
         "properties": {
             "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
             "total": {"type": "integer"},
-        },
-    },
-    "Printer": {
-        "type": "object",
-        "required": ["id", "name", "state", "plate_clear"],
-        "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "driver": {"type": "string"},
-            "state": {"type": "string", "enum": [s.value for s in PrinterState]},
-            "plate_clear": {"type": "boolean"},
-            "current_job": _NULLABLE_STR,
-            "progress": {"type": "number"},
-            "eta": _TS,
-            "message": {"type": "string"},
-            "maintenance": {"type": "boolean"},
-            "auto_clear": {"type": "boolean"},
-            "materials": {"type": "array", "items": {"type": "string"}},
-            "colours": {"type": "array", "items": {"type": "string"}},
-            "nozzle_diameter": {"type": "number"},
-            "bed_size": {"type": "array", "items": {"type": "number"}},
-            "tags": {"type": "array", "items": {"type": "string"}},
-            "updated_at": _TS,
         },
     },
     "QueueStatus": {
@@ -210,39 +107,6 @@ SCHEMAS: dict[str, Any] = {
             "last_event_seq": {"type": "integer"},
         },
     },
-    "OrchestratorConfig": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "max_retries": {"type": "integer", "minimum": 0, "maximum": 100},
-            "retry_backoff": {
-                "type": "array",
-                "items": {"type": "number", "minimum": 0, "maximum": 7 * 86400},
-                "minItems": 1,
-                "maxItems": 20,
-            },
-            "cooldown_seconds": {"type": "number", "minimum": 0, "maximum": 86400},
-        },
-    },
-    "Notification": {
-        "type": "object",
-        "required": ["id", "channel", "target", "status", "attempts", "created_at"],
-        "properties": {
-            "id": {"type": "string", "description": "also sent as X-Printfarmd-Delivery"},
-            "channel": {"type": "string", "enum": ["webhook", "email", "mqtt"]},
-            "target": {"type": "string", "description": "where it goes, without secrets"},
-            "job_id": _NULLABLE_STR,
-            "event": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
-            "attempts": {"type": "integer", "minimum": 0},
-            "last_error": _NULLABLE_STR,
-            "created_at": _TS,
-            "updated_at": _TS,
-            "delivered_at": _TS,
-            "next_attempt_at": _TS,
-        },
-    },
-    # issue 14: print history and statistics.
     "HistoryEntry": {
         "type": "object",
         "required": ["id", "job_id", "filename", "status", "started_at", "duration", "deleted"],
@@ -295,7 +159,14 @@ SCHEMAS: dict[str, Any] = {
                 "items": {
                     "type": "object",
                     "required": ["date"],
-                    "properties": {"date": {"type": "string", "format": "date"}},
+                    "properties": {
+                        "date": {"type": "string", "format": "date"},
+                        # attempts that ended that day, by how they ended (api/stats.py)
+                        **{
+                            s: {"type": "integer", "minimum": 0}
+                            for s in ("completed", "cancelled", "error", "interrupted")
+                        },
+                    },
                 },
             },
         },
@@ -312,22 +183,117 @@ SCHEMAS: dict[str, Any] = {
             "files": {"type": "array", "items": {"$ref": "#/components/schemas/StatsGroup"}},
         },
     },
-    "Event": {
-        "type": "object",
-        "required": ["seq", "type", "at"],
-        "properties": {
-            "seq": {"type": "integer"},
-            "type": {"type": "string"},
-            "at": _TS,
-            "job_id": _NULLABLE_STR,
-            "printer_id": _NULLABLE_STR,
-            "from_state": _NULLABLE_STR,
-            "to_state": _NULLABLE_STR,
-            "reason": _NULLABLE_STR,
-            "data": {"type": "object"},
-        },
-    },
 }
+
+
+# Issue 16 (docs/upkeep.md): cost in the history and the statistics; spools; the
+# maintenance log.
+STATIC_SCHEMAS["HistoryEntry"]["properties"]["cost"] = {"anyOf": [COST, {"type": "null"}]}
+STATIC_SCHEMAS["StatsGroup"]["properties"]["cost"] = COST | {
+    "required": ["filament", "energy", "total"]
+}
+STATIC_SCHEMAS["Stats"]["properties"]["currency"] = {"type": "string"}
+STATIC_SCHEMAS.update(
+    {
+        "SpoolList": {
+            "type": "object",
+            "required": ["spoolman", "printers", "pending_reports"],
+            "properties": {
+                "spoolman": {
+                    "type": "object",
+                    "properties": {
+                        "enabled": {"type": "boolean"},
+                        "url": _NULLABLE_STR,
+                        "connected": {"type": "boolean"},
+                    },
+                },
+                "printers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["printer_id", "tools"],
+                        "properties": {
+                            "printer_id": {"type": "string"},
+                            "tools": {"type": "array", "items": TOOL},
+                        },
+                    },
+                },
+                "pending_reports": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "spool_id": {"type": "integer"},
+                            "grams": {"type": "number"},
+                            "since": _TS,
+                            "attempts": {"type": "integer", "minimum": 0},
+                            "last_error": _NULLABLE_STR,
+                        },
+                    },
+                },
+            },
+        },
+        "MaintenanceLog": {
+            "type": "object",
+            "required": ["thresholds", "printers", "log", "total"],
+            "properties": {
+                "thresholds": {
+                    "type": "object",
+                    "properties": {
+                        "every_hours": _NULLABLE_NUM,
+                        "every_prints": {"type": ["integer", "null"]},
+                        "every_grams": _NULLABLE_NUM,
+                    },
+                },
+                "printers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["printer_id", "maintenance", "counters"],
+                        "properties": {
+                            "printer_id": {"type": "string"},
+                            "maintenance": {"type": "boolean"},
+                            "counters": COUNTERS,
+                            "due": _NULLABLE_STR,
+                            "due_at": _TS,
+                        },
+                    },
+                },
+                "log": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "printer_id", "at", "by", "work", "counters"],
+                        "properties": {
+                            "id": {"type": "integer"},
+                            "printer_id": {"type": "string"},
+                            "at": _TS,
+                            "by": {"type": "string"},
+                            "work": {"type": "string"},
+                            "counters": COUNTERS,
+                            "due": _NULLABLE_STR,
+                            "recorded_at": _TS,
+                        },
+                    },
+                },
+                "total": {"type": "integer", "minimum": 0},
+            },
+        },
+    }
+)
+
+
+def schemas(limits: Limits = _DEFAULT_LIMITS) -> dict[str, Any]:
+    """Every component schema: the contract's request and response shapes (``shapes``)
+    with ``limits``, and the aggregate responses written here."""
+    return {
+        **{name: out.schema() for name, out in RESPONSES.items()},
+        **{name: request_schema(shape, limits) for name, shape in REQUESTS.items()},
+        **STATIC_SCHEMAS,
+    }
+
+
+SCHEMAS: dict[str, Any] = schemas()
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -371,8 +337,21 @@ def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]
     return {"summary": summary, "responses": {**responses, **_ERRORS}, **extra}
 
 
-def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": False, "content": {"application/json": {"schema": schema}}}
+def body(shape: str, *, required: bool = True) -> dict[str, Any]:
+    """The ``requestBody`` of an operation taking the contract's request shape ``shape``
+    (its name in ``shapes.REQUESTS``)."""
+    assert shape in REQUESTS, shape
+    return {"required": required, "content": {"application/json": {"schema": _ref(shape)}}}
+
+
+def operation(
+    summary: str, ok: dict[str, Any], *, request: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """One documented operation: ``ok`` (its success responses, e.g. ``_ok("Job")``),
+    the canonical error responses, and ``request`` (a request shape's name) as its body."""
+    if request is not None:
+        extra["requestBody"] = body(request, required=extra.pop("body_required", True))
+    return _op(summary, ok, **extra)
 
 
 _JOB_ID = {
@@ -508,10 +487,7 @@ PATHS: dict[str, Any] = {
                     "description": "1 to 200 printable characters",
                 }
             ],
-            requestBody={
-                "required": True,
-                "content": {"application/json": {"schema": _ref("JobCreate")}},
-            },
+            requestBody=body("JobCreate"),
         ),
     },
     "/api/jobs/{job_id}": {"get": _op("One job", _ok("Job"), parameters=[_JOB_ID])},
@@ -520,13 +496,7 @@ PATHS: dict[str, Any] = {
             "Cancel a job",
             _ok("Job"),
             parameters=[_JOB_ID],
-            requestBody=_json_body(
-                {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"reason": _text(500)},
-                }
-            ),
+            requestBody=body("JobCancel", required=False),
         )
     },
     "/api/jobs/{job_id}/release": {
@@ -534,19 +504,7 @@ PATHS: dict[str, Any] = {
             "Send a queued job to a chosen idle printer now",
             _ok("Job"),
             parameters=[_JOB_ID],
-            requestBody={
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["printerId"],
-                            "properties": {"printerId": _text(64, minLength=1)},
-                        }
-                    }
-                },
-            },
+            requestBody=body("JobRelease"),
         )
     },
     "/api/jobs/{job_id}/ship": {
@@ -554,19 +512,7 @@ PATHS: dict[str, Any] = {
             "Mark a ready job shipped with its tracking number",
             _ok("Job"),
             parameters=[_JOB_ID],
-            requestBody={
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["tracking"],
-                            "properties": {"tracking": _text(200)},
-                        }
-                    }
-                },
-            },
+            requestBody=body("JobShip"),
         )
     },
     "/api/jobs/{job_id}/jump": {
@@ -619,19 +565,7 @@ PATHS: dict[str, Any] = {
             "Maintenance mode on or off (no jobs while on)",
             _ok("Printer"),
             parameters=[_PRINTER_ID],
-            requestBody={
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["enabled"],
-                            "properties": {"enabled": {"type": "boolean"}},
-                        }
-                    }
-                },
-            },
+            requestBody=body("Maintenance"),
         )
     },
     "/api/files": {
@@ -808,22 +742,7 @@ PATHS: dict[str, Any] = {
         "post": _op(
             "Change a job's priority",
             _ok("Job"),
-            requestBody={
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["jobId", "priority"],
-                            "properties": {
-                                "jobId": {"type": "string", "pattern": _JOB_ID_PATTERN},
-                                "priority": _PRIORITY,
-                            },
-                        }
-                    }
-                },
-            },
+            requestBody=body("Reprioritize"),
         )
     },
     "/api/orchestrator/config": {
@@ -831,10 +750,7 @@ PATHS: dict[str, Any] = {
         "put": _op(
             "Change retry and cool-down settings (persisted; an empty body changes nothing)",
             _ok("OrchestratorConfig"),
-            requestBody={
-                "required": False,
-                "content": {"application/json": {"schema": _ref("OrchestratorConfig")}},
-            },
+            requestBody=body("OrchestratorConfig", required=False),
         ),
     },
     "/api/notifications": {
@@ -988,226 +904,18 @@ PATHS: dict[str, Any] = {
     },
 }
 
-# ---------------------------------------------------------------- issue 16: upkeep
-# Spools (Spoolman), maintenance, staggered starts, scheduled jobs, cost (docs/upkeep.md).
-
-_COST = {
-    "type": "object",
-    "required": ["currency", "filament", "energy", "total"],
-    "properties": {
-        "currency": {"type": "string"},
-        "filament": {"type": "number", "minimum": 0},
-        "energy": {"type": "number", "minimum": 0},
-        "total": {"type": "number", "minimum": 0},
-        "filament_g": {"type": "number", "minimum": 0},
-        "energy_kwh": {"type": "number", "minimum": 0},
-        "attempts": {"type": "integer", "minimum": 0},
-        "spool_id": {"type": ["integer", "null"]},
-        "spoolman": {
-            "type": "string",
-            "enum": ["none", "pending", "sent", "dropped"],
-            "description": "the attempt's usage report to Spoolman",
-        },
-    },
-}
-_COUNTERS = {
-    "type": "object",
-    "required": ["print_hours", "prints", "filament_g"],
-    "properties": {
-        "print_hours": {"type": "number", "minimum": 0},
-        "prints": {"type": "integer", "minimum": 0},
-        "filament_g": {"type": "number", "minimum": 0},
-        "since": _NULLABLE_NUM,
-    },
-}
-_TOOL = {
-    "type": "object",
-    "required": ["tool", "spool_id"],
-    "properties": {
-        "tool": {"type": "integer", "minimum": 0},
-        "spool_id": {"type": ["integer", "null"]},
-        "known": {"type": "boolean", "description": "read from Spoolman at least once"},
-        "name": _NULLABLE_STR,
-        "material": _NULLABLE_STR,
-        "colours": {"type": "array", "items": {"type": "string"}},
-        "remaining_g": {
-            "type": ["number", "null"],
-            "description": "as Spoolman last said, minus the usage not yet reported",
-        },
-        "owed_g": {"type": "number", "minimum": 0},
-        "price_per_kg": _NULLABLE_NUM,
-        "archived": {"type": "boolean"},
-        "missing": {"type": "boolean", "description": "Spoolman says it does not exist"},
-        "read_at": _TS,
-    },
-}
-#: A string with something in it besides white space (and no NUL).
-_FILLED = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
-SCHEMAS["Job"]["properties"].update(
-    {
-        "filament_weight": {**_NULLABLE_NUM, "description": "grams, from the file"},
-        "not_before": _TS,
-        "spool_id": {"type": ["integer", "null"], "description": "the spool it prints from"},
-        "cost": {**_COST, "description": "over the attempts so far"},
-    }
-)
-SCHEMAS["JobCreate"]["properties"].update(
-    {
-        "colour": {
-            "type": "string",
-            "pattern": "^#?[0-9A-Fa-f]{6}$",
-            "description": "only a printer with a filament of this colour loaded "
-            "(configured, AMS or bound spool); the # is optional",
-        },
-        "not_before": {
-            **_UNIX_TIME,
-            "description": "do not start before this UTC time (Unix seconds; ISO-8601 too)",
-        },
-    }
-)
-SCHEMAS["Printer"]["properties"].update(
-    {
-        "spools": {"type": "array", "items": _TOOL},
-        "power_group": {"type": "string"},
-        "counters": _COUNTERS,
-        "maintenance_due": {**_NULLABLE_STR, "description": "the threshold crossed"},
-        "maintenance_due_at": _TS,
-        "waiting": {**_NULLABLE_STR, "description": "why an idle printer starts nothing"},
-    }
-)
-SCHEMAS["HistoryEntry"]["properties"]["cost"] = {"anyOf": [_COST, {"type": "null"}]}
-SCHEMAS["StatsGroup"]["properties"]["cost"] = _COST | {"required": ["filament", "energy", "total"]}
-SCHEMAS["Stats"]["properties"]["currency"] = {"type": "string"}
-SCHEMAS.update(
-    {
-        "SpoolList": {
-            "type": "object",
-            "required": ["spoolman", "printers", "pending_reports"],
-            "properties": {
-                "spoolman": {
-                    "type": "object",
-                    "properties": {
-                        "enabled": {"type": "boolean"},
-                        "url": _NULLABLE_STR,
-                        "connected": {"type": "boolean"},
-                    },
-                },
-                "printers": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["printer_id", "tools"],
-                        "properties": {
-                            "printer_id": {"type": "string"},
-                            "tools": {"type": "array", "items": _TOOL},
-                        },
-                    },
-                },
-                "pending_reports": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "spool_id": {"type": "integer"},
-                            "grams": {"type": "number"},
-                            "since": _TS,
-                            "attempts": {"type": "integer", "minimum": 0},
-                            "last_error": _NULLABLE_STR,
-                        },
-                    },
-                },
-            },
-        },
-        "Maintenance": {
-            "type": "object",
-            "required": ["thresholds", "printers", "log", "total"],
-            "properties": {
-                "thresholds": {
-                    "type": "object",
-                    "properties": {
-                        "every_hours": _NULLABLE_NUM,
-                        "every_prints": {"type": ["integer", "null"]},
-                        "every_grams": _NULLABLE_NUM,
-                    },
-                },
-                "printers": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["printer_id", "maintenance", "counters"],
-                        "properties": {
-                            "printer_id": {"type": "string"},
-                            "maintenance": {"type": "boolean"},
-                            "counters": _COUNTERS,
-                            "due": _NULLABLE_STR,
-                            "due_at": _TS,
-                        },
-                    },
-                },
-                "log": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "printer_id", "at", "by", "work", "counters"],
-                        "properties": {
-                            "id": {"type": "integer"},
-                            "printer_id": {"type": "string"},
-                            "at": _TS,
-                            "by": {"type": "string"},
-                            "work": {"type": "string"},
-                            "counters": _COUNTERS,
-                            "due": _NULLABLE_STR,
-                            "recorded_at": _TS,
-                        },
-                    },
-                },
-                "total": {"type": "integer", "minimum": 0},
-            },
-        },
-    }
-)
+# Issue 16: spools and the maintenance log.
 _PAGE = [
     _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "log page size"),
     _q("offset", _OFFSET, "log page start"),
 ]
 PATHS["/api/printers/{printer_id}/maintenance"]["post"].update(
-    summary="Maintenance mode on or off, or record work done (resets the counters)",
-    requestBody={
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["enabled"],
-                            "properties": {"enabled": {"type": "boolean"}},
-                        },
-                        {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["by", "work"],
-                            "properties": {
-                                "by": _text(100, pattern=_FILLED),
-                                "work": _text(2000, pattern=_FILLED),
-                                "at": {
-                                    **_UNIX_TIME,
-                                    "type": ["number", "null"],
-                                    "description": "when it was done (default or null: now); "
-                                    "ISO-8601 too",
-                                },
-                            },
-                        },
-                    ]
-                }
-            }
-        },
-    },
+    summary="Maintenance mode on or off (enabled), or record work done (by, work, at: "
+    "the counters reset, the printer is back in service)",
 )
 PATHS["/api/printers/{printer_id}/maintenance"]["get"] = _op(
     "The printer's counters, thresholds and maintenance log",
-    _ok("Maintenance"),
+    _ok("MaintenanceLog"),
     parameters=[_PRINTER_ID, *_PAGE],
 )
 PATHS.update(
@@ -1217,26 +925,7 @@ PATHS.update(
                 "Bind a Spoolman spool to a tool (spool_id null: unbind)",
                 _ok("Printer"),
                 parameters=[_PRINTER_ID],
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "required": ["spool_id"],
-                                "properties": {
-                                    "spool_id": {
-                                        "type": ["integer", "null"],
-                                        "minimum": 0,
-                                        "maximum": 2**31 - 1,
-                                    },
-                                    "tool": {"type": "integer", "minimum": 0, "maximum": 63},
-                                },
-                            }
-                        }
-                    },
-                },
+                requestBody=body("SpoolBind"),
             )
         },
         "/api/spools": {
@@ -1245,12 +934,13 @@ PATHS.update(
         "/api/maintenance": {
             "get": _op(
                 "Every printer's counters and the maintenance log, newest first",
-                _ok("Maintenance"),
+                _ok("MaintenanceLog"),
                 parameters=[_q("printer", {"type": "string"}, "only this printer"), *_PAGE],
             )
         },
     }
 )
+
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -1269,11 +959,8 @@ def document(max_priority: int) -> dict[str, Any]:
     configured ``scheduler.max_priority``; ``DOCUMENT`` states the default)."""
     if max_priority == DEFAULT_MAX_PRIORITY:
         return DOCUMENT
-    doc = copy.deepcopy(DOCUMENT)
-    bound = {"minimum": -max_priority, "maximum": max_priority}
-    doc["components"]["schemas"]["JobCreate"]["properties"]["priority"].update(bound)
-    body = doc["paths"]["/api/orchestrator/reprioritize"]["post"]["requestBody"]
-    body["content"]["application/json"]["schema"]["properties"]["priority"].update(bound)
+    doc = dict(DOCUMENT)
+    doc["components"] = {**DOCUMENT["components"], "schemas": schemas(Limits(max_priority))}
     return doc
 
 

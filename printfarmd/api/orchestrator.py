@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from quart import Blueprint, Response, request
 
 from printfarmd import __version__
-from printfarmd.api import validate as v
 from printfarmd.api.context import services
-from printfarmd.api.respond import json_response, read_json
-from printfarmd.api.serialize import event_json, iso
-from printfarmd.errors import BadRequest, ValidationFailed
-from printfarmd.models import JOB_ID_RE
+from printfarmd.api.respond import body_of, json_response
+from printfarmd.api.serialize import event_json, iso, job_json
+from printfarmd.api.shapes import OrchestratorConfig, Reprioritize
+from printfarmd.errors import BadRequest
 
 bp = Blueprint("orchestrator", __name__)
 
@@ -71,21 +71,8 @@ async def resume() -> Response:
 
 @bp.post("/api/orchestrator/reprioritize")
 async def reprioritize() -> Response:
-    from printfarmd.api.serialize import job_json
-
-    svc = services()
-    body = await read_json()
-    v.only_fields(body, ("jobId", "job_id", "priority"))
-    job_id = v.opt_str(body, "jobId", 64) or v.opt_str(body, "job_id", 64)
-    if not job_id:
-        raise BadRequest("jobId: required")
-    if not JOB_ID_RE.match(job_id):
-        raise ValidationFailed("jobId: not a job id (16 uppercase hex characters)", field="jobId")
-    limit = svc.config.scheduler.max_priority
-    priority = v.opt_int(body, "priority", -limit, limit)
-    if priority is None:
-        raise BadRequest("priority: required")
-    job = await svc.owner.reprioritize(job_id, priority)
+    body = await body_of(Reprioritize)
+    job = await services().owner.reprioritize(body.jobId, body.priority)
     return json_response(job_json(job))
 
 
@@ -105,30 +92,8 @@ async def get_config() -> Response:
 
 @bp.put("/api/orchestrator/config")
 async def put_config() -> Response:
-    body = await read_json()
-    v.only_fields(body, ("max_retries", "retry_backoff", "cooldown_seconds"))
-    # The helpers read null as "absent"; here it would silently change nothing, so say so.
-    for key, value in body.items():
-        if value is None:
-            raise BadRequest(f"{key}: null is not a value (leave the field out instead)")
-    changes: dict[str, Any] = {}
-    if (n := v.opt_int(body, "max_retries", 0, 100)) is not None:
-        changes["max_retries"] = n
-    if "retry_backoff" in body:
-        raw = body["retry_backoff"]
-        if not isinstance(raw, list) or not raw:
-            raise BadRequest("retry_backoff: expected a non-empty list of seconds")
-        # Each item through opt_num, which reads null as "absent": refuse that here.
-        if any(x is None for x in raw):
-            raise BadRequest("retry_backoff: expected a non-empty list of seconds")
-        changes["retry_backoff"] = tuple(
-            v.opt_num({"retry_backoff": x}, "retry_backoff", 0.0, 7 * 86400.0) or 0.0
-            for x in raw[:20]
-        )
-        if len(raw) > 20:
-            raise ValidationFailed("retry_backoff: at most 20 values", field="retry_backoff")
-    if (c := v.opt_num(body, "cooldown_seconds", 0.0, 86400.0)) is not None:
-        changes["cooldown_seconds"] = c
+    body = await body_of(OrchestratorConfig)
+    changes = {k: v for k, v in attrs.asdict(body, recurse=False).items() if v is not None}
     await services().owner.update_settings(changes)
     return json_response(_settings_body())
 

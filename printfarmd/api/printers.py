@@ -5,10 +5,10 @@ from __future__ import annotations
 from quart import Blueprint, Response
 
 from printfarmd.api import upkeep
-from printfarmd.api import validate as v
 from printfarmd.api.context import services
-from printfarmd.api.respond import json_response, read_json
+from printfarmd.api.respond import body_of, json_response
 from printfarmd.api.serialize import printer_json
+from printfarmd.api.shapes import Maintenance
 from printfarmd.errors import BadRequest
 
 bp = Blueprint("printers", __name__)
@@ -48,15 +48,12 @@ async def clear_plate(printer_id: str) -> Response:
 
 @bp.post("/api/printers/<printer_id>/maintenance")
 async def maintenance(printer_id: str) -> Response:
-    """Two bodies: ``{"enabled": true|false}`` turns maintenance mode on or off;
-    (issue 16) ``{"by": ..., "work": ..., "at"?: ...}`` records work done, resets the
-    counters and ends maintenance mode."""
-    body = await read_json()
-    if "enabled" not in body and ("by" in body or "work" in body):
+    body = await body_of(Maintenance)
+    if body.by is not None or body.work is not None or body.at is not None:
+        if body.enabled is not None:
+            raise BadRequest("enabled: either turn maintenance mode on or off, or record work done")
         return await upkeep.record_maintenance(printer_id, body)
-    v.only_fields(body, ("enabled",))
-    enabled = v.opt_bool(body, "enabled")
-    if enabled is None:
+    if body.enabled is None:
         raise BadRequest("enabled: required (true or false), or record work done with by and work")
-    await services().owner.set_maintenance(printer_id, enabled)
+    await services().owner.set_maintenance(printer_id, body.enabled)
     return _printer(printer_id)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from quart import Response, request
 
+from printfarmd.api import contract
+from printfarmd.api.context import services
 from printfarmd.api.validate import parse_json_object
+
+T = TypeVar("T")
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -19,3 +23,10 @@ async def read_json() -> dict[str, Any]:
     (413) before anything is parsed."""
     raw = await request.get_data(cache=False, as_text=False)
     return parse_json_object(raw if isinstance(raw, bytes) else raw.encode())
+
+
+async def body_of(shape: type[T]) -> T:
+    """The request body parsed as ``shape`` (``api/shapes.py``), with the configured
+    limits: 400/422 naming the first wrong field, nothing else."""
+    limits = contract.Limits(services().config.scheduler.max_priority)
+    return contract.parse(shape, await read_json(), limits)

@@ -15,25 +15,23 @@ here; the cost shapes are in ``upkeep_json.py`` (the notifier and the history us
 
 from __future__ import annotations
 
-import datetime as dt
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from quart import Blueprint, Response, request
 
-from printfarmd.api import validate as v
 from printfarmd.api.context import services
-from printfarmd.api.history import MAX_UNIX_TIME, int_arg
-from printfarmd.api.respond import json_response, read_json
+from printfarmd.api.history import int_arg
+from printfarmd.api.respond import body_of, json_response
 from printfarmd.api.serialize import iso, printer_json
+from printfarmd.api.shapes import Maintenance, SpoolBind
 from printfarmd.api.upkeep_json import job_cost
 from printfarmd.core.farm import eligibility
 from printfarmd.core.farm import spools as spool_rules
 from printfarmd.core.farm.state import Slot
 from printfarmd.core.farm.upkeep import counters_json
 from printfarmd.core.farm.upkeep_state import Policy, power_group
-from printfarmd.errors import BadRequest, NotFound, ValidationFailed
+from printfarmd.errors import BadRequest, NotFound
 from printfarmd.models import Job
 from printfarmd.services.owner import Owner
 from printfarmd.store.upkeep import LogEntry, UpkeepStore
@@ -42,50 +40,6 @@ bp = Blueprint("upkeep", __name__)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-#: Largest spool id accepted (Spoolman's ids are SQL integers).
-MAX_SPOOL_ID = 2**31 - 1
-
-
-# ---------------------------------------------------------------- request values
-
-
-def body_time(body: Mapping[str, Any], key: str) -> float | None:
-    """A time in a JSON body: Unix seconds (a number) or ISO-8601 (``Z`` or an offset;
-    naive means UTC). ``BadRequest`` for another type, ``ValidationFailed`` out of range."""
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise BadRequest(f"{key}: expected Unix seconds or an ISO-8601 time")
-    if isinstance(value, int | float):
-        stamp = float(value)
-    elif isinstance(value, str):
-        if len(value) > 64:
-            raise ValidationFailed(f"{key}: longer than 64 characters", field=key)
-        try:
-            when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequest(f"{key}: expected Unix seconds or an ISO-8601 time") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        stamp = when.timestamp()
-    else:
-        raise BadRequest(f"{key}: expected Unix seconds or an ISO-8601 time")
-    if not math.isfinite(stamp) or not 0 <= stamp <= MAX_UNIX_TIME:
-        raise ValidationFailed(f"{key}: must be between 1970 and the year 5138", field=key)
-    return stamp
-
-
-def colour_arg(body: Mapping[str, Any], key: str = "colour") -> str | None:
-    """``#RRGGBB`` (upper-case) from ``#RRGGBB`` or ``RRGGBB`` in any case; ``None``
-    when absent."""
-    value = v.opt_str(body, key, 9)
-    if value is None:
-        return None
-    text = value.strip().lstrip("#")
-    if len(text) != 6 or any(c not in "0123456789abcdefABCDEF" for c in text):
-        raise ValidationFailed(f"{key}: expected #RRGGBB, e.g. #FF6600", field=key)
-    return "#" + text.upper()
 
 
 # ---------------------------------------------------------------- JSON pieces
@@ -215,16 +169,11 @@ async def list_spools() -> Response:
 
 @bp.put("/api/printers/<printer_id>/spool")
 async def bind_spool(printer_id: str) -> Response:
-    body = await read_json()
-    v.only_fields(body, ("spool_id", "tool"))
-    if "spool_id" not in body:
-        raise BadRequest("spool_id: required (a Spoolman spool id, or null to unbind)")
-    spool_id = v.opt_int(body, "spool_id", 0, MAX_SPOOL_ID)
-    tool = v.opt_int(body, "tool", 0, 63) or 0
+    body = await body_of(SpoolBind)
     owner = services().owner
     if printer_id not in owner.printers:
         raise NotFound(f"printer {printer_id} not found")
-    await owner.bind_spool(printer_id, tool, spool_id)
+    await owner.bind_spool(printer_id, body.tool, body.spool_id)
     return json_response(printer_view(owner, printer_id))
 
 
@@ -267,14 +216,13 @@ async def maintenance() -> Response:
     return json_response(await _maintenance_doc(printer))
 
 
-async def record_maintenance(printer_id: str, body: Mapping[str, Any]) -> Response:
+async def record_maintenance(printer_id: str, body: Maintenance) -> Response:
     """``POST /api/printers/{id}/maintenance`` with ``by`` and ``work`` (and optionally
     ``at``): log the work, reset the counters, back into service."""
-    v.only_fields(body, ("by", "work", "at"))
-    by = v.opt_str(body, "by", 100, required=True)
-    work = v.opt_str(body, "work", 2000, required=True)
-    assert by is not None and work is not None
-    at = body_time(body, "at")
+    if body.by is None:
+        raise BadRequest("by: required (who did the work)")
+    if body.work is None:
+        raise BadRequest("work: required (what was done)")
     owner = services().owner
-    await owner.record_maintenance(printer_id, by, work, at)
+    await owner.record_maintenance(printer_id, body.by, body.work, body.at)
     return json_response(printer_view(owner, printer_id))

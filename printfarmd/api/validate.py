@@ -1,15 +1,21 @@
 """Request-body checks with messages that name the field. Raise ``BadRequest`` for a
 wrong type or unknown field and ``ValidationFailed`` (422) for a value out of range.
+
+The REST API's bodies are declared once as shapes (``api/shapes.py``) and parsed by
+``api/contract.py``; these helpers are the same checks one field at a time (each is the
+contract's ``Spec``), for code that has not moved to a shape yet.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from printfarmd.api import jsonin
-from printfarmd.errors import BadRequest, ValidationFailed
+from printfarmd.api.contract import Boolean, Integer, Limits, Number, NumberList, Text, TextList
+from printfarmd.errors import BadRequest
+
+_LIMITS = Limits()
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -40,61 +46,40 @@ def opt_str(
         if required:
             raise BadRequest(f"{key}: required")
         return None
-    if not isinstance(value, str):
-        raise BadRequest(f"{key}: expected a string")
-    if len(value) > max_len:
-        raise ValidationFailed(f"{key}: longer than {max_len} characters", field=key)
-    if "\x00" in value:
-        raise BadRequest(f"{key}: contains a NUL character")
-    return value
+    checked: str = Text(max_len).check(key, value, _LIMITS)
+    return checked
 
 
 def opt_int(body: Mapping[str, Any], key: str, lo: int, hi: int) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    # JSON has one number type: 3.0 is the integer 3 (as JSON Schema says); 3.5 is not.
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{key}: expected an integer")
-    if not lo <= value <= hi:
-        raise ValidationFailed(f"{key}: must be between {lo} and {hi}", field=key)
-    return value
+    checked: int = Integer(lo, hi).check(key, value, _LIMITS)
+    return checked
 
 
 def opt_num(body: Mapping[str, Any], key: str, lo: float, hi: float) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"{key}: expected a number")
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise ValidationFailed(f"{key}: must be between {lo:g} and {hi:g}", field=key)
-    return float(value)
+    checked: float = Number(lo, hi).check(key, value, _LIMITS)
+    return checked
 
 
 def opt_bool(body: Mapping[str, Any], key: str) -> bool | None:
     value = body.get(key)
     if value is None:
         return None
-    if not isinstance(value, bool):
-        raise BadRequest(f"{key}: expected true or false")
-    return value
+    checked: bool = Boolean().check(key, value, _LIMITS)
+    return checked
 
 
 def str_list(body: Mapping[str, Any], key: str, max_items: int, max_len: int) -> tuple[str, ...]:
     value = body.get(key)
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadRequest(f"{key}: expected a list of strings")
-    if len(value) > max_items:
-        raise ValidationFailed(f"{key}: more than {max_items} items", field=key)
-    for v in value:
-        if not v or len(v) > max_len:
-            raise ValidationFailed(f"{key}: each item must be 1 to {max_len} characters", field=key)
-    return tuple(value)
+    checked: tuple[str, ...] = TextList(max_items, max_len).check(key, value, _LIMITS)
+    return checked
 
 
 def num_list(
@@ -103,12 +88,5 @@ def num_list(
     value = body.get(key)
     if value is None:
         return None
-    if (
-        not isinstance(value, list)
-        or len(value) != length
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-    ):
-        raise BadRequest(f"{key}: expected a list of {length} numbers")
-    if not all(math.isfinite(v) and lo <= v <= hi for v in value):
-        raise ValidationFailed(f"{key}: each value must be between {lo:g} and {hi:g}", field=key)
-    return tuple(float(v) for v in value)
+    checked: tuple[float, ...] = NumberList(lo, hi, exact=length).check(key, value, _LIMITS)
+    return checked

@@ -23,8 +23,6 @@ from typing import Any
 
 import attrs
 import trio
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 
 from printfarmd.core import gcode_meta
 from printfarmd.errors import (
@@ -261,6 +259,8 @@ class UploadResult:
 
 
 def _boundary(content_type: str) -> bytes:
+    from python_multipart.multipart import parse_options_header  # on first upload (issue 17)
+
     ctype, params = parse_options_header(content_type or "")
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         raise BadRequest("upload: expected a multipart/form-data body with a boundary")
@@ -365,6 +365,8 @@ class _FormSink:
         keys = _param_names(disposition)
         if len(keys) != len(set(keys)):
             raise BadRequest("upload: a form part repeats a Content-Disposition parameter")
+        from python_multipart.multipart import parse_options_header
+
         _disp, params = parse_options_header(disposition)
         self.name = params.get(b"name", b"").decode("utf-8", "replace")
         raw = params.get(b"filename")
@@ -427,6 +429,10 @@ async def receive_upload(
     On success the temp file is fsynced, renamed to ``<path>/<filename>`` (both checked by
     ``resolve_in``) and the folder fsynced. A checkpoint.
     """
+    # The multipart parser is imported on the first upload (issue 17: start needs none).
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser
+
     sink = _FormSink()
     parser = MultipartParser(_boundary(content_type), sink.callbacks())  # type: ignore[arg-type]
     real_root = await trio.to_thread.run_sync(_ready_root, root)

@@ -29,10 +29,9 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from email.message import EmailMessage
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-import httpx
 import orjson
 import trio
 
@@ -47,6 +46,9 @@ from printfarmd.errors import FarmError
 from printfarmd.models import Job
 from printfarmd.store.store import Store
 from printfarmd.store.upkeep import UpkeepStore
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("printfarmd.notifier")
 
@@ -174,13 +176,6 @@ class Notifier:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Resume pending deliveries, report ready, then serve escalations until cancelled."""
-        client = httpx.AsyncClient(
-            transport=self._transport,
-            timeout=self.config.webhook_timeout,
-            headers={"User-Agent": f"printfarmd/{__version__}"},
-            follow_redirects=False,
-        )
-        self._http = client
         try:
             async with trio.open_nursery() as nursery:
                 await self._resume(nursery)
@@ -191,8 +186,23 @@ class Notifier:
                     else:
                         await self._open(item, nursery)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await client.aclose()
+            if self._http is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await self._http.aclose()
+
+    def _client(self) -> httpx.AsyncClient:
+        """The webhook client, made (and httpx imported) on the first webhook: a farm's
+        start needs neither (issue 17)."""
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(
+                transport=self._transport,
+                timeout=self.config.webhook_timeout,
+                headers={"User-Agent": f"printfarmd/{__version__}"},
+                follow_redirects=False,
+            )
+        return self._http
 
     async def _resume(self, nursery: trio.Nursery) -> None:
         configured = {(t.channel, t.address) for t in self.targets()}
@@ -418,11 +428,13 @@ class Notifier:
             return f"internal error: {type(exc).__name__}"
 
     async def _post_webhook(self, d: Delivery) -> str | None:
-        assert self._http is not None
+        client = self._client()
+        import httpx
+
         body = d.payload.encode()
         headers = notify.webhook_headers(body, self.config.webhook_secret, d.id, d.event)
         try:
-            resp = await self._http.post(d.address, content=body, headers=headers)
+            resp = await client.post(d.address, content=body, headers=headers)
         except httpx.TimeoutException:
             return f"timed out after {self.config.webhook_timeout:g} s"
         except httpx.HTTPError as exc:

@@ -30,7 +30,6 @@ from typing import Protocol
 
 import attrs
 import trio
-from PIL import Image, UnidentifiedImageError
 
 from printfarmd.services import files
 
@@ -84,6 +83,9 @@ def photo_key(job_id: str, finished_at: float) -> str:
 
 def reduce(image: bytes) -> bytes:
     """A PNG at most ``LOW_SIZE`` a side. Raises ``ValueError`` for data that is no image."""
+    # Pillow is imported on first use: the daemon's start does not need it (issue 17).
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(io.BytesIO(image)) as im:
             im.thumbnail((LOW_SIZE, LOW_SIZE))

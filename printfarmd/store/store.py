@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlite_utils
 import trio
 
 from printfarmd.core.farm import outputs as out
@@ -222,6 +221,8 @@ class Store:
 
     async def tables(self) -> list[str]:
         """Table names (for diagnostics and tests)."""
+        import sqlite_utils  # only here: the daemon's start does not need it (issue 17)
+
         return await self._read(lambda conn: list(sqlite_utils.Database(conn).table_names()))
 
     # ------------------------------------------------------------------ notifications

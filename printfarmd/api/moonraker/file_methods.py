@@ -223,7 +223,8 @@ def file_metadata(root: Path, name: str, cache: MetaCache | None = None) -> dict
     if found is not None:
         found["filename"] = name
         return found
-    meta = files.read_meta(path)
+    # The one parsed-metadata cache (services.files), warmed after start (daemon.py).
+    meta = files.meta_of(path)
     out: dict[str, Any] = {
         "filename": name,
         "size": st.st_size,

@@ -11,7 +11,6 @@ one auth hook; these views never see an unauthenticated request.
 from __future__ import annotations
 
 import glob
-import zlib
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +35,7 @@ from printfarmd.api.moonraker import (
     ws,
 )
 from printfarmd.api.moonraker.args import Args, parse_query
-from printfarmd.api.moonraker.facade import Facade
+from printfarmd.api.moonraker.facade import Facade, http_answer
 from printfarmd.api.respond import json_response
 from printfarmd.drivers.base import DriverError
 from printfarmd.errors import NotFound
@@ -57,12 +56,6 @@ SNAPSHOT_TIMEOUT = 10.0
 bp = Blueprint("moonraker", __name__)
 FACADE_KEY = "PRINTFARMD_MOONRAKER"
 UPLOAD_PATHS = frozenset({"/server/files/upload", "/api/files"})
-#: Path prefixes answered in Moonraker's shapes (errors included).
-FACADE_PREFIXES = ("/server/", "/printer/", "/machine/", "/access/")
-
-
-def is_facade_path(path: str) -> bool:
-    return path.startswith(FACADE_PREFIXES)
 
 
 def facade() -> Facade:
@@ -100,23 +93,16 @@ async def http_args(path_args: dict[str, Any] | None = None) -> Args:
     return Args(values)
 
 
-#: Bodies at least this large are gzipped for clients that accept it (browsers do): a
-#: 1000-job queue is ~120 KB of JSON, ~12 KB gzipped at level 1 (0.4 ms on a Pi-class CPU),
-#: and pushing the 120 KB through the HTTP stack costs more than compressing it.
-GZIP_MIN_BYTES = 16 * 1024
-
-
 def _wrap(result: Any) -> Response:
     if result is None:
         return Response(b"", status=204)
-    body = b'{"result":' + rpc.encode(result) + b"}"
-    if len(body) >= GZIP_MIN_BYTES and "gzip" in request.headers.get("Accept-Encoding", ""):
-        packer = zlib.compressobj(1, zlib.DEFLATED, 31)
-        resp = Response(packer.compress(body) + packer.flush(), content_type="application/json")
-        resp.headers["Content-Encoding"] = "gzip"
-        resp.headers["Vary"] = "Accept-Encoding"
-        return resp
-    return Response(body, status=200, content_type="application/json")
+    content_type, body, extra = http_answer(
+        rpc.wrap(result, b'{"result":', b"}"), request.headers.get("Accept-Encoding", "")
+    )
+    resp = Response(body, status=200, content_type=content_type.decode())
+    for name, value in extra:
+        resp.headers[name.decode()] = value.decode()
+    return resp
 
 
 def _make_view(by_verb: dict[str, str]) -> Any:

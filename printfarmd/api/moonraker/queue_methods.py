@@ -56,7 +56,7 @@ async def enqueue_files(
 
 @method("server.job_queue.status", ("GET", "/server/job_queue/status"))
 async def status(caller: Caller, args: Args) -> Raw:
-    return Raw(caller.facade.status_json())
+    return Raw(pieces=caller.facade.status_pieces())
 
 
 async def _check_files(caller: Caller, names: list[str]) -> None:
@@ -86,7 +86,7 @@ async def post_job(caller: Caller, args: Args) -> Raw:
     await _check_files(caller, names)
     if names or reset:
         await enqueue_files(caller.facade.svc.owner, names, reset=reset)
-    return Raw(caller.facade.status_json())
+    return Raw(pieces=caller.facade.status_pieces())
 
 
 @method("server.job_queue.delete_job", ("DELETE", "/server/job_queue/job"))
@@ -95,7 +95,7 @@ async def delete_job(caller: Caller, args: Args) -> Raw:
     ids = caller.facade.queued_ids() if every else args.get_list("job_ids")
     if ids:
         await caller.facade.svc.owner.cancel_queued(ids, "removed from the job queue")
-    return Raw(caller.facade.status_json())
+    return Raw(pieces=caller.facade.status_pieces())
 
 
 @method("server.job_queue.pause", ("POST", "/server/job_queue/pause"))
@@ -103,7 +103,7 @@ async def pause(caller: Caller, args: Args) -> Raw:
     sched = caller.facade.svc.owner
     if not sched.paused:
         await sched.set_paused(True)
-    return Raw(caller.facade.status_json())
+    return Raw(pieces=caller.facade.status_pieces())
 
 
 @method("server.job_queue.start", ("POST", "/server/job_queue/start"))
@@ -111,7 +111,7 @@ async def start(caller: Caller, args: Args) -> Raw:
     sched = caller.facade.svc.owner
     if sched.paused:
         await sched.set_paused(False)
-    return Raw(caller.facade.status_json())
+    return Raw(pieces=caller.facade.status_pieces())
 
 
 @method("server.job_queue.jump", ("POST", "/server/job_queue/jump"))
@@ -121,4 +121,4 @@ async def jump(caller: Caller, args: Args) -> Raw:
     if job_id not in sched.queue:
         raise RpcError(400, f"Invalid job id: {_printable(job_id)}")
     await sched.jump(job_id)
-    return Raw(caller.facade.status_json())
+    return Raw(pieces=caller.facade.status_pieces())

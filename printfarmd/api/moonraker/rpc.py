@@ -23,9 +23,16 @@ if TYPE_CHECKING:
 
 @attrs.frozen
 class Raw:
-    """An already-encoded JSON value."""
+    """An already-encoded JSON value, whole or in ``pieces`` (joined only once, into the
+    message that carries it)."""
 
-    data: bytes
+    data: bytes = b""
+    pieces: list[bytes] | None = None
+
+    def join(self, before: bytes, after: bytes) -> bytes:
+        if self.pieces is None:
+            return before + self.data + after
+        return b"".join([before, *self.pieces, after])
 
 
 @attrs.define
@@ -70,7 +77,16 @@ def method(
 
 
 def encode(value: Any) -> bytes:
-    return value.data if isinstance(value, Raw) else orjson.dumps(value)
+    if isinstance(value, Raw):
+        return value.join(b"", b"")
+    return orjson.dumps(value)
+
+
+def wrap(value: Any, before: bytes, after: bytes) -> bytes:
+    """``before`` + ``value`` as JSON + ``after``, with one copy of a pre-encoded value."""
+    if isinstance(value, Raw):
+        return value.join(before, after)
+    return before + orjson.dumps(value) + after
 
 
 async def call_method(caller: Caller, name: str, args: Args) -> Any:
@@ -79,10 +95,6 @@ async def call_method(caller: Caller, name: str, args: Args) -> Any:
     if m is None:
         raise errors.RpcError(404, "Method not found")
     return await m.handler(caller, args)
-
-
-def _response(result: bytes, rid: bytes) -> bytes:
-    return b'{"jsonrpc":"2.0","result":' + result + b',"id":' + rid + b"}"
 
 
 def _error(code: int, message: str, rid: Any) -> dict[str, Any]:
@@ -111,7 +123,7 @@ async def _one(caller: Caller, req: Any, authorized: Callable[[str], bool]) -> b
         return orjson.dumps(_error(code, message, rid)) if has_id else None
     if not has_id:
         return None
-    return _response(encode(result), orjson.dumps(rid))
+    return wrap(result, b'{"jsonrpc":"2.0","result":', b',"id":' + orjson.dumps(rid) + b"}")
 
 
 async def dispatch(

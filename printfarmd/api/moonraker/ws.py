@@ -12,7 +12,9 @@ UIs do: Mainsail also closes a socket that is silent for 10 s), and
 
 Order: requests are answered one at a time, and a bus notification waits until no
 request is being answered, so a client always gets the response before the notification
-its change caused. Responses and notifications share one outgoing channel.
+its change caused. The request loop sends its answers itself; notifications go through
+one bounded outgoing channel and its writer task (a client too slow to take them is
+closed). Each notification is encoded once for every client (``Facade.queue_notification``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import trio
 from quart import Response, websocket
 
 from printfarmd.api.auth import Verdict
+from printfarmd.api.front import decision_of
 from printfarmd.api.moonraker import history_methods, procstats, rpc, spoolman_methods
-from printfarmd.api.moonraker.facade import Facade, notify_frame
+from printfarmd.api.moonraker.facade import HISTORY_FRAMES_KEEP, Facade, notify_frame
 from printfarmd.errors import FarmError
 from printfarmd.models import Event
 from printfarmd.services.bus import Message
@@ -143,22 +146,13 @@ async def _forward(
             await conn.idle.wait()
         events = [m for m in batch if isinstance(m, Event) and is_queue_event(m)]
         for action in queue_actions(events):
-            state = facade.queue_state()
-            queue = None if action == "state_changed" else facade.queued_jobs_json()
-            body = (
-                b'{"jsonrpc":"2.0","method":"notify_job_queue_changed","params":[{"action":"'
-                + action.encode()
-                + b'","updated_queue":'
-                + (queue if queue is not None else b"null")
-                + b',"queue_state":"'
-                + state.encode()
-                + b'"}]}'
-            )
-            conn.push(body)
-        await _history(facade, conn, [m for m in batch if is_history_event(m)])
-        for m in batch:
-            if is_spool_event(m):
-                _spool(facade, conn, m)
+            conn.push(facade.queue_notification(action))
+        for ev in batch:
+            if is_history_event(ev):
+                for frame in await _history_frames(facade, ev):
+                    conn.push(frame)
+            elif is_spool_event(ev):
+                _spool(facade, conn, ev)
 
 
 def _spool(facade: Facade, conn: Connection, ev: Message) -> None:
@@ -170,19 +164,31 @@ def _spool(facade: Facade, conn: Connection, ev: Message) -> None:
     conn.push(notify_frame("notify_active_spool_set", [{"spool_id": ev.data.get("spool_id")}]))
 
 
-async def _history(facade: Facade, conn: Connection, events: list[Message]) -> None:
-    caller = rpc.Caller(facade, conn.peer, conn)
-    for ev in events:
-        try:
-            notes = await history_methods.notification(caller, ev)
-        except FarmError as exc:  # storage trouble: this notification is lost, not the socket
-            log.warning("history notification not sent", extra={"reason": exc.message})
-            continue
-        except Exception as exc:  # a bug loses the notification, never the client's socket
-            log.error("history notification failed", exc_info=exc)
-            continue
-        for params in notes:
-            conn.push(notify_frame("notify_history_changed", [params]))
+async def _history_frames(facade: Facade, ev: Message) -> list[bytes]:
+    """The ``notify_history_changed`` frames of ``ev``, made once for every client."""
+    assert isinstance(ev, Event)
+    pending = facade.history_pending.get(ev.seq)
+    if pending is not None:  # another client's task is making them
+        await pending.wait()
+    cached = facade.history_frames.get(ev.seq)
+    if cached is not None or pending is not None:
+        return cached or []
+    done = facade.history_pending[ev.seq] = trio.Event()
+    frames: list[bytes] = []
+    try:
+        notes = await history_methods.notification(rpc.Caller(facade, None), ev)
+        frames = [notify_frame("notify_history_changed", [params]) for params in notes]
+    except FarmError as exc:  # storage trouble: this notification is lost, not the socket
+        log.warning("history notification not sent", extra={"reason": exc.message})
+    except Exception as exc:  # a bug loses the notification, never the client's socket
+        log.error("history notification failed", exc_info=exc)
+    finally:
+        facade.history_frames[ev.seq] = frames
+        while len(facade.history_frames) > HISTORY_FRAMES_KEEP:
+            del facade.history_frames[min(facade.history_frames)]
+        del facade.history_pending[ev.seq]
+        done.set()
+    return frames
 
 
 async def _tick(facade: Facade, conn: Connection) -> None:
@@ -216,13 +222,16 @@ async def serve(facade: Facade) -> Response | None:
     accepted), else serve the connection until either side ends it."""
     svc = facade.svc
     access = svc.access
-    decision = access.decide(
-        peer=websocket.remote_addr,
-        host=websocket.headers.get("Host"),
-        api_key=websocket.headers.get("X-Api-Key"),
-        forwarded_for=websocket.headers.get("X-Forwarded-For"),
-        oneshot=websocket.args.get("token"),
-    )
+    # The front decided once, at the upgrade (api/front.py).
+    decision = decision_of(websocket.scope)
+    if decision is None:
+        decision = access.decide(
+            peer=websocket.remote_addr,
+            host=websocket.headers.get("Host"),
+            api_key=websocket.headers.get("X-Api-Key"),
+            forwarded_for=websocket.headers.get("X-Forwarded-For"),
+            oneshot=websocket.args.get("token"),
+        )
     peer = decision.client
     authenticated = decision.allowed
     origin = websocket.headers.get("Origin")
@@ -242,6 +251,8 @@ async def serve(facade: Facade) -> Response | None:
             content_type="application/json",
         )
     await websocket.accept()
+    # The request's own websocket object: no context lookup per frame.
+    sock = websocket._get_current_object()  # type: ignore[attr-defined]
     send, recv = trio.open_memory_channel[bytes](OUT_BUFFER)
     with trio.CancelScope() as scope:
         conn = Connection(facade.next_connection_id(), peer, authenticated, send, scope)
@@ -264,16 +275,18 @@ async def serve(facade: Facade) -> Response | None:
 
                     nursery.start_soon(forward_then_close)
                     while True:
-                        data: Any = await websocket.receive()
+                        data: Any = await sock.receive()
                         limit = MAX_FRAME if conn.authenticated else MAX_ANONYMOUS_FRAME
                         if _size(data) > limit:
-                            await send.send(frame_too_large(limit))
+                            await sock.send(frame_too_large(limit).decode())
                             continue
                         conn.busy = True
                         try:
                             reply = await rpc.dispatch(caller, data, authorized)
                             if reply is not None:
-                                await send.send(reply)
+                                # Straight out, not through the notifications' writer: one
+                                # task switch less per answer. Frames go out whole either way.
+                                await sock.send(reply.decode("utf-8"))
                         finally:
                             conn.busy = False
                             conn.idle.set()
