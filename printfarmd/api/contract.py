@@ -216,15 +216,18 @@ class Time(Spec):
         return stamp
 
     def schema(self, limits: Limits) -> dict[str, Any]:
+        # Documented as Unix seconds: an ISO-8601 text is accepted too (the description
+        # says so), but no pattern states exactly what Python's ISO parser takes.
         return {
-            "type": ["number", "string"],
+            "type": "number",
             "minimum": 0,
             "maximum": _num(MAX_UNIX_TIME),
-            "description": "Unix seconds, or ISO-8601 (e.g. 2026-07-01T22:00:00Z)",
+            "description": "Unix seconds (an ISO-8601 text such as 2026-07-01T22:00:00Z "
+            "is accepted too)",
         }
 
     def example(self, limits: Limits) -> Any:
-        return "2026-07-01T22:00:00Z"
+        return 1782943200  # 2026-07-01T22:00:00Z
 
 
 @attrs.frozen
@@ -401,6 +404,8 @@ def request_schema(shape: type[Any], limits: Limits = DEFAULT_LIMITS) -> dict[st
     if required:
         out["required"] = required
     out["properties"] = props
+    # A shape whose fields go together in alternatives (``Maintenance``) says so.
+    out.update(getattr(shape, "SCHEMA_EXTRA", {}))
     return out
 
 

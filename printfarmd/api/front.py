@@ -289,14 +289,21 @@ class _Streamer:
     _start: Message
     _source: AsyncIterator[bytes]
     done: trio.Event = attrs.field(factory=trio.Event)
+    #: Cancelled when the client hangs up (``stop``): an idle stream ends at once.
+    _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    def stop(self) -> None:
+        self._scope.cancel()
 
     async def run(self) -> None:
         source = self._source
         try:
-            await self._send(self._start)
-            async for chunk in source:
-                await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await self._send({"type": "http.response.body", "body": b""})
+            with self._scope:
+                await self._send(self._start)
+                async for chunk in source:
+                    body = {"type": "http.response.body", "body": chunk, "more_body": True}
+                    await self._send(body)
+                await self._send({"type": "http.response.body", "body": b""})
         except Exception as exc:  # the connection failed under us: nothing left to do
             log.debug("stream writer ended", extra={"reason": repr(exc)})
         finally:
@@ -564,7 +571,7 @@ class Front:
             try:
                 await self.app(scope, receive, outgoing)
                 if streamer is not None:
-                    await streamer.done.wait()
+                    await _until_done_or_gone(streamer, receive)
             finally:
                 if writer is not None:
                     writer.close()
@@ -572,6 +579,21 @@ class Front:
             # Let the last chunk reach the client before hypercorn ends the response.
             with trio.move_on_after(FINISH_TIMEOUT):
                 await writer.done.wait()
+
+
+async def _until_done_or_gone(streamer: _Streamer, receive: Receive) -> None:
+    """Wait for ``streamer`` to end; if the client hangs up first, stop it (a stream
+    with nothing to say would otherwise hold its connection until its next heartbeat)."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            streamer.stop()
+
+        nursery.start_soon(watch)
+        await streamer.done.wait()
+        nursery.cancel_scope.cancel()
 
 
 def _peer(scope: Scope) -> str | None:

@@ -5,7 +5,7 @@ documents them from the same declarations."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -129,6 +129,29 @@ class Maintenance:
     """``POST /api/printers/{printer_id}/maintenance``: either ``enabled`` (maintenance
     mode on or off), or ``by`` and ``work`` (and ``at``: work done, recorded in the log;
     the counters reset and the printer is back in service)."""
+
+    #: One form or the other (the handler refuses a mix or neither, 400).
+    SCHEMA_EXTRA: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {
+                "required": ["enabled"],
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "by": {"type": "null"},
+                    "work": {"type": "null"},
+                    "at": {"type": "null"},
+                },
+            },
+            {
+                "required": ["by", "work"],
+                "properties": {
+                    "enabled": {"type": "null"},
+                    "by": {"type": "string"},
+                    "work": {"type": "string"},
+                },
+            },
+        ]
+    }
 
     enabled: bool | None = field(Boolean(), description="maintenance mode on or off")
     by: str | None = field(Text(100, pattern=FILLED, mismatch="must not be blank"))

@@ -42,9 +42,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import trio
 
 from printfarmd import __version__
@@ -55,6 +54,9 @@ from printfarmd.core.routing import normalize_colour
 from printfarmd.errors import FarmError, NotFound
 from printfarmd.store.store import Store
 from printfarmd.store.upkeep import Outgoing, UpkeepStore
+
+if TYPE_CHECKING:
+    import httpx  # imported when Spoolman is first called: a farm's start needs none
 
 log = logging.getLogger("printfarmd.spoolman")
 
@@ -169,6 +171,8 @@ class SpoolmanClient:
         self, method: str, path: str, *, query: str | None = None, body: Any = None
     ) -> httpx.Response:
         """``method`` on ``/api`` + ``path`` (``path`` starts with ``/v1/``); any answer."""
+        import httpx
+
         url = self.api + path + (f"?{query}" if query else "")
         try:
             return await self.http.request(method, url, json=body)
@@ -252,6 +256,8 @@ class SpoolmanService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Never raises: failures are logged and retried."""
+        import httpx
+
         http = httpx.AsyncClient(
             transport=self._transport,
             timeout=self.config.timeout,

@@ -75,6 +75,8 @@ class Connection:
     identified: bool = False
     #: Printer objects of its last ``printer.objects.subscribe``.
     subscribed: set[str] = attrs.field(factory=set)
+    #: Frames handed to the writer and not yet sent (an answer waits behind them).
+    unsent: int = 0
 
     def push(self, frame: bytes) -> None:
         """Queue a notification if this client is authenticated; close it if it lags."""
@@ -82,6 +84,7 @@ class Connection:
             return
         try:
             self.send_channel.send_nowait(frame)
+            self.unsent += 1
         except trio.WouldBlock:
             self.cancel.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -212,9 +215,12 @@ async def _tick(facade: Facade, conn: Connection) -> None:
             conn.push(notify_frame("notify_status_update", [status, trio.current_time()]))
 
 
-async def _write(recv: trio.MemoryReceiveChannel[bytes]) -> None:
+async def _write(conn: Connection, recv: trio.MemoryReceiveChannel[bytes]) -> None:
     async for frame in recv:
-        await websocket.send(frame.decode("utf-8"))
+        try:
+            await websocket.send(frame.decode("utf-8"))
+        finally:
+            conn.unsent -= 1
 
 
 async def serve(facade: Facade) -> Response | None:
@@ -266,7 +272,7 @@ async def serve(facade: Facade) -> Response | None:
         try:
             with svc.bus.subscribed(is_notified, buffer_size=1024) as sub:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_write, recv)
+                    nursery.start_soon(_write, conn, recv)
                     nursery.start_soon(_tick, facade, conn)
 
                     async def forward_then_close() -> None:
@@ -283,7 +289,14 @@ async def serve(facade: Facade) -> Response | None:
                         conn.busy = True
                         try:
                             reply = await rpc.dispatch(caller, data, authorized)
-                            if reply is not None:
+                            if reply is None:
+                                pass
+                            elif conn.unsent:
+                                # Notifications the call made (console lines, say) are not
+                                # sent yet: the answer goes after them, as Moonraker's does.
+                                conn.unsent += 1
+                                await send.send(reply)
+                            else:
                                 # Straight out, not through the notifications' writer: one
                                 # task switch less per answer. Frames go out whole either way.
                                 await sock.send(reply.decode("utf-8"))
