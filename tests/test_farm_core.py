@@ -161,7 +161,16 @@ class FarmMachine(RuleBasedStateMachine):
             self.stops.append((effect.printer_id, effect.job_id))
             self.last_stop[(effect.printer_id, effect.job_id)] = self.mono
         elif isinstance(effect, out.EmergencyStop):
-            self.world[effect.printer_id] = World()
+            # It stops whatever the printer does: the job it prints and one handed to it
+            # whose answer is still out. A stale report of either within the stray
+            # interval needs no second stop.
+            pid = effect.printer_id
+            told = {jid for p, jid in self.starts if p == pid}
+            if self.world[pid].job is not None:
+                told.add(self.world[pid].job)
+            for jid in told:
+                self.last_stop[(pid, jid)] = self.mono
+            self.world[pid] = World()
         elif isinstance(effect, out.ArmTimer):
             self.timers.append((effect.kind, effect.key))
 
