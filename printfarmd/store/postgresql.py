@@ -185,6 +185,19 @@ def describe(dsn: str) -> str:
     )
 
 
+#: Every error psycopg raises (for callers that do not import psycopg themselves).
+Error = psycopg.Error
+
+
+def read_schema_version(conn: PgConn) -> int:
+    """The schema version, 0 for a database printfarmd never used; writes nothing."""
+    row = conn.execute("SELECT to_regclass(?)", (VERSION_TABLE,)).fetchone()
+    if row is None or row[0] is None:
+        return 0
+    found = conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()
+    return 0 if found is None else int(found[0])
+
+
 def schema_version(conn: PgConn) -> int:
     conn.script(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version BIGINT NOT NULL)")
     row = conn.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()
