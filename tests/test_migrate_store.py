@@ -185,3 +185,16 @@ def test_the_cli_prints_the_table_and_refuses_a_second_copy(tmp_path: Path, pg_d
     )
     assert second.returncode == 1
     assert "already holds a farm" in second.stderr and "Traceback" not in second.stderr
+
+
+@pytest.mark.slow
+def test_round_trip_on_a_100000_job_farm(tmp_path: Path, pg_dsn: str) -> None:
+    """The acceptance point: 100,000 jobs (and their 200,000 events) copied and verified
+    (``bench/bench_migrate.py`` prints the times)."""
+    source = tmp_path / "printfarmd.db"
+    build_farm(source, bulk=100_000)
+    report = transfer.copy_farm(source, pg_dsn)
+    assert report.ok
+    counts = {t.table: (t.source_rows, t.target_rows) for t in report.tables}
+    assert counts["jobs"] == (100_006, 100_006)
+    assert counts["events"] == (200_014, 200_014)
