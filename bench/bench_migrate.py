@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from printfarmd.store import transfer  # noqa: E402
-from tests.farm_builder import build_farm  # noqa: E402
-from tests.pg_server import running_server  # noqa: E402
+from printfarmd.store import transfer
+from tests.farm_builder import build_farm
+from tests.pg_server import running_server
 
 
 def main() -> int:
