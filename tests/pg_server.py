@@ -23,8 +23,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
-
 SERVER_USER = "nobody"
 
 
@@ -57,11 +55,14 @@ def _free_port() -> int:
 class PgServer:
     def __init__(self) -> None:
         self.bindir = _bindir()
-        self.root = Path(tempfile.mkdtemp(prefix="printfarmd-pg-"))
+        self.as_root = os.getuid() == 0
+        # As root, in /tmp itself: the server's user must reach the folder (root's TMPDIR
+        # may be a private one).
+        base = "/tmp" if self.as_root else None
+        self.root = Path(tempfile.mkdtemp(prefix="printfarmd-pg-", dir=base))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.port = _free_port()
-        self.as_root = os.getuid() == 0
         self._schemas = itertools.count(1)
         if self.as_root:
             user = pwd.getpwnam(SERVER_USER)
@@ -117,6 +118,8 @@ class PgServer:
 
     def fresh_dsn(self) -> str:
         """The DSN of a new, empty schema (a test's own database, in effect)."""
+        import psycopg
+
         schema = f"t{next(self._schemas)}"
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")
@@ -124,6 +127,8 @@ class PgServer:
 
     def terminate_clients(self) -> int:
         """Kill every other client connection (as a network cut would); how many."""
+        import psycopg
+
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
