@@ -321,6 +321,12 @@ def cmd_backup(args: argparse.Namespace, out: Console) -> int:
     from printfarmd.store.database import backup_database
 
     config = load_config(args.config if args.config is not None else default_config_path())
+    if config.storage.backend.value == "postgresql":
+        _error(
+            'storage.backend is "postgresql": back it up with PostgreSQL\'s tools '
+            "(pg_dump, see docs/postgresql.md)"
+        )
+        return EXIT_FAILURE
     source = config.data_path / DB_NAME
     if not source.exists():
         _error(f"no database at {source}")

@@ -150,3 +150,17 @@ def test_psycopg_is_imported_only_when_configured() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+async def test_one_daemon_per_database(pg_dsn: str) -> None:
+    """Until several daemons can share a farm (issue 18, phase 2), a second store on the
+    same database is refused at start; the first keeps working."""
+    async with open_pg_store(pg_dsn) as first:
+        with pytest.raises(StorageBusy, match="another printfarmd daemon"):
+            async with open_pg_store(pg_dsn):
+                pass
+        job = mkjob()
+        await first.commit([out.InsertJob(job)])
+        assert await first.get_job(job.id) == job
+    async with open_pg_store(pg_dsn) as again:  # the lock went with the first daemon
+        assert await again.get_job(job.id) == job

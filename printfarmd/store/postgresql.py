@@ -54,6 +54,9 @@ CONNECT_TIMEOUT = 5
 LOCK_TIMEOUT_MS = 5000
 #: Any number will do, as long as it is always the same: the migrations' advisory lock.
 _MIGRATION_LOCK = 0x70F4_2018
+#: Held by the writer's session: one daemon per database (several daemons sharing one
+#: farm need the claims of issue 18's phase 2, not built yet).
+_WRITER_LOCK = 0x70F4_2019
 VERSION_TABLE = "printfarmd_schema"
 
 
@@ -126,6 +129,8 @@ def map_pg_error(exc: Exception) -> FarmError:
         | psycopg.errors.QueryCanceled,
     ):
         return StorageBusy("the database is busy: nothing was stored, try again")
+    if isinstance(exc, InUse):
+        return StorageBusy(f"{IN_USE}: nothing was stored")
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return StorageBusy("the database is unavailable: nothing was stored, try again")
     return StorageBusy("the database could not be written: nothing was stored")
@@ -149,9 +154,20 @@ POSTGRESQL = Dialect(
 # ---------------------------------------------------------------------- connections
 
 
-def connect(dsn: str, synchronous: str = "FULL") -> PgConn:
-    """A connection in autocommit mode with the store's session settings. Blocking.
-    Raises ``psycopg.Error`` (never anything else) when it cannot."""
+class InUse(psycopg.OperationalError):
+    """Another printfarmd daemon writes to this database."""
+
+
+IN_USE = (
+    "another printfarmd daemon is using this PostgreSQL database: one daemon per "
+    "database (several daemons on one farm are not built yet, see docs/postgresql.md)"
+)
+
+
+def connect(dsn: str, synchronous: str = "FULL", *, writer: bool = False) -> PgConn:
+    """A connection in autocommit mode with the store's session settings; the writer's
+    also holds the one-daemon-per-database lock (``InUse`` when another has it).
+    Blocking. Raises ``psycopg.Error`` (never anything else) when it cannot."""
     raw = psycopg.connect(
         dsn,
         autocommit=True,
@@ -167,6 +183,10 @@ def connect(dsn: str, synchronous: str = "FULL") -> PgConn:
             raise psycopg.OperationalError(
                 f"PostgreSQL refused synchronous_commit={wanted} (got {row})"
             )
+        if writer:
+            locked = raw.execute("SELECT pg_try_advisory_lock(%s)", (_WRITER_LOCK,)).fetchone()
+            if locked is None or not locked[0]:
+                raise InUse(IN_USE)
     except BaseException:
         raw.close()
         raise
@@ -310,7 +330,7 @@ class PgStore(Store):
     def __init__(self, dsn: str, writer: PgConn, synchronous: str) -> None:
         super().__init__(
             Path(),
-            Writer(writer, POSTGRESQL, reconnect=lambda: connect(dsn, synchronous)),
+            Writer(writer, POSTGRESQL, reconnect=lambda: connect(dsn, synchronous, writer=True)),
             synchronous,
         )
         self.dsn = dsn
@@ -344,7 +364,9 @@ class PgStore(Store):
 
 def _open(dsn: str, synchronous: str) -> tuple[PgConn, int]:
     try:
-        conn = connect(dsn, synchronous)
+        conn = connect(dsn, synchronous, writer=True)
+    except InUse:
+        raise StorageBusy(f"{IN_USE} ({describe(dsn)})") from None
     except psycopg.Error as exc:
         raise StorageBusy(
             f"cannot connect to PostgreSQL at {describe(dsn)}: {str(exc).strip()}"
