@@ -49,6 +49,7 @@ T = TypeVar("T")
 #: How many reads run at once (each on a connection of its own).
 READERS = 3
 CONNECT_TIMEOUT = 5
+TCP_USER_TIMEOUT_MS = 30_000
 #: Waiting for a row lock (another client holding it) longer than this fails the write
 #: with ``StorageBusy`` (SQLite's busy timeout).
 LOCK_TIMEOUT_MS = 5000
@@ -173,6 +174,14 @@ def connect(dsn: str, synchronous: str = "FULL", *, writer: bool = False) -> PgC
         autocommit=True,
         connect_timeout=CONNECT_TIMEOUT,
         application_name="printfarmd",
+        # A server that vanished without closing the connection (power cut, network
+        # black hole) is noticed in about 30 s instead of the kernel's hours: the call
+        # fails, the farm degrades and the connection is replaced.
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+        tcp_user_timeout=TCP_USER_TIMEOUT_MS,
     )
     try:
         wanted = "on" if synchronous == "FULL" else "off"
@@ -301,6 +310,8 @@ class Readers:
                 retry = was_idle and conn.broken
                 self._give(conn)
                 if retry:
+                    # The server went away while it was idle: so did the other idle ones.
+                    self._drop_idle()
                     continue
                 raise map_pg_error(exc) from None
             except BaseException:
@@ -310,13 +321,17 @@ class Readers:
             return result
         raise StorageBusy("the database is unavailable: nothing was read, try again")
 
-    def close(self) -> None:
+    def _drop_idle(self) -> None:
         with self._lock:
-            self._closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._drop_idle()
 
 
 # ---------------------------------------------------------------------- the store

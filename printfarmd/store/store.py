@@ -28,6 +28,7 @@ import trio
 from printfarmd.core.farm import outputs as out
 from printfarmd.core.farm.startup import Remembered
 from printfarmd.core.notify import Delivery
+from printfarmd.errors import StorageBusy
 from printfarmd.models import Event, Job
 from printfarmd.store import database, events, jobs, notifications, settings, upkeep
 from printfarmd.store.database import map_sqlite_error
@@ -312,8 +313,10 @@ def open_backend(
     """The configured store: the SQLite file at ``path``, or (``backend ==
     "postgresql"``) the PostgreSQL database ``dsn`` (psycopg is imported only then)."""
     if backend == "postgresql":
-        from printfarmd.store.postgresql import open_pg_store
-
+        try:
+            from printfarmd.store.postgresql import open_pg_store
+        except ImportError as exc:  # psycopg without a libpq (see docs/postgresql.md)
+            raise StorageBusy(f"the PostgreSQL backend cannot load psycopg: {exc}") from None
         return open_pg_store(dsn, synchronous)
     return open_store(path, synchronous)
 
