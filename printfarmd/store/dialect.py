@@ -13,6 +13,10 @@ The store's modules write one SQL text per operation and run it on a ``Conn``: a
 
 Booleans are stored as integers 0/1 and JSON as text on both engines, so a row reads
 back the same whatever the engine (and ``migrate-store`` can checksum both sides alike).
+Two differences the SQL lives with rather than hides: ``LIKE`` ignores ASCII case on
+SQLite and not on PostgreSQL (the store's patterns match text the code itself writes, in
+one case), and text sorts bytewise on SQLite but by the database's collation on
+PostgreSQL (docs/postgresql.md asks for the C collation).
 """
 
 from __future__ import annotations
