@@ -158,7 +158,7 @@ class Writer:
                     # A FarmError, or a bug in one unit: only that unit fails, its caller
                     # gets the exception, and the writer keeps serving everyone else.
                     conn.execute("ROLLBACK TO SAVEPOINT unit")
-                    unit.error = d.map_error(exc) if isinstance(exc, d.error) else exc
+                    unit.error = exc
                 else:
                     ok.append(unit)
                 conn.execute("RELEASE SAVEPOINT unit")
