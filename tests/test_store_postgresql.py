@@ -164,3 +164,13 @@ async def test_one_daemon_per_database(pg_dsn: str) -> None:
         assert await first.get_job(job.id) == job
     async with open_pg_store(pg_dsn) as again:  # the lock went with the first daemon
         assert await again.get_job(job.id) == job
+
+
+def test_no_postgresql_installed_is_a_loud_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PostgreSQL tests fail (never skip) where the server is not installed."""
+    from tests import pg_server
+
+    monkeypatch.setattr(pg_server.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(pg_server.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="PostgreSQL is not installed"):
+        pg_server.PgServer()
