@@ -323,9 +323,13 @@ def serve(config: Config, *, log_format: str | None = None, config_path: Path | 
         damaged = _find(exc, DatabaseDamaged)
         if damaged is not None:
             log.critical("refusing to run: %s", damaged.message)
+            hint = (
+                "Restore a backup (see docs/operations.md) or move the file away to start empty."
+                if config.storage.backend.value == "sqlite"
+                else "See docs/postgresql.md (the role needs to create tables in its schema)."
+            )
             print(
-                f"error: {damaged.message}\nThe database was left untouched. Restore a "
-                "backup (see docs/operations.md) or move the file away to start empty.",
+                f"error: {damaged.message}\nThe database was left untouched. {hint}",
                 file=sys.stderr,
             )
             return EXIT_DAMAGED_DB

@@ -174,3 +174,24 @@ def test_no_postgresql_installed_is_a_loud_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(pg_server.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="PostgreSQL is not installed"):
         pg_server.PgServer()
+
+
+async def test_a_role_that_cannot_create_tables_is_refused_untouched(
+    pg_server: PgServer, pg_dsn: str
+) -> None:
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'guest'").fetchone() is None:
+            admin.execute("CREATE ROLE guest LOGIN")
+    guest = pg_dsn.replace("postgres@", "guest@")
+    with pytest.raises(DatabaseDamaged, match="cannot be migrated"):
+        async with open_pg_store(guest):
+            pass
+    with psycopg.connect(pg_dsn) as conn:
+        assert postgresql_tables(conn) == []
+
+
+def postgresql_tables(conn: psycopg.Connection[object]) -> list[str]:
+    rows = conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
