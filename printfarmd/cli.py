@@ -336,6 +336,12 @@ def cmd_backup(args: argparse.Namespace, out: Console) -> int:
     from printfarmd.store.database import backup_database
 
     config = load_config(args.config if args.config is not None else default_config_path())
+    if config.storage.backend.value == "postgresql":
+        _error(
+            'storage.backend is "postgresql": back it up with PostgreSQL\'s tools '
+            "(pg_dump, see docs/postgresql.md)"
+        )
+        return EXIT_FAILURE
     source = config.data_path / DB_NAME
     if not source.exists():
         _error(f"no database at {source}")
@@ -349,6 +355,51 @@ def cmd_backup(args: argparse.Namespace, out: Console) -> int:
         _error(f"backup failed: {getattr(exc, 'message', exc)}")
         return EXIT_FAILURE
     out.print(f"backup written: {dest}", markup=False, highlight=False)
+    return EXIT_OK
+
+
+def cmd_migrate_store(args: argparse.Namespace, out: Console) -> int:
+    """issue 18: copy the SQLite farm into an empty PostgreSQL database and verify it."""
+    from printfarmd.daemon import DB_NAME
+    from printfarmd.store import transfer
+
+    if args.source is not None:
+        source: Path = args.source
+    else:
+        config = load_config(args.config if args.config is not None else default_config_path())
+        source = config.data_path / DB_NAME
+    try:
+        report = transfer.copy_farm(
+            source, args.to, lambda line: out.print(line, markup=False, highlight=False)
+        )
+    except FarmError as exc:
+        _error(exc.message)
+        return EXIT_FAILURE
+    table = Table(title=f"{source} -> PostgreSQL")
+    for column in ("table", "rows (SQLite)", "rows (PostgreSQL)", "checksum", ""):
+        table.add_column(column)
+    for check in report.tables:
+        same = check.source_hash == check.target_hash
+        table.add_row(
+            check.table,
+            str(check.source_rows),
+            str(check.target_rows),
+            check.source_hash[:16]
+            if same
+            else f"{check.source_hash[:8]} != {check.target_hash[:8]}",
+            Text("ok", "green") if check.ok else Text("MISMATCH", "bold red"),
+        )
+    out.print(table)
+    if not report.ok:
+        bad = ", ".join(c.table for c in report.tables if not c.ok)
+        _error(f"the copy does not match the SQLite file ({bad}): do not switch to it")
+        return EXIT_FAILURE
+    out.print(
+        'copied and verified. To use it: storage.backend = "postgresql" and storage.dsn '
+        "in the config (docs/postgresql.md); the SQLite file is left as it was.",
+        markup=False,
+        highlight=False,
+    )
     return EXIT_OK
 
 
@@ -721,6 +772,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backup.add_argument("--config", type=Path, help=_CONFIG_HELP)
     backup.add_argument("--output", type=Path, help="where to write it (default: data/backups/)")
+
+    migrate = command(
+        commands,
+        "migrate-store",
+        cmd_migrate_store,
+        "copy the SQLite farm (daemon stopped) into an empty PostgreSQL database and verify",
+    )
+    migrate.add_argument(
+        "--to", required=True, metavar="DSN",
+        help="the empty PostgreSQL database, e.g. postgresql://printfarmd@db-host/printfarm",
+    )  # fmt: skip
+    migrate.add_argument("--config", type=Path, help=_CONFIG_HELP)
+    migrate.add_argument(
+        "--from", dest="source", type=Path, metavar="FILE",
+        help="the SQLite file (default: printfarmd.db in the config's data_dir)",
+    )  # fmt: skip
 
     # Options shared by every command that talks to a running daemon.
     client = argparse.ArgumentParser(add_help=False)

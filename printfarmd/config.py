@@ -58,6 +58,14 @@ class Synchronous(enum.StrEnum):
     NORMAL = "NORMAL"
 
 
+class StorageBackend(enum.StrEnum):
+    """Where the farm keeps its state (issue 18): the SQLite file in ``data_dir``, or a
+    PostgreSQL database (``storage.dsn``)."""
+
+    SQLITE = "sqlite"
+    POSTGRESQL = "postgresql"
+
+
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -111,6 +119,11 @@ class StorageConfig:
     #: Days an Idempotency-Key is remembered (a retry after that creates a new job).
     #: 0 keeps them forever.
     idempotency_retention_days: float = 30.0
+    #: issue 18: ``"sqlite"`` (the file ``<data_dir>/printfarmd.db``) or ``"postgresql"``.
+    backend: StorageBackend = StorageBackend.SQLITE
+    #: The PostgreSQL database (libpq URI or key=value string), with ``backend =
+    #: "postgresql"`` only. May hold a password: keep the file private.
+    dsn: str = ""
 
 
 @attrs.frozen
@@ -838,6 +851,19 @@ def _semantic_errors(config: Config) -> list[str]:
         "storage.idempotency_retention_days",
         "must be >= 0",
     )
+    if config.storage.backend is StorageBackend.POSTGRESQL:
+        check(
+            bool(config.storage.dsn.strip()),
+            "storage.dsn",
+            'must name the PostgreSQL database with backend = "postgresql" '
+            '(e.g. "postgresql://printfarmd@db-host/printfarm")',
+        )
+    else:
+        check(
+            not config.storage.dsn,
+            "storage.dsn",
+            'is only used with backend = "postgresql"',
+        )
     check(config.watchdog.interval > 0, "watchdog.interval", "must be > 0")
     check(config.watchdog.stale_threshold > 0, "watchdog.stale_threshold", "must be > 0")
 

@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 import trio
@@ -40,7 +40,7 @@ from printfarmd.api.moonraker import ws
 from printfarmd.config import Config, load_config
 from printfarmd.core.farm.inputs import JobRequest
 from printfarmd.drivers import make_driver
-from printfarmd.errors import ConfigError, DatabaseDamaged, FarmError
+from printfarmd.errors import ConfigError, DatabaseDamaged, FarmError, StorageBusy
 from printfarmd.logs import setup_logging
 from printfarmd.services import files
 from printfarmd.services.backups import Backups
@@ -50,16 +50,20 @@ from printfarmd.services.owner import Owner
 from printfarmd.services.retention import Retention
 from printfarmd.services.spoolman import SpoolmanService
 from printfarmd.services.watchdog import Watchdog
-from printfarmd.store import Store, open_store
+from printfarmd.store import Store, open_backend
 
 if TYPE_CHECKING:
     from printfarmd.drivers.mqtt import MqttHub
 
 log = logging.getLogger("printfarmd")
 
+_E = TypeVar("_E", bound=FarmError)
+
 GRACE = 3.0
 DB_NAME = "printfarmd.db"
 EXIT_DAMAGED_DB = 3
+#: issue 18: the configured PostgreSQL database could not be reached at start.
+EXIT_NO_DATABASE = 4
 EXIT_PORT_TAKEN = 2
 #: A bug ended the process (EX_SOFTWARE).
 EXIT_BUG = 70
@@ -130,8 +134,11 @@ async def run(
     try:
         config.data_path.mkdir(parents=True, exist_ok=True)
         config.gcodes_path.mkdir(parents=True, exist_ok=True)
-        async with open_store(
-            config.data_path / DB_NAME, config.storage.synchronous.value
+        async with open_backend(
+            config.storage.backend.value,
+            path=config.data_path / DB_NAME,
+            dsn=config.storage.dsn,
+            synchronous=config.storage.synchronous.value,
         ) as store:
             await _run(config, store, listener, stop, config_path, task_status)
     finally:
@@ -208,7 +215,8 @@ async def _run(
         backups = Backups(
             store,
             config.data_path / "backups",
-            config.storage.backup_interval,
+            # issue 18: PostgreSQL is backed up with its own tools (pg_dump), not by us.
+            config.storage.backup_interval if store.backend == "sqlite" else 0.0,
             config.storage.backup_keep,
         )
         await nursery.start(backups.run)
@@ -341,19 +349,29 @@ def serve(config: Config, *, log_format: str | None = None, config_path: Path | 
         damaged = _find(exc, DatabaseDamaged)
         if damaged is not None:
             log.critical("refusing to run: %s", damaged.message)
+            hint = (
+                "Restore a backup (see docs/operations.md) or move the file away to start empty."
+                if config.storage.backend.value == "sqlite"
+                else "See docs/postgresql.md (the role needs to create tables in its schema)."
+            )
             print(
-                f"error: {damaged.message}\nThe database was left untouched. Restore a "
-                "backup (see docs/operations.md) or move the file away to start empty.",
+                f"error: {damaged.message}\nThe database was left untouched. {hint}",
                 file=sys.stderr,
             )
             return EXIT_DAMAGED_DB
+        unreachable = _find(exc, StorageBusy)
+        if unreachable is not None:
+            # issue 18: the PostgreSQL server could not be reached at start.
+            log.critical("cannot start: %s", unreachable.message)
+            print(f"error: {unreachable.message}", file=sys.stderr)
+            return EXIT_NO_DATABASE
         # A bug: one clear line, not a 70-line traceback.
         log.critical("printfarmd stopped by a bug: %s", _one_line(exc))
         return EXIT_BUG
     return 0
 
 
-def _find(exc: BaseException, kind: type[DatabaseDamaged]) -> DatabaseDamaged | None:
+def _find(exc: BaseException, kind: type[_E]) -> _E | None:
     """``exc`` itself, or the first ``kind`` inside it (through exception groups)."""
     if isinstance(exc, kind):
         return exc

@@ -82,6 +82,24 @@ def check_database(path: Path) -> Finding:
     return Finding("database", True, f"{path}: integrity ok")
 
 
+def check_postgresql(dsn: str) -> Finding:
+    """issue 18: the configured PostgreSQL database answers, and at which schema version."""
+    from printfarmd.store import postgresql
+
+    where = postgresql.describe(dsn)
+    try:
+        conn = postgresql.connect(dsn)
+    except postgresql.Error as exc:
+        return Finding("database", False, f"{where}: cannot connect: {str(exc).strip()}")
+    try:
+        version = postgresql.read_schema_version(conn)
+    except postgresql.Error as exc:
+        return Finding("database", False, f"{where}: {str(exc).strip()}")
+    finally:
+        conn.close()
+    return Finding("database", True, f"{where}: reachable, schema version {version}")
+
+
 #: The key config.example.toml ships with: everyone who read the file knows it.
 DEMO_KEY = "demo-key-change-me"
 #: Plain-text keys shorter than this are guessable (``printfarmd init`` makes 43 characters).
@@ -146,7 +164,10 @@ def diagnose(config_path: Path) -> Iterator[Finding]:
     yield Finding("config", True, f"{config_path}: {len(config.printers)} printers")
     yield key_finding(config.server)
     db = config.data_path / DB_NAME
-    yield check_database(db)
+    if config.storage.backend.value == "postgresql":
+        yield check_postgresql(config.storage.dsn)
+    else:
+        yield check_database(db)
     existing = config.data_path
     while not existing.exists():
         existing = existing.parent

@@ -30,6 +30,8 @@ from printfarmd.config import (
     dump_config,
 )
 from printfarmd.daemon import Running, run
+from printfarmd.store.store import Store, open_backend
+from tests.pg_server import PgServer, running_server
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_GCODES = REPO / "demo" / "gcodes"
@@ -229,3 +231,39 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
 # session if an API key (or an unsafe response) shows up in it: S12, S14, S16. It reads
 # API_KEY and wraps DaemonProcess.start (to learn its log file and key) from this module.
 pytest_plugins = [*globals().get("pytest_plugins", ()), "tests.keyleak"]
+
+
+# ---------------------------------------------------------------- the store on both engines
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session (``tests/pg_server.py``)."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> str:
+    """A DSN of this test's own empty schema on the session's server."""
+    return pg_server.fresh_dsn()
+
+
+@attrs.frozen
+class StoreTarget:
+    """Where a test's store lives: the SQLite file ``path`` or the PostgreSQL ``dsn``."""
+
+    backend: str
+    path: Path
+    dsn: str = ""
+
+    def open(self) -> contextlib.AbstractAsyncContextManager[Store]:
+        return open_backend(self.backend, path=self.path, dsn=self.dsn)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTarget:
+    """The store tests run once per engine (issue 18)."""
+    if request.param == "postgresql":
+        return StoreTarget("postgresql", tmp_path / "unused.db", request.getfixturevalue("pg_dsn"))
+    return StoreTarget("sqlite", tmp_path / "t.db")

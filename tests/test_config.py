@@ -18,6 +18,7 @@ from printfarmd.config import (
     SchedulerConfig,
     ServerConfig,
     SimulatorOptions,
+    StorageBackend,
     StorageConfig,
     Synchronous,
     config_field_paths,
@@ -353,6 +354,11 @@ SEMANTIC_ERRORS = [
     ('[server]\nhost = " "', "server.host: must not be empty"),
     ("[server]\nmax_body_bytes = 1023", "server.max_body_bytes: must be at least 1024"),
     ('[storage]\ndata_dir = ""', "storage.data_dir: must not be empty"),
+    ('[storage]\nbackend = "postgresql"', "storage.dsn: must name the PostgreSQL database"),
+    (
+        '[storage]\ndsn = "postgresql://h/db"',
+        'storage.dsn: is only used with backend = "postgresql"',
+    ),
     ("[scheduler]\ncooldown_seconds = -0.5", "scheduler.cooldown_seconds: must be >= 0"),
     ("[scheduler]\nmax_retries = -1", "scheduler.max_retries: must be >= 0"),
     ("[scheduler]\nretry_backoff = []", "scheduler.retry_backoff: must not be empty"),
@@ -423,6 +429,15 @@ def test_boundary_values_accepted(tmp_path: Path, text: str) -> None:
 
 
 # -- normalisation and paths -------------------------------------------------------------
+
+
+def test_postgresql_backend(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path, '[storage]\nbackend = "PostgreSQL"\ndsn = "postgresql://farm@db/printfarm"\n'
+    )
+    assert config.storage.backend is StorageBackend.POSTGRESQL
+    assert config.storage.dsn == "postgresql://farm@db/printfarm"
+    assert load_text(tmp_path, "").storage.backend is StorageBackend.SQLITE
 
 
 def test_normalisation(tmp_path: Path) -> None:

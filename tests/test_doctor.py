@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import attrs
+import psycopg
 import pytest
 
 from printfarmd.cli import main
-from printfarmd.config import MoonrakerOptions, MqttConfig, ServerConfig
+from printfarmd.config import MoonrakerOptions, MqttConfig, ServerConfig, StorageBackend
 from printfarmd.doctor import (
     EARLIEST_PLAUSIBLE,
     MIN_FREE_BYTES,
@@ -18,6 +19,7 @@ from printfarmd.doctor import (
 )
 from printfarmd.store.database import open_database
 from tests.conftest import free_port, make_config, sim_printer, write_config
+from tests.pg_server import PgServer
 
 
 def _doctor(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -33,6 +35,26 @@ def test_healthy_farm_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert code == 0, out
     assert "integrity ok" in out
     assert "no problems found" in out
+
+
+def test_postgresql_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pg_server: PgServer
+) -> None:
+    """issue 18: with the PostgreSQL backend doctor asks the server, and writes nothing."""
+    dsn = pg_server.fresh_dsn()
+    config = make_config(tmp_path)
+    storage = attrs.evolve(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn)
+    path = write_config(attrs.evolve(config, storage=storage), tmp_path / "farm.toml")
+    code, out = _doctor(path, capsys)
+    assert code == 0, out
+    assert "reachable," in out and "schema version 0" in out
+    with psycopg.connect(dsn) as conn:  # a new database stays empty
+        assert conn.execute("SELECT to_regclass('printfarmd_schema')").fetchone() == (None,)
+    dead = attrs.evolve(storage, dsn=f"postgresql://u:pw@127.0.0.1:{pg_server.port + 1}/x")
+    path = write_config(attrs.evolve(config, storage=dead), tmp_path / "dead.toml")
+    code, out = _doctor(path, capsys)
+    assert code == 1
+    assert "cannot connect" in out and "PROBLEM" in out
 
 
 def test_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,8 +21,10 @@ from printfarmd.core.jobs import transition
 from printfarmd.models import Job, JobEvent, JobState, new_job_id
 from printfarmd.store import history as h
 from printfarmd.store.database import _split_sql, open_database
+from printfarmd.store.dialect import Conn, step_text
 from printfarmd.store.migrations import MIGRATIONS
-from printfarmd.store.store import Store, open_store
+from printfarmd.store.store import Store
+from tests.conftest import StoreTarget
 
 T0 = 1_700_000_000.0
 POLICY = retry_rules.RetryPolicy(max_retries=3, backoff=(60.0,))
@@ -106,8 +108,9 @@ class Farm:
 
 
 @pytest.fixture
-async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
-    async with open_store(tmp_path / "h.db") as store:
+async def farm(store_target: StoreTarget) -> AsyncIterator[Farm]:
+    """A history on each engine (SQLite, PostgreSQL: issue 18)."""
+    async with store_target.open() as store:
         yield Farm(store)
 
 
@@ -236,15 +239,17 @@ async def test_filters_and_pages(farm: Farm) -> None:
     assert last["f0.gcode"].id == everything[4].id
 
 
-async def test_entries_survive_a_reopen_and_metadata_is_recorded_once(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "h.db") as store:
+async def test_entries_survive_a_reopen_and_metadata_is_recorded_once(
+    store_target: StoreTarget,
+) -> None:
+    async with store_target.open() as store:
         farm = Farm(store)
         await farm.finish(await farm.start(await farm.queued("m.gcode"), "p1"))
         hs = h.HistoryStore(store)
         assert await hs.without_metadata() == ["m.gcode"]
         assert await hs.record_metadata("m.gcode", {"estimated_time": 60}, 100.0, 1.0) == 1
         assert await hs.record_metadata("m.gcode", {"other": 1}, 5.0, 5.0) == 0
-    async with open_store(tmp_path / "h.db") as store:
+    async with store_target.open() as store:
         (a,) = await attempts(store)
         assert a.status == "completed" and a.metadata == {"estimated_time": 60}
         assert a.filament_used == 100.0 and a.filament_grams == 1.0
@@ -254,16 +259,28 @@ async def test_entries_survive_a_reopen_and_metadata_is_recorded_once(tmp_path: 
 def _v3_database(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path)
     for step in MIGRATIONS[:3]:
-        for statement in _split_sql(step):
+        for statement in _split_sql(step_text(step, "sqlite")):
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 3")
     conn.commit()
     return conn
 
 
-def _row(conn: sqlite3.Connection, job_id: str, state: str, **kw: Any) -> None:
+def _v3_pg_database(dsn: str) -> Any:
+    """The same schema version 3 on PostgreSQL (its steps' PostgreSQL texts)."""
+    from printfarmd.store import postgresql
+
+    conn = postgresql.connect(dsn)
+    for step in MIGRATIONS[:3]:
+        conn.script(step_text(step, "postgresql"))
+    conn.script(f"CREATE TABLE {postgresql.VERSION_TABLE} (version BIGINT NOT NULL)")
+    conn.execute(f"INSERT INTO {postgresql.VERSION_TABLE} (version) VALUES (3)")
+    return conn
+
+
+def _row(conn: Conn, job_id: str, state: str, **kw: Any) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO jobs (id, filename, state, priority, position, copies, "
+        "INSERT INTO jobs (id, filename, state, priority, position, copies, "
         "copy_index, group_id, name, required_tags, retry_count, failed_printers, progress, "
         "created_at, updated_at, source, printer_id) "
         "VALUES (?, ?, ?, 0, 1, 1, 1, ?, 'n', '[]', 0, '[]', ?, ?, ?, 'api', ?)",
@@ -280,9 +297,7 @@ def _row(conn: sqlite3.Connection, job_id: str, state: str, **kw: Any) -> None:
     )
 
 
-def _event(
-    conn: sqlite3.Connection, job_id: str, at: float, frm: str | None, to: str, **kw: Any
-) -> None:
+def _event(conn: Conn, job_id: str, at: float, frm: str | None, to: str, **kw: Any) -> None:
     conn.execute(
         "INSERT INTO events (type, at, job_id, printer_id, from_state, to_state, reason) "
         "VALUES ('job.transition', ?, ?, ?, ?, ?, ?)",
@@ -290,9 +305,12 @@ def _event(
     )
 
 
-async def test_the_migration_backfills_attempts_from_recorded_events(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    conn = _v3_database(path)
+async def test_the_migration_backfills_attempts_from_recorded_events(
+    store_target: StoreTarget,
+) -> None:
+    path = store_target.path
+    pg = store_target.backend == "postgresql"
+    conn: Any = _v3_pg_database(store_target.dsn) if pg else _v3_database(path)
     a, b, c = "A" * 16, "B" * 16, "C" * 16
     _row(conn, a, "ready")
     _row(conn, b, "printing", printer="p2")
@@ -320,12 +338,18 @@ async def test_the_migration_backfills_attempts_from_recorded_events(tmp_path: P
     _event(conn, b, T0 + 30, "queued", "printing", printer="p2")
     _event(conn, c, T0 + 10, "queued", "printing", printer="p3")
     _event(conn, c, T0 + 15, "printing", "cancelled", printer="p3")
-    conn.commit()
+    if not pg:
+        conn.commit()
     conn.close()
-    writer, applied = open_database(path)
+    if pg:
+        from printfarmd.store import postgresql
+
+        writer, applied = postgresql._open(store_target.dsn, "FULL")
+    else:
+        writer, applied = open_database(path)
     writer.close()
     assert applied == len(MIGRATIONS) - 3
-    async with open_store(path) as store:
+    async with store_target.open() as store:
         rows = await attempts(store)
     assert [(r.job_id, r.printer_id, r.status, r.start_time, r.end_time) for r in rows] == [
         (a, "p1", "error", T0 + 10, T0 + 20),
@@ -338,9 +362,9 @@ async def test_the_migration_backfills_attempts_from_recorded_events(tmp_path: P
 
 
 async def test_an_open_attempt_whose_job_left_printing_is_swept_as_interrupted(
-    tmp_path: Path,
+    store_target: StoreTarget,
 ) -> None:
-    async with open_store(tmp_path / "h.db") as store:
+    async with store_target.open() as store:
         farm = Farm(store)
         job = await farm.start(await farm.queued(), "p1")
         # the job row moves on without its transition event (a hand-edited database)

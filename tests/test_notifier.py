@@ -34,9 +34,15 @@ from printfarmd.core.notify import Channel, Delivery, DeliveryPolicy, DeliverySt
 from printfarmd.errors import ConfigError
 from printfarmd.models import Job, JobState
 from printfarmd.services.notifier import MQTT_NOT_AVAILABLE, Notifier, send_email
-from printfarmd.store import open_store
 from printfarmd.store.store import Store
-from tests.conftest import LiveFarm, free_port, live_farm, make_config, sim_printer
+from tests.conftest import (
+    LiveFarm,
+    StoreTarget,
+    free_port,
+    live_farm,
+    make_config,
+    sim_printer,
+)
 
 SECRET = "webhook-secret-s3cr3t"
 PASSWORD = "smtp-pa55word"
@@ -333,7 +339,7 @@ def flaky_transport(down_for: int, calls: list[tuple[float, httpx.Request]]) -> 
 
 
 async def test_a_receiver_that_is_down_is_retried_with_backoff_and_logged(
-    tmp_path: Path, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, store_target: StoreTarget, autojump_clock: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="printfarmd.notifier")
     calls: list[tuple[float, httpx.Request]] = []
@@ -358,7 +364,7 @@ async def test_a_receiver_that_is_down_is_retried_with_backoff_and_logged(
         max_attempts=5,
     )
     async with (
-        open_store(tmp_path / "n.db") as store,
+        store_target.open() as store,
         running_notifier(
             store, config=cfg, transport=httpx.MockTransport(handler), wall=lambda: 1.7e9
         ) as notifier,
@@ -392,14 +398,14 @@ async def test_a_receiver_that_is_down_is_retried_with_backoff_and_logged(
 
 
 async def test_a_receiver_that_stays_down_ends_failed_after_max_attempts(
-    tmp_path: Path, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, store_target: StoreTarget, autojump_clock: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls: list[tuple[float, httpx.Request]] = []
     cfg = NotifyConfig(
         webhook_urls=("http://hooks.example/a",), retry_backoff=(5.0,), max_attempts=3
     )
     async with (
-        open_store(tmp_path / "n.db") as store,
+        store_target.open() as store,
         running_notifier(store, config=cfg, transport=flaky_transport(99, calls)) as notifier,
     ):
         notifier.escalate(failed_job())
@@ -410,22 +416,23 @@ async def test_a_receiver_that_stays_down_ends_failed_after_max_attempts(
     assert final.levelno == logging.ERROR
 
 
-async def test_pending_deliveries_resume_after_a_restart(tmp_path: Path) -> None:
+async def test_pending_deliveries_resume_after_a_restart(
+    tmp_path: Path, store_target: StoreTarget
+) -> None:
     # Real clock: under autojump_clock the clock could jump past the 30 s backoff while
     # the test waits on the store's worker thread.
     calls: list[tuple[float, httpx.Request]] = []
     cfg = NotifyConfig(
         webhook_urls=("http://hooks.example/a",), retry_backoff=(30.0,), max_attempts=5
     )
-    db = tmp_path / "n.db"
     async with (
-        open_store(db) as store,
+        store_target.open() as store,
         running_notifier(store, config=cfg, transport=flaky_transport(99, calls)) as notifier,
     ):
         notifier.escalate(failed_job())
         await wait_deliveries(store, lambda rows: rows and rows[0].attempts == 1)
         # the daemon stops during the backoff: the delivery stays pending, attempt 1 logged
-    async with open_store(db) as store:
+    async with store_target.open() as store:
         [before] = await store.pending_deliveries()
         assert before.next_attempt_at is not None
         up: list[tuple[float, httpx.Request]] = []
@@ -449,7 +456,7 @@ async def test_pending_deliveries_resume_after_a_restart(tmp_path: Path) -> None
 
 
 async def test_an_escalation_lost_in_a_crash_is_sent_at_the_next_start(
-    tmp_path: Path, autojump_clock: Any
+    tmp_path: Path, store_target: StoreTarget, autojump_clock: Any
 ) -> None:
     """The owner committed the failure but the daemon died before the notifier stored
     a delivery: the next start finds the job and escalates it, once. Failures from before
@@ -457,7 +464,7 @@ async def test_an_escalation_lost_in_a_crash_is_sent_at_the_next_start(
     cfg = NotifyConfig(webhook_urls=("http://hooks.example/a",))
     wall = [1_700_000_000.0]
     old = failed_job(id="00000000000000AA", updated_at=wall[0] - 3600)
-    async with open_store(tmp_path / "n.db") as store:
+    async with store_target.open() as store:
         await store.commit([InsertJob(old)])
         async with running_notifier(store, config=cfg, wall=lambda: wall[0]):
             pass  # first start: sets the mark, sends nothing about the old failure
@@ -486,10 +493,10 @@ class FakeHub:
 
 
 async def test_mqtt_channel_without_a_hub_is_logged_not_available(
-    tmp_path: Path, autojump_clock: Any
+    tmp_path: Path, store_target: StoreTarget, autojump_clock: Any
 ) -> None:
     cfg = NotifyConfig(mqtt_topic="farm/events/job_failed")
-    async with open_store(tmp_path / "n.db") as store:
+    async with store_target.open() as store:
         async with running_notifier(store, config=cfg) as notifier:
             notifier.escalate(failed_job())
             [d] = await wait_deliveries(store, all_settled, poll=1.0, polls=5000)
@@ -508,9 +515,9 @@ async def test_mqtt_channel_without_a_hub_is_logged_not_available(
 
 
 async def test_escalate_never_blocks_or_raises(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, store_target: StoreTarget, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with open_store(tmp_path / "n.db") as store:
+    async with store_target.open() as store:
         notifier = Notifier(config=NotifyConfig(webhook_urls=("http://x.example/",)), store=store)
         for _ in range(1500):  # nobody is receiving: the overflow is logged and dropped
             notifier.escalate(failed_job())
@@ -524,7 +531,9 @@ async def test_escalate_never_blocks_or_raises(
 # ------------------------------------------------------------------ real sockets, real clock
 
 
-async def test_real_receiver_down_then_up_and_one_that_stays_down(tmp_path: Path) -> None:
+async def test_real_receiver_down_then_up_and_one_that_stays_down(
+    tmp_path: Path, store_target: StoreTarget
+) -> None:
     late_port, dead_port = free_port(), free_port()
     cfg = NotifyConfig(
         webhook_urls=(f"http://127.0.0.1:{late_port}/late", f"http://127.0.0.1:{dead_port}/dead"),
@@ -536,7 +545,7 @@ async def test_real_receiver_down_then_up_and_one_that_stays_down(tmp_path: Path
     late: WebhookReceiver | None = None
     try:
         async with (
-            open_store(tmp_path / "n.db") as store,
+            store_target.open() as store,
             running_notifier(store, config=cfg) as notifier,
         ):
             notifier.escalate(failed_job())

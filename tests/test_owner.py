@@ -13,7 +13,8 @@ MockClock with autojump threshold 0, printers played by stub drivers.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ import trio.testing
 
 from printfarmd.core.farm.inputs import JobRequest, QueueFile
 from printfarmd.drivers.base import DriverEvent, JobFinished, JobSpec, StatusReport
-from printfarmd.errors import FarmError, StorageFull
+from printfarmd.errors import FarmError, StorageBusy, StorageFull
 from printfarmd.models import JobState, PrinterState
 from printfarmd.services.bus import Bus
 from printfarmd.services.owner import Owner
-from printfarmd.store import open_store
+from printfarmd.store.store import open_backend
 from tests.conftest import make_config, sim_printer
+from tests.pg_server import PgServer
 
 EPOCH = 1_800_000_000.0
 
@@ -128,13 +130,28 @@ class Farm:
         assert bool(settings.get("dispatch_paused", False)) == owner.state.paused
 
 
+#: Where ``open_farm`` keeps the farm: ``(backend, PostgreSQL server or None)``, set per
+#: test by ``_engine`` (every test here runs on SQLite and on PostgreSQL, issue 18).
+_ENGINE: list[tuple[str, PgServer | None]] = [("sqlite", None)]
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def _engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    server = request.getfixturevalue("pg_server") if request.param == "postgresql" else None
+    _ENGINE[0] = (request.param, server)
+    yield request.param
+    _ENGINE[0] = ("sqlite", None)
+
+
 @contextlib.asynccontextmanager
 async def open_farm(tmp_path: Path, n: int = 2, **sched: Any) -> AsyncIterator[Farm]:
     printers = tuple(sim_printer(f"p{k}", ("PLA",)) for k in range(n))
     config = make_config(tmp_path, printers, **sched)
     config.data_path.mkdir(parents=True, exist_ok=True)
     stubs = {p.id: StubPrinter(p.id) for p in printers}
-    async with open_store(config.data_path / "t.db") as store:
+    backend, server = _ENGINE[0]
+    dsn = server.fresh_dsn() if server is not None else ""
+    async with open_backend(backend, path=config.data_path / "t.db", dsn=dsn) as store:
         owner = Owner(
             config=config,
             store=store,
@@ -341,4 +358,39 @@ async def test_a_full_disk_degrades_the_farm_and_it_recovers_by_itself(tmp_path:
         await farm.settle()
         assert farm.owner.degraded is None
         assert (await store.get_job(job.id)).state is JobState.POST_PROCESS  # type: ignore[union-attr]
+        await farm.assert_memory_is_store()
+
+
+async def test_a_lost_database_server_degrades_the_farm_and_it_recovers_by_itself(
+    tmp_path: Path, _engine: str
+) -> None:
+    """PostgreSQL stopped under the running farm (issue 18): a command is refused with a
+    storage error (503), a printer's fact is kept, the farm is degraded, not crashed; the
+    server back, the farm stores the kept fact and serves commands by itself."""
+    backend, server = _ENGINE[0]
+    if server is None:
+        # SQLite: a full disk is the same path (the test above); here the server stops.
+        assert backend == "sqlite"
+        return
+    async with open_farm(tmp_path, n=1) as farm:
+        store = farm.owner.store
+        job = (await farm.owner.submit(JobRequest(filename="benchy_pla.gcode")))[0][0]
+        await farm.settle()
+        server.stop()
+        try:
+            with pytest.raises(StorageBusy):
+                await farm.owner.submit(JobRequest(filename="benchy_pla.gcode"))
+            farm.printers["p0"].say(JobFinished("p0", job.id))
+            await farm.settle()
+            assert farm.owner.degraded is not None
+        finally:
+            server.start()
+        # Real seconds (the clock here is trio's MockClock): the owner retries on its own.
+        deadline = time.monotonic() + 60
+        while farm.owner.degraded is not None and time.monotonic() < deadline:
+            await trio.to_thread.run_sync(time.sleep, 0.05)
+        assert farm.owner.degraded is None
+        await farm.settle()
+        assert (await store.get_job(job.id)).state is JobState.POST_PROCESS  # type: ignore[union-attr]
+        await farm.owner.submit(JobRequest(filename="benchy_pla.gcode"))
         await farm.assert_memory_is_store()

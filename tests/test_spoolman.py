@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import orjson
 import pytest
 import trio
 
-from printfarmd.config import SpoolmanConfig
+from printfarmd.config import Config, SpoolmanConfig, StorageBackend
 from printfarmd.core.farm import inputs as i
 from printfarmd.core.farm import outputs as out
 from printfarmd.core.farm.inputs import JobRequest
@@ -34,9 +34,11 @@ from printfarmd.models import JobState, PrinterState
 from printfarmd.services.bus import Bus
 from printfarmd.services.owner import Owner
 from printfarmd.services.spoolman import SpoolmanService, parse_spool
-from printfarmd.store import open_store
+from printfarmd.store import Store
+from printfarmd.store.store import open_backend
 from printfarmd.store.upkeep import UpkeepStore
 from tests.conftest import DaemonProcess, make_config, sim_printer
+from tests.pg_server import PgServer
 from tests.spoolman_sim import SimSpool, SpoolmanSim, SpoolmanThread, open_spoolman_sim
 from tests.test_owner import StubPrinter
 
@@ -56,6 +58,40 @@ def test_parse_a_spool_as_spoolman_sends_it() -> None:
     for bad in ([], {"id": "7"}, {"id": True}, "spool"):
         with pytest.raises(ValueError):
             parse_spool(bad, 0.0)
+
+
+# ---------------------------------------------------------------------- both engines
+
+#: Every test here runs on SQLite and on PostgreSQL (issue 18): ``open_store(path)``
+#: opens the SQLite file, or the PostgreSQL schema this test gave that path.
+_ENGINE: list[tuple[str, PgServer | None, dict[Path, str]]] = [("sqlite", None, {})]
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def _engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    server = request.getfixturevalue("pg_server") if request.param == "postgresql" else None
+    _ENGINE[0] = (request.param, server, {})
+    yield request.param
+    _ENGINE[0] = ("sqlite", None, {})
+
+
+def open_store(path: Path) -> contextlib.AbstractAsyncContextManager[Store]:
+    backend, server, dsns = _ENGINE[0]
+    if server is not None and path not in dsns:
+        dsns[path] = server.fresh_dsn()
+    return open_backend(backend, path=path, dsn=dsns.get(path, ""))
+
+
+def on_engine(config: Config) -> Config:
+    """``config`` with its store on this test's engine."""
+    _, server, dsns = _ENGINE[0]
+    if server is None:
+        return config
+    if config.data_path not in dsns:
+        dsns[config.data_path] = server.fresh_dsn()
+    dsn = dsns[config.data_path]
+    storage = attrs.evolve(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn)
+    return attrs.evolve(config, storage=storage)
 
 
 # ---------------------------------------------------------------------- the outbox alone
@@ -341,6 +377,7 @@ def test_spoolman_down_at_the_end_of_a_print_and_kill_9_reports_exactly_once(
                 url=sim.url, refresh_interval=0.5, retry_backoff=(0.2,), timeout=2.0
             ),
         )
+        config = on_engine(config)  # issue 18: the daemon on SQLite, or on PostgreSQL
         (config.gcodes_path / "part.gcode").write_text(
             WEIGHED.format(g=60) + "; estimated printing time (normal mode) = 0h 1m 0s\n"
         )

@@ -26,6 +26,7 @@ from printfarmd.store.database import map_sqlite_error, open_database
 from printfarmd.store.jobs import JOB_SORTS
 from printfarmd.store.migrations import MIGRATIONS
 from printfarmd.store.store import Store, open_store
+from tests.conftest import StoreTarget
 
 T0 = 1_700_000_000.0
 
@@ -82,7 +83,15 @@ _WRITTEN: dict[int, dict[str, JobState]] = {}
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
+async def store(store_target: StoreTarget) -> AsyncIterator[Store]:
+    """The store on each engine (SQLite, PostgreSQL)."""
+    async with store_target.open() as s:
+        yield s
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    """The SQLite store, for what only a file has (pragmas, locks, backups)."""
     async with open_store(tmp_path / "t.db") as s:
         yield s
 
@@ -101,6 +110,21 @@ def db_job_count(path: Path) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
     finally:
         conn.close()
+
+
+def outside_job_count(store: Store) -> int:
+    """The jobs a connection of another client sees (SQLite file or PostgreSQL)."""
+    if store.backend == "sqlite":
+        return db_job_count(store.path)
+    import psycopg
+
+    from printfarmd.store.postgresql import PgStore
+
+    assert isinstance(store, PgStore)
+    with psycopg.connect(store.dsn) as conn:
+        row = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        assert row is not None
+        return int(row[0])
 
 
 # ---------------------------------------------------------------- round trips
@@ -423,7 +447,7 @@ async def test_acknowledged_only_after_commit(store: Store) -> None:
     await save(store, [job])
     assert commits_seen == [1]
     # A different connection sees it, so it is really committed, not just buffered.
-    assert db_job_count(store.path) == 1
+    assert outside_job_count(store) == 1
 
 
 # ---------------------------------------------------------------- atomicity per unit
@@ -713,7 +737,8 @@ async def test_reopen_keeps_everything(tmp_path: Path) -> None:
     assert applied == 0
 
 
-async def test_backup_to(store: Store, tmp_path: Path) -> None:
+async def test_backup_to(sqlite_store: Store, tmp_path: Path) -> None:
+    store = sqlite_store
     jobs = [mkjob(position=i) for i in range(50)]
     await save(store, jobs, [created_event(j) for j in jobs])
     dest = tmp_path / "backups" / "b.db"
@@ -773,9 +798,10 @@ def test_map_constraint() -> None:
     assert not isinstance(err, StorageBusy | StorageFull)
 
 
-async def test_disk_full_while_saving_stores_nothing_then_recovers(store: Store) -> None:
+async def test_disk_full_while_saving_stores_nothing_then_recovers(sqlite_store: Store) -> None:
     """A real SQLITE_FULL (the writer may not grow the file): StorageFull, nothing
     stored, no unit of the transaction acknowledged, and the next save works again."""
+    store = sqlite_store
     kept = mkjob(name="kept")
     await save(store, [kept], [created_event(kept)])
     # The writer connection is private; capping its file size is the cheapest full disk.
@@ -809,7 +835,8 @@ async def test_disk_full_while_saving_stores_nothing_then_recovers(store: Store)
     assert await store.integrity_check() == ["ok"]
 
 
-async def test_locked_by_other_process_gives_busy_then_recovers(store: Store) -> None:
+async def test_locked_by_other_process_gives_busy_then_recovers(sqlite_store: Store) -> None:
+    store = sqlite_store
     before = mkjob(name="before")
     await save(store, [before])
 
@@ -940,9 +967,10 @@ async def test_retention_prunes_old_events_and_keys_but_keeps_the_newest(store: 
     assert ev.seq == 6
 
 
-async def test_a_backup_does_not_hold_up_reads(store: Store, tmp_path: Path) -> None:
+async def test_a_backup_does_not_hold_up_reads(sqlite_store: Store, tmp_path: Path) -> None:
     """The backup runs on its own connection: a read on the store's reader goes through
     while a backup is in progress."""
+    store = sqlite_store
     jobs = [mkjob(state=JobState.QUEUED) for _ in range(50)]
     await store.commit([out.InsertJob(j) for j in jobs])
     gate = trio.Event()

@@ -12,7 +12,7 @@ restarted on the same file (a new owner, the mock clock going on):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from printfarmd.drivers.base import JobFinished, JobSpec, StatusReport
 from printfarmd.models import JobState, PrinterState
 from printfarmd.services.bus import Bus
 from printfarmd.services.owner import Owner
-from printfarmd.store import open_store
+from printfarmd.store import open_backend
 from printfarmd.store.upkeep import UpkeepStore
 from tests.conftest import make_config, sim_printer
 from tests.test_owner import StubPrinter
@@ -73,10 +73,24 @@ class TimedPrinter(StubPrinter):
             self.say(StatusReport(self.printer_id, PrinterState.IDLE))
 
 
+#: The engine of this test's store: ``(backend, dsn)``; every test here runs on SQLite and
+#: on PostgreSQL (issue 18), a restart in a test reopening the same database.
+_ENGINE: list[tuple[str, str]] = [("sqlite", "")]
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgresql"])
+def _engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgresql" else ""
+    _ENGINE[0] = (request.param, dsn)
+    yield request.param
+    _ENGINE[0] = ("sqlite", "")
+
+
 @contextlib.asynccontextmanager
 async def open_owner(config: Config, stubs: dict[str, StubPrinter]) -> AsyncIterator[Owner]:
     config.data_path.mkdir(parents=True, exist_ok=True)
-    async with open_store(config.data_path / "t.db") as store:
+    backend, dsn = _ENGINE[0]
+    async with open_backend(backend, path=config.data_path / "t.db", dsn=dsn) as store:
         owner = Owner(
             config=config,
             store=store,

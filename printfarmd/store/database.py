@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from printfarmd.errors import DatabaseDamaged, FarmError, StorageBusy, StorageFull
+from printfarmd.store.dialect import step_text
 from printfarmd.store.migrations import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 5000
@@ -121,7 +122,7 @@ def open_database(path: Path, synchronous: str = "FULL") -> tuple[sqlite3.Connec
             # transaction so a failed migration leaves the old schema intact.
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _split_sql(sql):
+                for statement in _split_sql(step_text(sql, "sqlite")):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {step}")
                 conn.execute("COMMIT")

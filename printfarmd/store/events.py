@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,10 +9,11 @@ import orjson
 
 from printfarmd.core.farm.outputs import NewEvent
 from printfarmd.models import Event
+from printfarmd.store.dialect import Conn
 
 INSERT = (
     "INSERT INTO events (type, at, job_id, printer_id, from_state, to_state, reason, data) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
 )
 _COLUMNS = "seq, type, at, job_id, printer_id, from_state, to_state, reason, data"
 
@@ -24,7 +24,7 @@ def encode_data(ev: NewEvent) -> str:
     return orjson.dumps(dict(ev.data)).decode()
 
 
-def append(conn: sqlite3.Connection, ev: NewEvent, data_json: str | None = None) -> Event:
+def append(conn: Conn, ev: NewEvent, data_json: str | None = None) -> Event:
     cur = conn.execute(
         INSERT,
         (
@@ -38,8 +38,7 @@ def append(conn: sqlite3.Connection, ev: NewEvent, data_json: str | None = None)
             data_json if data_json is not None else encode_data(ev),
         ),
     )
-    seq = cur.lastrowid
-    assert seq is not None
+    seq = int(cur.fetchone()[0])
     return Event(
         seq=seq,
         type=ev.type,
@@ -69,7 +68,7 @@ def from_row(row: Sequence[Any]) -> Event:
 
 
 def since(
-    conn: sqlite3.Connection,
+    conn: Conn,
     after: int = 0,
     *,
     job_id: str | None = None,
@@ -96,11 +95,11 @@ def since(
     return [from_row(r) for r in rows]
 
 
-def last_seq(conn: sqlite3.Connection) -> int:
+def last_seq(conn: Conn) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
 
-def prune(conn: sqlite3.Connection, before: float, limit: int = 10_000) -> int:
+def prune(conn: Conn, before: float, limit: int = 10_000) -> int:
     """Delete up to ``limit`` events older than ``before`` (oldest first); returns how
     many. The newest event is always kept, so sequence numbers never restart."""
     return conn.execute(

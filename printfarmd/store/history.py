@@ -29,13 +29,12 @@ keep every attempt. The totals (``totals``) count the attempts closed since the 
 
 The SQL here is plain (one trigger, ``INSERT ... SELECT``, ``CASE``, ``LIKE``, no
 SQLite-only functions): a PostgreSQL port writes the trigger as a trigger function.
-Functions take a ``sqlite3.Connection`` and are blocking; ``HistoryStore`` runs them on
+Functions take a ``Conn`` and are blocking; ``HistoryStore`` runs them on
 the store's reader and writer.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ import attrs
 import orjson
 
 from printfarmd.models import Event
+from printfarmd.store.dialect import Conn, Step, pg_types
 
 if TYPE_CHECKING:
     from printfarmd.store.store import Store
@@ -108,9 +108,8 @@ def _close_status(to_state: str, reason: str) -> str:
     )
 
 
-#: Migration step: the table, its indexes, the trigger, the backfill from the events
-#: already recorded, and the totals mark. Appended to ``store.migrations.MIGRATIONS``.
-MIGRATION = f"""
+#: The table, its indexes and the totals mark.
+_TABLES = """
 CREATE TABLE history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -140,10 +139,12 @@ CREATE TABLE history_marks (
     value REAL NOT NULL
 );
 INSERT INTO history_marks (name, value) VALUES ('totals_after_seq', 0), ('totals_reset_at', 0);
-CREATE TRIGGER history_on_transition AFTER INSERT ON events
-WHEN NEW.type = 'job.transition' AND NEW.job_id IS NOT NULL
-    AND (NEW.to_state = 'printing' OR NEW.from_state = 'printing')
-BEGIN
+"""
+#: When and what the trigger does (the same SQL in SQLite's trigger and in PostgreSQL's
+#: trigger function).
+_WHEN = """NEW.type = 'job.transition' AND NEW.job_id IS NOT NULL
+    AND (NEW.to_state = 'printing' OR NEW.from_state = 'printing')"""
+_BODY = f"""
     UPDATE history SET
         end_time = NEW.at,
         close_seq = NEW.seq,
@@ -164,7 +165,9 @@ BEGIN
     SELECT NEW.job_id, COALESCE(NEW.printer_id, j.printer_id), j.filename, j.sku,
         'in_progress', NEW.at, NEW.seq
     FROM jobs j WHERE j.id = NEW.job_id AND NEW.to_state = 'printing';
-END;
+"""
+#: The attempts of the events already recorded.
+_BACKFILL = f"""
 INSERT INTO history (
     job_id, printer_id, filename, sku, status, start_time, end_time, progress, reason,
     open_seq, close_seq
@@ -189,6 +192,33 @@ WHERE o.type = 'job.transition' AND o.to_state = 'printing'
     AND COALESCE(o.from_state, '') <> 'printing'
 ORDER BY o.seq;
 """
+
+#: Migration step: the table, its indexes, the trigger, the backfill from the events
+#: already recorded, and the totals mark. Appended to ``store.migrations.MIGRATIONS``.
+#: PostgreSQL writes the trigger as a trigger function (issue 18).
+MIGRATION = Step(
+    sqlite=(
+        _TABLES
+        + "CREATE TRIGGER history_on_transition AFTER INSERT ON events\nWHEN "
+        + _WHEN
+        + "\nBEGIN"
+        + _BODY
+        + "END;"
+        + _BACKFILL
+    ),
+    postgresql=(
+        pg_types(_TABLES)
+        + "CREATE FUNCTION history_on_transition() RETURNS trigger LANGUAGE plpgsql AS $fn$\n"
+        + "BEGIN\nIF "
+        + _WHEN
+        + " THEN"
+        + _BODY
+        + "END IF;\nRETURN NULL;\nEND\n$fn$;\n"
+        + "CREATE TRIGGER history_on_transition AFTER INSERT ON events FOR EACH ROW "
+        + "EXECUTE FUNCTION history_on_transition();"
+        + _BACKFILL
+    ),
+)
 
 _COLUMNS = (
     "id",
@@ -321,7 +351,7 @@ class Filter:
 
 
 def list_attempts(
-    conn: sqlite3.Connection,
+    conn: Conn,
     where: Filter = Filter(),
     *,
     limit: int = 50,
@@ -340,7 +370,7 @@ def list_attempts(
     return [_attempt(r) for r in rows], int(total)
 
 
-def get_attempt(conn: sqlite3.Connection, attempt_id: int) -> Attempt | None:
+def get_attempt(conn: Conn, attempt_id: int) -> Attempt | None:
     """The attempt ``attempt_id`` unless it was deleted."""
     row = conn.execute(
         f"{_SELECT} WHERE id = ? AND deleted_at IS NULL",
@@ -349,7 +379,7 @@ def get_attempt(conn: sqlite3.Connection, attempt_id: int) -> Attempt | None:
     return None if row is None else _attempt(row)
 
 
-def by_seq(conn: sqlite3.Connection, seq: int) -> list[Attempt]:
+def by_seq(conn: Conn, seq: int) -> list[Attempt]:
     """The attempts the event ``seq`` opened or closed (for notifications)."""
     rows = conn.execute(
         f"{_SELECT} WHERE open_seq = ? OR close_seq = ? ORDER BY id",
@@ -358,7 +388,7 @@ def by_seq(conn: sqlite3.Connection, seq: int) -> list[Attempt]:
     return [_attempt(r) for r in rows]
 
 
-def last_attempts(conn: sqlite3.Connection, filenames: Sequence[str]) -> dict[str, Attempt]:
+def last_attempts(conn: Conn, filenames: Sequence[str]) -> dict[str, Attempt]:
     """The newest (not deleted) attempt of each of ``filenames`` that has one."""
     out: dict[str, Attempt] = {}
     names = list(dict.fromkeys(filenames))
@@ -376,7 +406,7 @@ def last_attempts(conn: sqlite3.Connection, filenames: Sequence[str]) -> dict[st
     return out
 
 
-def without_metadata(conn: sqlite3.Connection, limit: int = 200) -> list[str]:
+def without_metadata(conn: Conn, limit: int = 200) -> list[str]:
     """Files of attempts whose metadata was not recorded yet."""
     rows = conn.execute(
         "SELECT DISTINCT filename FROM history WHERE metadata IS NULL LIMIT ?", (limit,)
@@ -384,7 +414,7 @@ def without_metadata(conn: sqlite3.Connection, limit: int = 200) -> list[str]:
     return [r[0] for r in rows]
 
 
-def open_but_not_printing(conn: sqlite3.Connection) -> list[int]:
+def open_but_not_printing(conn: Conn) -> list[int]:
     """Open attempts whose job is no longer printing (see ``sweep_open``)."""
     rows = conn.execute(
         "SELECT h.id FROM history h JOIN jobs j ON j.id = h.job_id "
@@ -393,12 +423,12 @@ def open_but_not_printing(conn: sqlite3.Connection) -> list[int]:
     return [r[0] for r in rows]
 
 
-def _mark(conn: sqlite3.Connection, name: str) -> float:
+def _mark(conn: Conn, name: str) -> float:
     row = conn.execute("SELECT value FROM history_marks WHERE name = ?", (name,)).fetchone()
     return float(row[0]) if row is not None else 0.0
 
 
-def totals(conn: sqlite3.Connection) -> dict[str, float | int]:
+def totals(conn: Conn) -> dict[str, float | int]:
     """Moonraker's ``job_totals``: attempts closed since the last reset (deleted or not).
     ``total_filament_used`` is in mm; times in seconds."""
     after = _mark(conn, "totals_after_seq")
@@ -418,14 +448,12 @@ def totals(conn: sqlite3.Connection) -> dict[str, float | int]:
     }
 
 
-def totals_reset_at(conn: sqlite3.Connection) -> float | None:
+def totals_reset_at(conn: Conn) -> float | None:
     at = _mark(conn, "totals_reset_at")
     return at or None
 
 
-def attempts_between(
-    conn: sqlite3.Connection, since: float | None, before: float | None
-) -> list[Attempt]:
+def attempts_between(conn: Conn, since: float | None, before: float | None) -> list[Attempt]:
     """Every attempt (deleted ones too) that started after ``since`` and before ``before``,
     without its metadata (``None``; the filament figures are kept): the input of the farm's
     statistics."""
@@ -445,18 +473,15 @@ def attempts_between(
 # ---------------------------------------------------------------- writes (blocking, in a unit)
 
 
-def _append_event(conn: sqlite3.Connection, type_: str, at: float, data: dict[str, Any]) -> Event:
+def _append_event(conn: Conn, type_: str, at: float, data: dict[str, Any]) -> Event:
     cur = conn.execute(
-        "INSERT INTO events (type, at, data) VALUES (?, ?, ?)",
+        "INSERT INTO events (type, at, data) VALUES (?, ?, ?) RETURNING seq",
         (type_, at, orjson.dumps(data).decode()),
     )
-    assert cur.lastrowid is not None
-    return Event(seq=cur.lastrowid, type=type_, at=at, data=data)
+    return Event(seq=int(cur.fetchone()[0]), type=type_, at=at, data=data)
 
 
-def delete(
-    conn: sqlite3.Connection, ids: Sequence[int] | None, now: float
-) -> tuple[list[int], Event | None]:
+def delete(conn: Conn, ids: Sequence[int] | None, now: float) -> tuple[list[int], Event | None]:
     """Hide the attempts ``ids`` (every attempt when ``None``) from the history API.
 
     Returns the ids hidden now (unknown or already deleted ones are left out) and the
@@ -480,7 +505,7 @@ def delete(
     return found, event
 
 
-def reset_totals(conn: sqlite3.Connection, now: float) -> tuple[dict[str, float | int], Event]:
+def reset_totals(conn: Conn, now: float) -> tuple[dict[str, float | int], Event]:
     """Start the totals again from zero (attempts closed from now on count). Returns the
     totals before the reset and the ``history.totals_reset`` event recorded with it."""
     last = totals(conn)
@@ -492,7 +517,7 @@ def reset_totals(conn: sqlite3.Connection, now: float) -> tuple[dict[str, float 
 
 
 def record_metadata(
-    conn: sqlite3.Connection,
+    conn: Conn,
     filename: str,
     metadata: dict[str, Any],
     filament_total: float | None,
@@ -507,7 +532,7 @@ def record_metadata(
     return int(cur.rowcount)
 
 
-def sweep_open(conn: sqlite3.Connection, now: float) -> list[int]:
+def sweep_open(conn: Conn, now: float) -> list[int]:
     """Close as ``interrupted`` every open attempt whose job is no longer printing (at
     the job's last update, or ``now``). Returns their ids."""
     found = open_but_not_printing(conn)

@@ -1,12 +1,11 @@
 """Jobs and idempotency keys: rows, conditional writes and queries.
 
-Functions take a ``sqlite3.Connection`` and run on a worker thread (the writer's or a
+Functions take a ``Conn`` and run on a worker thread (the writer's or a
 reader's); SQL is composed only from module constants, every value is a parameter.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ import orjson
 
 from printfarmd.errors import StaleWrite
 from printfarmd.models import Job, JobState
+from printfarmd.store.dialect import Conn
 
 _JSON_FIELDS = frozenset({"required_tags", "failed_printers", "min_bed"})
 FIELDS = tuple(f.name for f in attrs.fields(Job))
@@ -73,11 +73,11 @@ def from_row(row: Sequence[Any]) -> Job:
 # ---------------------------------------------------------------------- writes
 
 
-def insert(conn: sqlite3.Connection, row: Sequence[object]) -> None:
+def insert(conn: Conn, row: Sequence[object]) -> None:
     conn.execute(INSERT, row)
 
 
-def update_if(conn: sqlite3.Connection, row: Sequence[object], expect: str) -> None:
+def update_if(conn: Conn, row: Sequence[object], expect: str) -> None:
     """Write ``row`` over its job only if the stored job is in state ``expect``.
 
     Raises ``StaleWrite`` (nothing written) when it is not: the farm decided on a job
@@ -91,9 +91,7 @@ def update_if(conn: sqlite3.Connection, row: Sequence[object], expect: str) -> N
         raise StaleWrite(f"job {job_id} is {now}, not {expect}: nothing was stored")
 
 
-def save_progress(
-    conn: sqlite3.Connection, job_id: str, progress: float, eta: float | None, at: float
-) -> None:
+def save_progress(conn: Conn, job_id: str, progress: float, eta: float | None, at: float) -> None:
     """Progress columns only, only while the job is printing (never undoes a change)."""
     conn.execute(
         "UPDATE jobs SET progress = ?, eta = ?, updated_at = ? WHERE id = ? AND state = 'printing'",
@@ -101,28 +99,26 @@ def save_progress(
     )
 
 
-def put_idempotency(
-    conn: sqlite3.Connection, key: str, digest: str, ids: Sequence[str], at: float
-) -> None:
+def put_idempotency(conn: Conn, key: str, digest: str, ids: Sequence[str], at: float) -> None:
     conn.execute(
         "INSERT INTO idempotency_keys (key, request_hash, job_ids, created_at) VALUES (?, ?, ?, ?)",
         (key, digest, json_text(list(ids)), at),
     )
 
 
-def prune_idempotency(conn: sqlite3.Connection, before: float) -> int:
+def prune_idempotency(conn: Conn, before: float) -> int:
     return conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (before,)).rowcount
 
 
 # ---------------------------------------------------------------------- reads
 
 
-def get(conn: sqlite3.Connection, job_id: str) -> Job | None:
+def get(conn: Conn, job_id: str) -> Job | None:
     row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return None if row is None else from_row(row)
 
 
-def get_many(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Job]:
+def get_many(conn: Conn, ids: Sequence[str]) -> list[Job]:
     """The stored jobs with these ids, in the order given (missing ones left out)."""
     found: dict[str, Job] = {}
     for start in range(0, len(ids), 500):
@@ -134,14 +130,14 @@ def get_many(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Job]:
     return [found[i] for i in ids if i in found]
 
 
-def load_live(conn: sqlite3.Connection) -> list[Job]:
+def load_live(conn: Conn) -> list[Job]:
     """Every job the farm keeps in memory (see ``LIVE``)."""
     rows = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE {LIVE}").fetchall()
     return [from_row(r) for r in rows]
 
 
 def list_page(
-    conn: sqlite3.Connection,
+    conn: Conn,
     *,
     states: Sequence[str] = (),
     printer_id: str | None = None,
@@ -184,23 +180,23 @@ def list_page(
     return [from_row(r) for r in rows], total
 
 
-def count_by_state(conn: sqlite3.Connection) -> dict[str, int]:
+def count_by_state(conn: Conn) -> dict[str, int]:
     rows = conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
     return {state: n for state, n in rows}
 
 
-def max_position(conn: sqlite3.Connection) -> int:
+def max_position(conn: Conn) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(position), 0) FROM jobs").fetchone()[0])
 
 
-def find_idempotency(conn: sqlite3.Connection, key: str) -> tuple[str, list[str]] | None:
+def find_idempotency(conn: Conn, key: str) -> tuple[str, list[str]] | None:
     row = conn.execute(
         "SELECT request_hash, job_ids FROM idempotency_keys WHERE key = ?", (key,)
     ).fetchone()
     return None if row is None else (row[0], list(orjson.loads(row[1])))
 
 
-def unnotified_failures(conn: sqlite3.Connection, since: float, error_prefix: str) -> list[Job]:
+def unnotified_failures(conn: Conn, since: float, error_prefix: str) -> list[Job]:
     """Jobs failed for good (``failed``, no retry scheduled, ``last_error`` starting with
     ``error_prefix``) last updated at or after ``since`` that have no delivery recorded:
     escalations a crash lost between the job's commit and the notifier's."""

@@ -1,14 +1,44 @@
 """Versioned schema steps, applied in order inside one transaction each.
 
-``PRAGMA user_version`` records how many steps have run. Steps are append-only:
-never edit a released step, add a new one.
+``PRAGMA user_version`` records how many steps have run (on PostgreSQL, the table
+``printfarmd_schema``). Steps are append-only: never edit a released step, add a new one.
+A step is one text for both engines (its column types translated for PostgreSQL, see
+``store/dialect.py``), or a ``Step`` with a text per engine (issue 18).
 """
 
 from __future__ import annotations
 
 from printfarmd.store import history, upkeep
+from printfarmd.store.dialect import Step, pg_types
 
-MIGRATIONS: tuple[str, ...] = (
+#: Step 3: the delivery log (PostgreSQL has no implicit ``rowid``: its listing's tie
+#: break, insertion order, is a column there).
+_NOTIFICATIONS = """
+    CREATE TABLE notifications (
+        id TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        address TEXT NOT NULL,
+        job_id TEXT,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        delivered_at REAL,
+        next_attempt_at REAL
+    );
+    CREATE INDEX notifications_created ON notifications (created_at);
+    CREATE INDEX notifications_job ON notifications (job_id);
+    CREATE INDEX notifications_pending ON notifications (status) WHERE status = 'pending';
+    """
+_NOTIFICATIONS_ROWID = """
+    ALTER TABLE notifications ADD COLUMN rowid BIGSERIAL;
+"""
+
+MIGRATIONS: tuple[str | Step, ...] = (
     # 1: jobs, the event log, idempotency keys, settings, printer memory.
     """
     CREATE TABLE jobs (
@@ -83,27 +113,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: the notification delivery log (escalations: webhook, email, MQTT).
     # No foreign key to jobs: the log outlives whatever may one day purge old jobs.
-    """
-    CREATE TABLE notifications (
-        id TEXT PRIMARY KEY,
-        channel TEXT NOT NULL,
-        target TEXT NOT NULL,
-        address TEXT NOT NULL,
-        job_id TEXT,
-        event TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        status TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        last_error TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        delivered_at REAL,
-        next_attempt_at REAL
-    );
-    CREATE INDEX notifications_created ON notifications (created_at);
-    CREATE INDEX notifications_job ON notifications (job_id);
-    CREATE INDEX notifications_pending ON notifications (status) WHERE status = 'pending';
-    """,
+    Step(_NOTIFICATIONS, pg_types(_NOTIFICATIONS) + _NOTIFICATIONS_ROWID),
     # 4 (issue 13): retention prunes events and idempotency keys by age.
     """
     CREATE INDEX events_at ON events (at);

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import attrs
 
 from printfarmd.core.notify import Channel, Delivery, DeliveryStatus
+from printfarmd.store.dialect import Conn
 
 _FIELDS = tuple(f.name for f in attrs.fields(Delivery))
 _COLUMNS = ", ".join(_FIELDS)
@@ -29,14 +29,14 @@ def from_row(row: Sequence[Any]) -> Delivery:
     return Delivery(**values)
 
 
-def add(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+def add(conn: Conn, rows: Sequence[tuple[object, ...]]) -> None:
     conn.executemany(
         f"INSERT INTO notifications ({_COLUMNS}) VALUES ({', '.join('?' for _ in _FIELDS)})",
         rows,
     )
 
 
-def update(conn: sqlite3.Connection, d: Delivery) -> None:
+def update(conn: Conn, d: Delivery) -> None:
     conn.execute(
         "UPDATE notifications SET status = ?, attempts = ?, last_error = ?, "
         "updated_at = ?, delivered_at = ?, next_attempt_at = ? WHERE id = ?",
@@ -53,7 +53,7 @@ def update(conn: sqlite3.Connection, d: Delivery) -> None:
 
 
 def page(
-    conn: sqlite3.Connection,
+    conn: Conn,
     *,
     job_id: str | None = None,
     status: str | None = None,
@@ -78,7 +78,7 @@ def page(
     return [from_row(r) for r in rows], total
 
 
-def pending(conn: sqlite3.Connection) -> list[Delivery]:
+def pending(conn: Conn) -> list[Delivery]:
     """Every delivery still ``pending`` (to resume after a restart), oldest first."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM notifications WHERE status = 'pending' ORDER BY created_at, rowid"
@@ -86,7 +86,7 @@ def pending(conn: sqlite3.Connection) -> list[Delivery]:
     return [from_row(r) for r in rows]
 
 
-def existing(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+def existing(conn: Conn, ids: Sequence[str]) -> set[str]:
     """Which of ``ids`` are recorded deliveries (issue 16: a maintenance notice once)."""
     found: set[str] = set()
     for start in range(0, len(ids), 500):

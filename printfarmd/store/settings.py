@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import orjson
 
 from printfarmd.core.farm.startup import Remembered
+from printfarmd.store.dialect import Conn
 
 
-def put(conn: sqlite3.Connection, key: str, encoded: str) -> None:
+def put(conn: Conn, key: str, encoded: str) -> None:
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?, ?) "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -18,12 +18,12 @@ def put(conn: sqlite3.Connection, key: str, encoded: str) -> None:
     )
 
 
-def all_settings(conn: sqlite3.Connection) -> dict[str, Any]:
+def all_settings(conn: Conn) -> dict[str, Any]:
     return {k: orjson.loads(v) for k, v in conn.execute("SELECT key, value FROM settings")}
 
 
 def put_printer(
-    conn: sqlite3.Connection, printer_id: str, plate_clear: bool, maintenance: bool, at: float
+    conn: Conn, printer_id: str, plate_clear: bool, maintenance: bool, at: float
 ) -> None:
     conn.execute(
         "INSERT INTO printers (id, plate_clear, maintenance, updated_at) VALUES (?, ?, ?, ?) "
@@ -33,6 +33,6 @@ def put_printer(
     )
 
 
-def printers(conn: sqlite3.Connection) -> dict[str, Remembered]:
+def printers(conn: Conn) -> dict[str, Remembered]:
     rows = conn.execute("SELECT id, plate_clear, maintenance FROM printers").fetchall()
     return {pid: Remembered(bool(p), bool(m)) for pid, p, m in rows}

@@ -1,11 +1,13 @@
-"""The store: the farm's durable state behind domain operations (SQLite today).
+"""The store: the farm's durable state behind domain operations (SQLite, or PostgreSQL
+with ``storage.backend = "postgresql"``: ``store/postgresql.py``, issue 18).
 
 ``Store`` is what the rest of the daemon sees: ``commit(records)`` writes what the farm
 core decided (``core.farm.outputs``) in one transaction, reads return ``models`` values.
 The SQL lives in this package's modules, one per thing owned: ``database`` (connect,
 integrity, migrations, backups), ``writer`` (group commit), ``jobs`` (+ idempotency),
-``events``, ``settings`` (+ printer memory), ``notifications``. A second backend
-implements the same ``Store`` methods.
+``events``, ``settings`` (+ printer memory), ``notifications``. ``PgStore``
+(``store/postgresql.py``) is the same ``Store`` on PostgreSQL: the same SQL through
+``store/dialect.py``, its own connections.
 
 - One writer connection (``Writer``): commit before acknowledgement, group commit.
 - Reads use their own connection (WAL readers never block the writer); a backup opens
@@ -26,16 +28,18 @@ import trio
 from printfarmd.core.farm import outputs as out
 from printfarmd.core.farm.startup import Remembered
 from printfarmd.core.notify import Delivery
+from printfarmd.errors import StorageBusy
 from printfarmd.models import Event, Job
 from printfarmd.store import database, events, jobs, notifications, settings, upkeep
 from printfarmd.store.database import map_sqlite_error
+from printfarmd.store.dialect import Conn
 from printfarmd.store.writer import StoreStatistics, Writer
 
 log = logging.getLogger("printfarmd.store")
 
 T = TypeVar("T")
 
-__all__ = ["Store", "StoreStatistics", "open_store"]
+__all__ = ["SqliteStore", "Store", "StoreStatistics", "open_backend", "open_store"]
 
 
 def _encode(records: Sequence[out.Record]) -> list[tuple[out.Record, Any]]:
@@ -54,7 +58,7 @@ def _encode(records: Sequence[out.Record]) -> list[tuple[out.Record, Any]]:
     return encoded
 
 
-def _apply(conn: sqlite3.Connection, encoded: list[tuple[out.Record, Any]]) -> list[Event]:
+def _apply(conn: Conn, encoded: list[tuple[out.Record, Any]]) -> list[Event]:
     appended: list[Event] = []
     for rec, extra in encoded:
         if isinstance(rec, out.InsertJob):
@@ -86,14 +90,13 @@ class Store:
     cannot commit, ``StaleWrite`` when a conditional write found its row changed.
     """
 
-    def __init__(
-        self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection, synchronous: str
-    ) -> None:
+    #: ``"sqlite"`` or ``"postgresql"``.
+    backend = "sqlite"
+
+    def __init__(self, path: Path, writer: Writer, synchronous: str) -> None:
         self.path = path
         self.synchronous = synchronous
-        self.writer = Writer(writer)
-        self._reader = reader
-        self._read_limiter = trio.CapacityLimiter(1)
+        self.writer = writer
 
     # ------------------------------------------------------------------ plumbing
 
@@ -108,19 +111,24 @@ class Store:
     def after_commit(self, hook: Callable[[], None] | None) -> None:
         self.writer.after_commit = hook
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def guarded() -> T:
-            try:
-                return fn(self._reader)
-            except sqlite3.Error as exc:
-                raise map_sqlite_error(exc) from None
-
-        return await trio.to_thread.run_sync(guarded, limiter=self._read_limiter)
+    async def _read(self, fn: Callable[[Conn], T]) -> T:
+        raise NotImplementedError
 
     def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(sqlite3.Error):
-            self._reader.close()
+        raise NotImplementedError
+
+    async def integrity_check(self) -> list[str]:
+        """The engine's own check; ``["ok"]`` if sound."""
+        raise NotImplementedError
+
+    async def backup_to(self, dest: Path) -> None:
+        """A whole copy of the database at ``dest`` (SQLite only: PostgreSQL is backed
+        up with ``pg_dump``; ``PgStore`` refuses)."""
+        raise NotImplementedError
+
+    async def tables(self) -> list[str]:
+        """Table names (for diagnostics and tests)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ the farm's writes
 
@@ -143,7 +151,7 @@ class Store:
         """Retention: drop events and idempotency keys older than the given times (a
         bounded number of events per call); returns (events, keys) removed."""
 
-        def unit(conn: sqlite3.Connection) -> tuple[int, int]:
+        def unit(conn: Conn) -> tuple[int, int]:
             return events.prune(conn, events_before), jobs.prune_idempotency(conn, keys_before)
 
         return await self.writer.write(unit)
@@ -199,32 +207,6 @@ class Store:
     async def printer_memory(self) -> dict[str, Remembered]:
         return await self._read(settings.printers)
 
-    async def integrity_check(self) -> list[str]:
-        """Full ``PRAGMA integrity_check`` on the reader connection; ``["ok"]`` if sound."""
-
-        def q(conn: sqlite3.Connection) -> list[str]:
-            return [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
-
-        return await self._read(q)
-
-    async def backup_to(self, dest: Path) -> None:
-        """Online backup (see ``database.backup_database``) on a connection of its own:
-        reads and writes go on meanwhile."""
-
-        def run() -> None:
-            try:
-                database.backup_database(self.path, dest)
-            except sqlite3.Error as exc:
-                raise map_sqlite_error(exc) from None
-
-        await trio.to_thread.run_sync(run)
-
-    async def tables(self) -> list[str]:
-        """Table names (for diagnostics and tests)."""
-        import sqlite_utils  # only here: the daemon's start does not need it (issue 17)
-
-        return await self._read(lambda conn: list(sqlite_utils.Database(conn).table_names()))
-
     # ------------------------------------------------------------------ notifications
 
     async def add_deliveries(self, deliveries: Sequence[Delivery]) -> None:
@@ -253,21 +235,90 @@ class Store:
     # ------------------------------------------------------------------ other store modules
     # (issue 14) Modules under store/ that keep their own SQL (store/history.py) run it here.
 
-    async def run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn(conn)`` on the reader connection in a worker thread; SQLite errors become
+    async def run_read(self, fn: Callable[[Conn], T]) -> T:
+        """``fn(conn)`` on a reader connection in a worker thread; engine errors become
         ``StorageBusy``/``StorageFull``. Checkpoint."""
         return await self._read(fn)
 
-    async def run_write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run_write(self, fn: Callable[[Conn], T]) -> T:
         """``fn(conn)`` as one unit of the group-commit writer (its own savepoint);
         returns ``fn``'s result after COMMIT, or raises what ``fn`` raised (nothing of it
         stored). Checkpoint."""
         return await self.writer.write(fn)
 
 
-async def _check_references(store: Store) -> None:
+class SqliteStore(Store):
+    """``Store`` on the SQLite file: one writer connection, one reader connection (WAL
+    readers never block the writer)."""
+
+    def __init__(
+        self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection, synchronous: str
+    ) -> None:
+        super().__init__(path, Writer(writer), synchronous)
+        self._reader = reader
+        self._read_limiter = trio.CapacityLimiter(1)
+
+    async def _read(self, fn: Callable[[Conn], T]) -> T:
+        def guarded() -> T:
+            try:
+                return fn(self._reader)
+            except sqlite3.Error as exc:
+                raise map_sqlite_error(exc) from None
+
+        return await trio.to_thread.run_sync(guarded, limiter=self._read_limiter)
+
+    def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(sqlite3.Error):
+            self._reader.close()
+
+    async def integrity_check(self) -> list[str]:
+        """Full ``PRAGMA integrity_check`` on the reader connection; ``["ok"]`` if sound."""
+
+        def q(conn: Conn) -> list[str]:
+            return [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
+
+        return await self._read(q)
+
+    async def backup_to(self, dest: Path) -> None:
+        """Online backup (see ``database.backup_database``) on a connection of its own:
+        reads and writes go on meanwhile."""
+
+        def run() -> None:
+            try:
+                database.backup_database(self.path, dest)
+            except sqlite3.Error as exc:
+                raise map_sqlite_error(exc) from None
+
+        await trio.to_thread.run_sync(run)
+
+    async def tables(self) -> list[str]:
+        """Table names (for diagnostics and tests)."""
+
+        def q(conn: Conn) -> list[str]:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            return [str(r[0]) for r in rows]
+
+        return await self._read(q)
+
+
+async def _check_references(store: SqliteStore) -> None:
     await trio.to_thread.run_sync(database.check_references, store.path)
     store.writer.checked.set()
+
+
+def open_backend(
+    backend: str, *, path: Path, dsn: str = "", synchronous: str = "FULL"
+) -> contextlib.AbstractAsyncContextManager[Store]:
+    """The configured store: the SQLite file at ``path``, or (``backend ==
+    "postgresql"``) the PostgreSQL database ``dsn`` (psycopg is imported only then)."""
+    if backend == "postgresql":
+        try:
+            from printfarmd.store.postgresql import open_pg_store
+        except ImportError as exc:  # psycopg without a libpq (see docs/postgresql.md)
+            raise StorageBusy(f"the PostgreSQL backend cannot load psycopg: {exc}") from None
+        return open_pg_store(dsn, synchronous)
+    return open_store(path, synchronous)
 
 
 @contextlib.asynccontextmanager
@@ -285,7 +336,7 @@ async def open_store(path: Path, synchronous: str = "FULL") -> AsyncIterator[Sto
     except BaseException:
         writer.close()
         raise
-    store = Store(path, writer, reader, synchronous)
+    store = SqliteStore(path, writer, reader, synchronous)
     try:
         async with trio.open_nursery() as nursery:
             # The reference check reads the whole file: it runs while the daemon starts

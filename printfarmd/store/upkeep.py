@@ -12,13 +12,12 @@ the printers' maintenance counters and the maintenance log.
   the farm's commit) settles it.
 - Plain SQL (no SQLite-only functions): a PostgreSQL port keeps it.
 
-Functions take a ``sqlite3.Connection`` and are blocking; ``UpkeepStore`` runs them on the
+Functions take a ``Conn`` and are blocking; ``UpkeepStore`` runs them on the
 store's reader and writer.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ import orjson
 
 from printfarmd.core.farm import outputs as out
 from printfarmd.core.farm.upkeep_state import Counters, SpoolInfo
+from printfarmd.store.dialect import Conn
 
 if TYPE_CHECKING:
     from printfarmd.store.store import Store
@@ -172,7 +172,7 @@ class Memory:
 # ---------------------------------------------------------------- writes (the farm's commit)
 
 
-def apply(conn: sqlite3.Connection, rec: Any) -> None:
+def apply(conn: Conn, rec: Any) -> None:
     """Write one of ``outputs.UPKEEP_RECORDS``."""
     if isinstance(rec, out.PutBinding):
         if rec.spool_id is None:
@@ -275,7 +275,7 @@ def apply(conn: sqlite3.Connection, rec: Any) -> None:
 # ---------------------------------------------------------------- writes (the Spoolman service)
 
 
-def set_base(conn: sqlite3.Connection, key: str, base_used: float | None) -> None:
+def set_base(conn: Conn, key: str, base_used: float | None) -> None:
     """The spool's used weight read before the report ``key`` is sent (``None``: the
     last attempt certainly did not reach Spoolman, read it again next time)."""
     conn.execute(
@@ -284,7 +284,7 @@ def set_base(conn: sqlite3.Connection, key: str, base_used: float | None) -> Non
     )
 
 
-def note_attempt(conn: sqlite3.Connection, key: str, error: str | None) -> None:
+def note_attempt(conn: Conn, key: str, error: str | None) -> None:
     conn.execute(
         "UPDATE attempt_usage SET report_attempts = report_attempts + 1, last_error = ? "
         "WHERE key = ? AND report = 'pending'",
@@ -311,7 +311,7 @@ def _spool(row: Sequence[Any]) -> SpoolInfo:
     )
 
 
-def pending(conn: sqlite3.Connection) -> list[Outgoing]:
+def pending(conn: Conn) -> list[Outgoing]:
     """Every report still owed to Spoolman, oldest first."""
     rows = conn.execute(
         "SELECT key, spool_id, grams, at, report_attempts, base_used, last_error "
@@ -323,7 +323,7 @@ def pending(conn: sqlite3.Connection) -> list[Outgoing]:
     ]
 
 
-def memory(conn: sqlite3.Connection) -> Memory:
+def memory(conn: Conn) -> Memory:
     bindings: dict[str, list[int | None]] = {}
     for pid, tool, sid in conn.execute(
         "SELECT printer_id, tool, spool_id FROM spool_bindings ORDER BY printer_id, tool"
@@ -351,7 +351,7 @@ def memory(conn: sqlite3.Connection) -> Memory:
     return Memory({pid: tuple(t) for pid, t in bindings.items()}, spools, pending(conn), upkeep)
 
 
-def due_printers(conn: sqlite3.Connection) -> list[tuple[str, str, float]]:
+def due_printers(conn: Conn) -> list[tuple[str, str, float]]:
     """(printer, why, since when) of every printer due for maintenance."""
     rows = conn.execute(
         "SELECT printer_id, due, due_at FROM printer_upkeep WHERE due IS NOT NULL "
@@ -360,7 +360,7 @@ def due_printers(conn: sqlite3.Connection) -> list[tuple[str, str, float]]:
     return [(pid, due, float(at)) for pid, due, at in rows]
 
 
-def usage_of_jobs(conn: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str, list[Usage]]:
+def usage_of_jobs(conn: Conn, job_ids: Sequence[str]) -> dict[str, list[Usage]]:
     """The attempts' usage of each of ``job_ids`` that has any, oldest first."""
     out: dict[str, list[Usage]] = {}
     ids = list(dict.fromkeys(job_ids))
@@ -376,7 +376,7 @@ def usage_of_jobs(conn: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str,
     return out
 
 
-def usage_of_attempts(conn: sqlite3.Connection, history_ids: Sequence[int]) -> dict[int, Usage]:
+def usage_of_attempts(conn: Conn, history_ids: Sequence[int]) -> dict[int, Usage]:
     """The usage row of each history attempt of ``history_ids`` that has one."""
     out: dict[int, Usage] = {}
     ids = list(dict.fromkeys(history_ids))
@@ -394,7 +394,7 @@ def usage_of_attempts(conn: sqlite3.Connection, history_ids: Sequence[int]) -> d
 
 
 def log_page(
-    conn: sqlite3.Connection, printer_id: str | None, limit: int, offset: int
+    conn: Conn, printer_id: str | None, limit: int, offset: int
 ) -> tuple[list[LogEntry], int]:
     """A page of the maintenance log (newest first) and how many entries match."""
     clause, params = ("WHERE printer_id = ?", [printer_id]) if printer_id else ("", [])

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sqlite3
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
 
-from printfarmd.store.database import map_sqlite_error
+from printfarmd.store.dialect import SQLITE, Conn, Dialect
 
 T = TypeVar("T")
 
@@ -38,17 +37,29 @@ class StoreStatistics:
 
 @attrs.define
 class _Unit(Generic[T]):
-    fn: Callable[[sqlite3.Connection], T]
+    fn: Callable[[Conn], T]
     done: trio.Event = attrs.field(factory=trio.Event)
     result: T | None = None
     error: BaseException | None = None
 
 
 class Writer:
-    """The one writer of the database file."""
+    """The one writer of the database.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    ``dialect`` says which engine errors lose the whole transaction; ``reconnect`` (the
+    PostgreSQL store) opens a new connection when the last one was lost: the batch that
+    found it lost failed (its callers got a storage error), the next one reconnects.
+    """
+
+    def __init__(
+        self,
+        conn: Conn | None,
+        dialect: Dialect = SQLITE,
+        reconnect: Callable[[], Conn] | None = None,
+    ) -> None:
         self.conn = conn
+        self.dialect = dialect
+        self._reconnect = reconnect
         self._limiter = trio.CapacityLimiter(1)
         self._send, self._recv = trio.open_memory_channel[_Unit[Any]](math.inf)
         self._commits = 0
@@ -63,7 +74,7 @@ class Writer:
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(self._commits, self._units, self._failed_units, self._max_batch)
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` in the next transaction; returns its result after COMMIT.
 
         Raises what ``fn`` raised (its savepoint rolled back), or ``StorageFull`` /
@@ -94,15 +105,43 @@ class Writer:
             for unit in batch:
                 unit.done.set()
 
-    def _commit_batch(self, batch: list[_Unit[Any]]) -> None:
+    def _fail(self, batch: list[_Unit[Any]], exc: Exception) -> None:
+        err = self.dialect.map_error(exc)
+        for unit in batch:
+            unit.error = err
+            unit.result = None
+        self._failed_units += len(batch)
+
+    def _drop_if_broken(self) -> None:
         conn = self.conn
+        if conn is not None and self._reconnect is not None and self.dialect.broken(conn):
+            self.conn = None
+            with contextlib.suppress(self.dialect.error):
+                conn.close()
+
+    def _begin(self) -> Conn:
+        """The connection, in a new transaction. A connection found lost before anything
+        was sent (the server restarted while idle) is replaced once, here."""
+        d = self.dialect
+        for attempt in (1, 2):
+            if self.conn is None:
+                assert self._reconnect is not None
+                self.conn = self._reconnect()
+            try:
+                self.conn.execute(d.begin)
+                return self.conn
+            except d.error:
+                self._drop_if_broken()
+                if attempt == 2 or self.conn is not None:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _commit_batch(self, batch: list[_Unit[Any]]) -> None:
+        d = self.dialect
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            err = map_sqlite_error(exc)
-            for unit in batch:
-                unit.error = err
-            self._failed_units += len(batch)
+            conn = self._begin()
+        except d.error as exc:
+            self._fail(batch, exc)
             return
         ok: list[_Unit[Any]] = []
         try:
@@ -110,11 +149,11 @@ class Writer:
                 conn.execute("SAVEPOINT unit")
                 try:
                     unit.result = unit.fn(conn)
-                except sqlite3.OperationalError:
-                    raise  # disk full, I/O, lock: the whole transaction is lost
-                except sqlite3.IntegrityError as exc:
+                except d.fatal:
+                    raise  # disk full, I/O, lock, connection: the whole transaction is lost
+                except d.integrity as exc:
                     conn.execute("ROLLBACK TO SAVEPOINT unit")
-                    unit.error = map_sqlite_error(exc)
+                    unit.error = d.map_error(exc)
                 except Exception as exc:
                     # A FarmError, or a bug in one unit: only that unit fails, its caller
                     # gets the exception, and the writer keeps serving everyone else.
@@ -124,16 +163,13 @@ class Writer:
                     ok.append(unit)
                 conn.execute("RELEASE SAVEPOINT unit")
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            # Disk full, I/O error, ...: the whole transaction is gone. Nobody gets
-            # an acknowledgement for anything in it.
-            with contextlib.suppress(sqlite3.Error):
+        except d.error as exc:
+            # Disk full, I/O error, a lost connection...: the whole transaction is gone.
+            # Nobody gets an acknowledgement for anything in it.
+            with contextlib.suppress(d.error):
                 conn.execute("ROLLBACK")
-            err = map_sqlite_error(exc)
-            for unit in batch:
-                unit.error = err
-                unit.result = None
-            self._failed_units += len(batch)
+            self._drop_if_broken()
+            self._fail(batch, exc)
             return
         self._commits += 1
         self._units += len(ok)
@@ -144,5 +180,7 @@ class Writer:
 
     def close(self) -> None:
         self._send.close()
-        with contextlib.suppress(sqlite3.Error):
-            self.conn.close()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(self.dialect.error):
+                conn.close()
