@@ -189,6 +189,19 @@ MAX_UNIX_TIME = 1e11
 _TIME_TYPE = "expected Unix seconds or an ISO-8601 time"
 
 
+def iso_seconds(text: str) -> float | None:
+    """ISO-8601 text (``Z`` or an offset; naive means UTC) as Unix seconds; ``None`` when
+    it is not a time. Bodies (``Time``) and query filters (``api/history.py``) read times
+    with it."""
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
 @attrs.frozen
 class Time(Spec):
     """A UTC time: Unix seconds (a number) or ISO-8601 (``Z`` or an offset; naive means
@@ -202,13 +215,10 @@ class Time(Spec):
         elif isinstance(value, str):
             if len(value) > 64:
                 raise ValidationFailed(f"{key}: longer than 64 characters", field=key)
-            try:
-                when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise BadRequest(f"{key}: {_TIME_TYPE}") from None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=dt.UTC)
-            stamp = when.timestamp()
+            read = iso_seconds(value)
+            if read is None:
+                raise BadRequest(f"{key}: {_TIME_TYPE}")
+            stamp = read
         else:
             raise BadRequest(f"{key}: {_TIME_TYPE}")
         if not math.isfinite(stamp) or not 0 <= stamp <= MAX_UNIX_TIME:

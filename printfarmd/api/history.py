@@ -10,7 +10,6 @@ process, closes attempts left open by a database written before the history exis
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import logging
 import math
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from quart import Blueprint, Response, current_app, request
 
+from printfarmd.api.contract import MAX_UNIX_TIME, iso_seconds
 from printfarmd.api.errors import RpcError
 from printfarmd.api.respond import json_response
 from printfarmd.api.serialize import iso
@@ -45,8 +45,6 @@ SEQ_CACHE = 256
 #: Default and largest page of ``GET /api/history``.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = h.MAX_PAGE
-#: Largest time filter (Unix seconds; the OpenAPI document states the same bound).
-MAX_UNIX_TIME = 1e11
 #: Cells a spreadsheet would run as a formula get a leading quote (CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -201,13 +199,9 @@ def parse_time(name: str, raw: str | None) -> float | None:
         if not math.isfinite(value) or not 0 <= value <= MAX_UNIX_TIME:
             raise BadRequest(f"{name}: Unix seconds must be between 0 and {MAX_UNIX_TIME:.0f}")
         return value
-    try:
-        when = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{name}: expected Unix seconds or an ISO-8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    stamp = when.timestamp()
+    stamp = iso_seconds(raw)
+    if stamp is None:
+        raise BadRequest(f"{name}: expected Unix seconds or an ISO-8601 time")
     if not 0 <= stamp <= MAX_UNIX_TIME:
         raise BadRequest(f"{name}: must be between 1970 and the year 5138")
     return stamp

@@ -17,7 +17,7 @@ from quart import Blueprint, Response
 
 from printfarmd import __version__
 from printfarmd.api.context import services
-from printfarmd.api.contract import Limits, request_schema
+from printfarmd.api.contract import MAX_UNIX_TIME, Limits, request_schema
 from printfarmd.api.respond import json_response
 from printfarmd.api.shapes import (
     COST,
@@ -53,7 +53,6 @@ _IDEMPOTENCY_KEY = f"^[{_KEY_CHAR}](?:[ {_KEY_CHAR}]{{0,198}}[{_KEY_CHAR}])?$"
 #: Event sequence numbers are SQLite integers.
 MAX_SEQ = 2**63 - 1
 #: Time filters (history, stats) in Unix seconds; ISO-8601 is accepted too (docs/api.md).
-MAX_UNIX_TIME = 1e11
 _UNIX_TIME = {"type": "number", "minimum": 0, "maximum": MAX_UNIX_TIME}
 _HISTORY_STATUS = "|".join(HISTORY_STATUSES)
 _HISTORY_STATUS_LIST = f"^(({_HISTORY_STATUS})(,({_HISTORY_STATUS}))*)?$"
