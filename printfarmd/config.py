@@ -102,6 +102,13 @@ class ServerConfig:
     max_connections: int = 1024
     #: Serve ``GET /metrics`` (Prometheus) without a key; off = behind the API key.
     metrics_public: bool = False
+    #: (issue 18) This daemon's name in a farm of several daemons sharing one PostgreSQL
+    #: database: it drives its own ``[[printers]]``, all share the jobs. Empty: the only
+    #: daemon of its database.
+    node_id: str = ""
+    #: Seconds a daemon's lease lasts without renewal before the others take its printing
+    #: jobs back (renewed every third of it).
+    lease_seconds: float = 15.0
 
 
 @attrs.frozen
@@ -518,6 +525,10 @@ LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 PRINTER_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_BODY_BYTES = 1024
 _KEY_HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_NODE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Bounds of ``server.lease_seconds``.
+MIN_LEASE = 2.0
+MAX_LEASE = 300.0
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -864,6 +875,23 @@ def _semantic_errors(config: Config) -> list[str]:
             "storage.dsn",
             'is only used with backend = "postgresql"',
         )
+    if server.node_id:
+        check(
+            _NODE_ID_RE.fullmatch(server.node_id) is not None,
+            "server.node_id",
+            "must be 1 to 64 letters, digits, '-', '_' or '.'",
+        )
+        check(
+            config.storage.backend is StorageBackend.POSTGRESQL,
+            "server.node_id",
+            'needs storage.backend = "postgresql": several daemons share a PostgreSQL '
+            "database, never a SQLite file",
+        )
+    check(
+        MIN_LEASE <= server.lease_seconds <= MAX_LEASE,
+        "server.lease_seconds",
+        f"must be between {MIN_LEASE:g} and {MAX_LEASE:g}, got {server.lease_seconds:g}",
+    )
     check(config.watchdog.interval > 0, "watchdog.interval", "must be > 0")
     check(config.watchdog.stale_threshold > 0, "watchdog.stale_threshold", "must be > 0")
 

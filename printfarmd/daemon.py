@@ -139,6 +139,7 @@ async def run(
             path=config.data_path / DB_NAME,
             dsn=config.storage.dsn,
             synchronous=config.storage.synchronous.value,
+            node=config.server.node_id,
         ) as store:
             await _run(config, store, listener, stop, config_path, task_status)
     finally:
@@ -179,7 +180,18 @@ async def _run(
         )
         owner.spoolman = spoolman
         owner.effects.spoolman_kick = spoolman.kick
-    svc = Services(config=config, store=store, bus=bus, owner=owner, spoolman=spoolman)
+    cluster = None
+    if config.server.node_id:
+        # issue 18: one daemon of several sharing the farm; psycopg is loaded by now.
+        from printfarmd.services.cluster import Cluster
+        from printfarmd.store.postgresql import PgStore
+
+        assert isinstance(store, PgStore)  # the configuration allows no other
+        cluster = Cluster(store=store, owner=owner, lease=config.server.lease_seconds)
+        await cluster.join()  # before the owner reads the farm
+    svc = Services(
+        config=config, store=store, bus=bus, owner=owner, spoolman=spoolman, cluster=cluster
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, stop)
         # Before the owner: its start-up may already escalate.
@@ -189,6 +201,8 @@ async def _run(
             await nursery.start(mqtt_hub.run)
             mqtt_hub.set_add_printer(owner.add_printer)
         await nursery.start(owner.run)
+        if cluster is not None:
+            await nursery.start(cluster.run)
         if spoolman is not None:
             await nursery.start(spoolman.run)
         http_stop = trio.Event()

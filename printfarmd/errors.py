@@ -99,6 +99,13 @@ class StorageBusy(FarmError):
     code = "storage_busy"
 
 
+class Fenced(StorageBusy):
+    """(issue 18) This daemon's lease was taken over by another daemon of its cluster:
+    nothing was stored; it re-reads the farm and rejoins before writing again."""
+
+    code = "lease_lost"
+
+
 class PrinterCommandFailed(FarmError):
     """A printer did not carry out what the farm asked (unreachable, refused, no answer
     in time); the message says which printer and why."""

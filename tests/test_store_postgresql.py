@@ -17,6 +17,7 @@ import trio
 
 from printfarmd.core.farm import outputs as out
 from printfarmd.errors import DatabaseDamaged, FarmError, StorageBusy, StorageFull
+from printfarmd.store.migrations import MIGRATIONS
 from printfarmd.models import JobState
 from printfarmd.store.postgresql import PgStore, map_pg_error, open_pg_store, translate
 from tests.conftest import REPO
@@ -60,13 +61,17 @@ async def test_reopen_keeps_everything_and_migrates_once(pg_dsn: str) -> None:
         await store.commit([out.InsertJob(job), out.AppendEvent(created_event(job))])
         await store.put_setting("paused", True)
     with psycopg.connect(pg_dsn) as other:
-        assert other.execute("SELECT version FROM printfarmd_schema").fetchall() == [(7,)]
+        assert other.execute("SELECT version FROM printfarmd_schema").fetchall() == [
+            (len(MIGRATIONS),)
+        ]
     async with open_pg_store(pg_dsn) as store:
         assert await store.get_job(job.id) == job
         assert await store.settings() == {"paused": True}
         assert [e.job_id for e in await store.events_since(0)] == [job.id]
     with psycopg.connect(pg_dsn) as other:
-        assert other.execute("SELECT version FROM printfarmd_schema").fetchall() == [(7,)]
+        assert other.execute("SELECT version FROM printfarmd_schema").fetchall() == [
+            (len(MIGRATIONS),)
+        ]
 
 
 async def test_newer_schema_is_refused(pg_dsn: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 import trio
 from quart import current_app, request
@@ -14,6 +16,9 @@ from printfarmd.services.owner import Owner
 from printfarmd.services.spoolman import SpoolmanService
 from printfarmd.store.store import Store
 
+if TYPE_CHECKING:  # issue 17: psycopg is imported only when a cluster is configured
+    from printfarmd.services.cluster import Cluster
+
 APP_KEY = "PRINTFARMD_SERVICES"
 
 
@@ -25,6 +30,8 @@ class Services:
     owner: Owner
     #: (issue 16) The Spoolman client, when ``spoolman.url`` is set.
     spoolman: SpoolmanService | None = None
+    #: (issue 18) This daemon's part in a cluster (``server.node_id``), or None.
+    cluster: Cluster | None = None
     #: Set when the daemon begins to stop: new requests are refused with 503.
     stopping: trio.Event = attrs.field(factory=trio.Event)
     #: Who may come in (issue 9): the key's digest, trusted networks and proxies, tokens,

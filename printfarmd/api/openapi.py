@@ -104,6 +104,22 @@ STATIC_SCHEMAS: dict[str, Any] = {
             "jobs_by_state": {"type": "object", "additionalProperties": {"type": "integer"}},
             "printers_by_state": {"type": "object", "additionalProperties": {"type": "integer"}},
             "last_event_seq": {"type": "integer"},
+            "nodes": {
+                "description": "(issue 18) The daemons sharing the farm, in a cluster",
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/Node"},
+            },
+        },
+    },
+    "Node": {
+        "type": "object",
+        "required": ["id", "epoch", "alive", "printers"],
+        "properties": {
+            "id": {"type": "string"},
+            "epoch": {"type": "integer"},
+            "alive": {"type": "boolean"},
+            "lease_left": {"type": "number"},
+            "printers": {"type": "array", "items": {"type": "string"}},
         },
     },
     "HistoryEntry": {
@@ -410,6 +426,14 @@ PATHS: dict[str, Any] = {
                                     },
                                     "version": {"type": "string"},
                                     "reason": {"type": "string"},
+                                    "node": {
+                                        "description": "(issue 18) this daemon in a cluster",
+                                        "type": "object",
+                                        "properties": {
+                                            "id": {"type": "string"},
+                                            "epoch": {"type": "integer"},
+                                        },
+                                    },
                                 },
                             }
                         }

@@ -31,13 +31,29 @@ async def health() -> Response:
         body["reason"] = owner.degraded.message
     elif not owner.ready:
         body["status"] = "starting"
+    member = services().store.membership
+    if member is not None:  # issue 18: one daemon of several
+        body["node"] = {"id": member.node, "epoch": member.epoch}
     return json_response(body)
 
 
 async def _status_body() -> dict[str, Any]:
     svc = services()
     h = svc.owner.health()
+    extra: dict[str, Any] = {}
+    if svc.cluster is not None:  # issue 18: the daemons sharing the farm
+        extra["nodes"] = [
+            {
+                "id": p.node,
+                "epoch": p.epoch,
+                "alive": not p.lost and p.expires_in > 0,
+                "lease_left": round(p.expires_in, 3),
+                "printers": list(p.printers),
+            }
+            for p in await svc.cluster.peers()
+        ]
     return {
+        **extra,
         "degraded": svc.owner.degraded.message if svc.owner.degraded is not None else None,
         "paused": h.paused,
         "queue_depth": h.queue_depth,

@@ -29,15 +29,21 @@ def find_stuck(
 
 
 def requeue_or_fail(
-    job: Job, idle_for: float, policy: retry_rules.RetryPolicy, now: float
+    job: Job,
+    idle_for: float,
+    policy: retry_rules.RetryPolicy,
+    now: float,
+    reason: str | None = None,
 ) -> list[tuple[JobEvent, Job]]:
     """The transitions for a stuck printing ``job`` at wall time ``now``.
 
     Below the retry limit: FAILED then straight back to QUEUED (retry count + 1), with the
     last printed position kept in ``resume_progress`` for a printer that can resume. At the
     limit: FAILED with "max retries reached". The caller commits them in one transaction.
+    ``reason`` replaces the watchdog's own (a daemon of a cluster that stopped, issue 18).
     """
-    reason = f"watchdog: no progress for {idle_for:.0f} s at {job.progress:.1f}%"
+    if reason is None:
+        reason = f"watchdog: no progress for {idle_for:.0f} s at {job.progress:.1f}%"
     failed = retry_rules.fail(job, reason, job.printer_id, policy, now)
     if failed.retry_at is None:
         return [(JobEvent.FAIL, failed)]

@@ -49,6 +49,7 @@ from printfarmd.errors import (
     NotFound,
     PrinterCommandFailed,
     ShuttingDown,
+    StaleWrite,
     StorageBusy,
     StorageFull,
 )
@@ -84,6 +85,10 @@ _FACTS = (
     i.SpoolsRefreshed,  # issue 16
     i.UsageReported,
 )
+
+
+def _is_resync(inp: i.Input) -> bool:
+    return isinstance(inp, i.SharedChanges) and inp.resync
 
 
 @attrs.define(eq=False)
@@ -182,6 +187,13 @@ class Owner:
         #: Batches decided since start (the systemd watchdog looks at the owner's pulse).
         self.cycles = 0
         self.last_cycle = 0.0
+        # issue 18, a daemon of a cluster: the printers this node drove before and no
+        # longer does (set by the cluster service before ``run``); per job, the newest
+        # event seq applied here (another daemon's row older than that is stale); and
+        # what to call when a write found a row another daemon had changed.
+        self.dropped: tuple[str, ...] = ()
+        self._seen: dict[str, int] = {}
+        self.on_stale: Callable[[], None] | None = None
 
     # ================================================================ running
 
@@ -206,8 +218,9 @@ class Owner:
             log.info("printer drivers started", extra={"printers": len(self.state.printers)})
             task_status.started()
 
-    async def _restore(self) -> None:
-        saved = await self.store.settings()
+    def saved_settings(self, saved: Mapping[str, Any]) -> tuple[Settings, bool]:
+        """The farm's settings and pause flag from the stored ones (the configuration's
+        where nothing was stored)."""
         sc = self.config.scheduler
         settings = Settings(sc.max_retries, tuple(sc.retry_backoff), sc.cooldown_seconds)
         if SETTINGS_KEY in saved:
@@ -217,7 +230,10 @@ class Owner:
                 tuple(float(x) for x in s["retry_backoff"]),
                 float(s["cooldown_seconds"]),
             )
-        paused = bool(saved.get(PAUSED_KEY, sc.dispatch_paused))
+        return settings, bool(saved.get(PAUSED_KEY, sc.dispatch_paused))
+
+    async def _restore(self) -> None:
+        settings, paused = self.saved_settings(await self.store.settings())
         jobs = await self.store.load_live_jobs()
         kept = await UpkeepStore(self.store).memory()  # issue 16: spools, counters
         self.state = restore(
@@ -236,6 +252,8 @@ class Owner:
                 pending=[PendingUsage(o.key, o.spool_id, o.grams) for o in kept.pending],
                 counters=kept.upkeep,
             ),
+            cluster=self.store.membership is not None,
+            dropped=self.dropped,
         )
         log.info(
             "queue restored",
@@ -288,10 +306,19 @@ class Owner:
 
     async def _process(self, batch: Sequence[_Envelope]) -> None:
         """Decide ``batch``, commit it whole, then apply and act (see the module doc)."""
+        resync = next((e.input for e in batch if _is_resync(e.input)), None)
+        if resync is not None and len(batch) > 1:
+            # issue 18: the re-read after a lost lease is decided and committed alone,
+            # under the new epoch; what came before it is refused under the old one.
+            for env in batch:
+                await self._process([env])
+            return
         now = self._now()
         tx = Tx(self.state)
         decided: list[tuple[_Envelope, Any]] = []
         for env in batch:
+            if isinstance(env.input, i.SharedChanges):
+                env.input = self._fresh_only(env.input)
             layer = Tx(tx)
             try:
                 reply = decide(layer, env.input, now)
@@ -308,9 +335,17 @@ class Owner:
             with trio.CancelScope(shield=True):
                 if any(isinstance(env.input, i.WatchdogSweep) for env, _ in decided):
                     faults.point("watchdog-before-commit")
+                member = self.store.membership
+                before = None if member is None else member.epoch
+                if member is not None and isinstance(resync, i.SharedChanges) and resync.epoch:
+                    member.epoch = resync.epoch
                 try:
                     appended = await self.store.commit(tx.records)
                 except FarmError as exc:
+                    if member is not None and before is not None:
+                        member.epoch = before
+                    if isinstance(exc, StaleWrite) and self.on_stale is not None:
+                        self.on_stale()  # issue 18: read what another daemon committed
                     await self._commit_failed(decided, exc)
                     return
             if any(isinstance(env.input, i.CreateJobs) for env, _ in decided):
@@ -330,12 +365,44 @@ class Owner:
             env.answer(reply)
         for ev in appended:
             self.bus.publish(ev)
+            if ev.job_id is not None:
+                self._seen[ev.job_id] = ev.seq
+        for env, _ in decided:
+            if isinstance(env.input, i.SharedChanges):
+                self._applied(env.input)
         for effect in tx.effects:
             self.effects.run(effect)
         if tx.kick:
             self._kick = True
         if self.state.running and not was_running:
             self.running.set()
+
+    def _fresh_only(self, inp: i.SharedChanges) -> i.SharedChanges:
+        """(issue 18) ``inp`` without the rows that are not newer than what this daemon
+        applied (a row read before one of our own commits of that job must not undo it);
+        a resync takes every row."""
+        if inp.resync:
+            return inp
+        seen = self._seen
+        fresh = tuple(j for j in inp.jobs if inp.seqs.get(j.id, 0) > seen.get(j.id, 0))
+        return inp if len(fresh) == len(inp.jobs) else attrs.evolve(inp, jobs=fresh)
+
+    def _applied(self, inp: i.SharedChanges) -> None:
+        seen = self._seen
+        for job in inp.jobs:
+            seen[job.id] = max(seen.get(job.id, 0), inp.seqs.get(job.id, 0))
+        if len(seen) > 2 * len(self.state.jobs) + 10_000:
+            # Finished jobs change no more (or are read again whole): forget them.
+            self._seen = {k: v for k, v in seen.items() if k in self.state.jobs}
+        for ev in inp.events:  # another daemon's, now applied here
+            self.bus.publish(ev)
+        member = self.store.membership
+        if inp.resync and inp.epoch and member is not None:
+            # Re-read after the lease was lost: act again, under the new epoch.
+            member.epoch = inp.epoch
+            log.warning("rejoined the farm after re-reading it", extra={"epoch": inp.epoch})
+            self.degraded = None
+            self._kick = True
 
     async def _commit_failed(self, decided: list[tuple[_Envelope, Any]], exc: FarmError) -> None:
         if len(decided) > 1:
@@ -354,6 +421,13 @@ class Owner:
                 env.refuse(exc)
             elif isinstance(env.input, _FACTS):
                 self._keep(env.input)
+            elif isinstance(exc, StaleWrite) and self.on_stale is not None:
+                # issue 18: another daemon was first (a claim lost); the feed brings its
+                # change and the next dispatch pass goes by it.
+                log.info(
+                    "another daemon changed the job first",
+                    extra={"input": type(env.input).__name__, "reason": exc.message},
+                )
             else:
                 log.warning(
                     "input not stored",

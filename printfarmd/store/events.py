@@ -12,10 +12,10 @@ from printfarmd.models import Event
 from printfarmd.store.dialect import Conn
 
 INSERT = (
-    "INSERT INTO events (type, at, job_id, printer_id, from_state, to_state, reason, data) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
+    "INSERT INTO events (type, at, job_id, printer_id, from_state, to_state, reason, data, node) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
 )
-_COLUMNS = "seq, type, at, job_id, printer_id, from_state, to_state, reason, data"
+COLUMNS = "seq, type, at, job_id, printer_id, from_state, to_state, reason, data"
 
 
 def encode_data(ev: NewEvent) -> str:
@@ -24,7 +24,10 @@ def encode_data(ev: NewEvent) -> str:
     return orjson.dumps(dict(ev.data)).decode()
 
 
-def append(conn: Conn, ev: NewEvent, data_json: str | None = None) -> Event:
+def append(
+    conn: Conn, ev: NewEvent, data_json: str | None = None, node: str | None = None
+) -> Event:
+    """Append ``ev`` (``node``: the daemon of a cluster that appends it, issue 18)."""
     cur = conn.execute(
         INSERT,
         (
@@ -36,6 +39,7 @@ def append(conn: Conn, ev: NewEvent, data_json: str | None = None) -> Event:
             ev.to_state,
             ev.reason,
             data_json if data_json is not None else encode_data(ev),
+            node,
         ),
     )
     seq = int(cur.fetchone()[0])
@@ -89,7 +93,7 @@ def since(
         where.append(f"type IN ({', '.join('?' for _ in types)})")
         params.extend(types)
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+        f"SELECT {COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
         [*params, limit],
     ).fetchall()
     return [from_row(r) for r in rows]

@@ -8,7 +8,7 @@ A step is one text for both engines (its column types translated for PostgreSQL,
 
 from __future__ import annotations
 
-from printfarmd.store import history, upkeep
+from printfarmd.store import cluster, history, upkeep
 from printfarmd.store.dialect import Step, pg_types
 
 #: Step 3: the delivery log (PostgreSQL has no implicit ``rowid``: its listing's tie
@@ -130,4 +130,7 @@ MIGRATIONS: tuple[str | Step, ...] = (
     # what is known of the spools; each attempt's usage and cost (the Spoolman outbox);
     # maintenance counters and the maintenance log (see store/upkeep.py).
     upkeep.MIGRATION,
+    # 8 (issue 18): several daemons on one PostgreSQL database: each daemon's lease, and
+    # which daemon appended each event (see store/cluster.py).
+    cluster.MIGRATION,
 )

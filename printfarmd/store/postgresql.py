@@ -37,6 +37,7 @@ import psycopg.errors
 import trio
 
 from printfarmd.errors import DatabaseDamaged, FarmError, StorageBusy, StorageFull
+from printfarmd.store import cluster
 from printfarmd.store.dialect import Conn, Cursor, Dialect, step_text
 from printfarmd.store.migrations import MIGRATIONS
 from printfarmd.store.store import Store
@@ -55,9 +56,11 @@ TCP_USER_TIMEOUT_MS = 30_000
 LOCK_TIMEOUT_MS = 5000
 #: Any number will do, as long as it is always the same: the migrations' advisory lock.
 _MIGRATION_LOCK = 0x70F4_2018
-#: Held by the writer's session: one daemon per database (several daemons sharing one
-#: farm need the claims of issue 18's phase 2, not built yet).
+#: Held by the writer's session: one daemon per database, exclusively; shared by the
+#: daemons of a cluster (``server.node_id``), who each hold ``_NODE_LOCK`` for their node.
 _WRITER_LOCK = 0x70F4_2019
+#: The class of the per-node advisory lock (two-key form: this, ``hashtext(node_id)``).
+_NODE_LOCK = 0x70F4
 VERSION_TABLE = "printfarmd_schema"
 
 
@@ -161,13 +164,14 @@ class InUse(psycopg.OperationalError):
 
 IN_USE = (
     "another printfarmd daemon is using this PostgreSQL database: one daemon per "
-    "database (several daemons on one farm are not built yet, see docs/postgresql.md)"
+    "database, unless every daemon has its own server.node_id (see docs/postgresql.md)"
 )
 
 
-def connect(dsn: str, synchronous: str = "FULL", *, writer: bool = False) -> PgConn:
+def connect(dsn: str, synchronous: str = "FULL", *, writer: bool = False, node: str = "") -> PgConn:
     """A connection in autocommit mode with the store's session settings; the writer's
-    also holds the one-daemon-per-database lock (``InUse`` when another has it).
+    also holds the one-daemon-per-database lock, or with ``node`` (a cluster daemon) a
+    share of it and the lock of its node (``InUse`` when another daemon has either).
     Blocking. Raises ``psycopg.Error`` (never anything else) when it cannot."""
     raw = psycopg.connect(
         dsn,
@@ -192,10 +196,20 @@ def connect(dsn: str, synchronous: str = "FULL", *, writer: bool = False) -> PgC
             raise psycopg.OperationalError(
                 f"PostgreSQL refused synchronous_commit={wanted} (got {row})"
             )
-        if writer:
+        if writer and not node:
             locked = raw.execute("SELECT pg_try_advisory_lock(%s)", (_WRITER_LOCK,)).fetchone()
             if locked is None or not locked[0]:
                 raise InUse(IN_USE)
+        elif writer:
+            locked = raw.execute(
+                "SELECT pg_try_advisory_lock_shared(%s) AND pg_try_advisory_lock(%s, hashtext(%s))",
+                (_WRITER_LOCK, _NODE_LOCK, node),
+            ).fetchone()
+            if locked is None or not locked[0]:
+                raise InUse(
+                    f"another printfarmd daemon is using this PostgreSQL database as node "
+                    f"{node}, or without a node id: each daemon needs its own server.node_id"
+                )
     except BaseException:
         raw.close()
         raise
@@ -342,14 +356,22 @@ class PgStore(Store):
 
     backend = "postgresql"
 
-    def __init__(self, dsn: str, writer: PgConn, synchronous: str) -> None:
+    def __init__(self, dsn: str, writer: PgConn, synchronous: str, node: str = "") -> None:
         super().__init__(
             Path(),
-            Writer(writer, POSTGRESQL, reconnect=lambda: connect(dsn, synchronous, writer=True)),
+            Writer(
+                writer,
+                POSTGRESQL,
+                reconnect=lambda: connect(dsn, synchronous, writer=True, node=node),
+            ),
             synchronous,
         )
         self.dsn = dsn
         self.readers = Readers(dsn, synchronous)
+        if node:
+            # issue 18: a daemon of a cluster; it writes nothing before it joined.
+            member = self.membership = cluster.Membership(node)
+            self.writer.begin = lambda conn: cluster.begin(conn, member)
 
     async def _read(self, fn: Callable[[Conn], T]) -> T:
         return await trio.to_thread.run_sync(self.readers.run, fn, limiter=self.readers.limiter)
@@ -377,11 +399,11 @@ class PgStore(Store):
         return await self._read(table_names)
 
 
-def _open(dsn: str, synchronous: str) -> tuple[PgConn, int]:
+def _open(dsn: str, synchronous: str, node: str) -> tuple[PgConn, int]:
     try:
-        conn = connect(dsn, synchronous, writer=True)
-    except InUse:
-        raise StorageBusy(f"{IN_USE} ({describe(dsn)})") from None
+        conn = connect(dsn, synchronous, writer=True, node=node)
+    except InUse as exc:
+        raise StorageBusy(f"{exc} ({describe(dsn)})") from None
     except psycopg.Error as exc:
         raise StorageBusy(
             f"cannot connect to PostgreSQL at {describe(dsn)}: {str(exc).strip()}"
@@ -398,13 +420,17 @@ def _open(dsn: str, synchronous: str) -> tuple[PgConn, int]:
 
 
 @contextlib.asynccontextmanager
-async def open_pg_store(dsn: str, synchronous: str = "FULL") -> AsyncIterator[PgStore]:
+async def open_pg_store(
+    dsn: str, synchronous: str = "FULL", node: str = ""
+) -> AsyncIterator[PgStore]:
     """Connect, migrate, run the writer; close at exit. Raises ``StorageBusy`` when the
-    server cannot be reached at start, ``DatabaseDamaged`` when its schema is newer than
-    this code or cannot be migrated."""
-    writer, applied = await trio.to_thread.run_sync(_open, dsn, synchronous)
+    server cannot be reached at start (or another daemon holds the database, or
+    ``node``), ``DatabaseDamaged`` when its schema is newer than this code or cannot be
+    migrated. With ``node`` the store writes nothing until the node joined
+    (``services/cluster.py``)."""
+    writer, applied = await trio.to_thread.run_sync(_open, dsn, synchronous, node)
     log.info("database migrations applied", extra={"applied": applied, "db": describe(dsn)})
-    store = PgStore(dsn, writer, synchronous)
+    store = PgStore(dsn, writer, synchronous, node)
     # PostgreSQL enforces every reference itself: nothing to check before writing.
     store.writer.checked.set()
     try:

@@ -29,8 +29,9 @@ from printfarmd.core.farm import outputs as out
 from printfarmd.core.farm.startup import Remembered
 from printfarmd.core.notify import Delivery
 from printfarmd.errors import StorageBusy
-from printfarmd.models import Event, Job
-from printfarmd.store import database, events, jobs, notifications, settings, upkeep
+from printfarmd.models import Event, Job, JobState
+from printfarmd.store import cluster, database, events, jobs, notifications, settings, upkeep
+from printfarmd.store.cluster import Membership
 from printfarmd.store.database import map_sqlite_error
 from printfarmd.store.dialect import Conn
 from printfarmd.store.writer import StoreStatistics, Writer
@@ -58,15 +59,26 @@ def _encode(records: Sequence[out.Record]) -> list[tuple[out.Record, Any]]:
     return encoded
 
 
-def _apply(conn: Conn, encoded: list[tuple[out.Record, Any]]) -> list[Event]:
+def _apply(
+    conn: Conn, encoded: list[tuple[out.Record, Any]], member: Membership | None = None
+) -> list[Event]:
     appended: list[Event] = []
+    node = None if member is None else member.node
     for rec, extra in encoded:
         if isinstance(rec, out.InsertJob):
             jobs.insert(conn, extra)
         elif isinstance(rec, out.UpdateJob):
+            if (
+                member is not None
+                and rec.expect is JobState.QUEUED
+                and rec.job.state is JobState.PRINTING
+            ):
+                cluster.claim(conn, rec.job.id)  # issue 18: no two daemons start one job
             jobs.update_if(conn, extra, rec.expect.value)
         elif isinstance(rec, out.AppendEvent):
-            appended.append(events.append(conn, rec.event, extra))
+            appended.append(events.append(conn, rec.event, extra, node))
+        elif isinstance(rec, out.FenceNode):
+            cluster.fence(conn, rec.node_id, rec.epoch)
         elif isinstance(rec, out.SaveProgress):
             jobs.save_progress(conn, rec.job_id, rec.progress, rec.eta, rec.at)
         elif isinstance(rec, out.PutPrinter):
@@ -97,6 +109,8 @@ class Store:
         self.path = path
         self.synchronous = synchronous
         self.writer = writer
+        #: (issue 18) This daemon in a cluster of daemons sharing the database, or None.
+        self.membership: Membership | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -136,7 +150,8 @@ class Store:
         """Write ``records`` in order, all in one transaction; returns the appended
         events with their ``seq``. Nothing is written if any record fails."""
         encoded = _encode(records)
-        return await self.writer.write(lambda conn: _apply(conn, encoded))
+        member = self.membership
+        return await self.writer.write(lambda conn: _apply(conn, encoded, member))
 
     async def put_setting(
         self, key: str, value: object, event: out.NewEvent | None = None
@@ -308,16 +323,17 @@ async def _check_references(store: SqliteStore) -> None:
 
 
 def open_backend(
-    backend: str, *, path: Path, dsn: str = "", synchronous: str = "FULL"
+    backend: str, *, path: Path, dsn: str = "", synchronous: str = "FULL", node: str = ""
 ) -> contextlib.AbstractAsyncContextManager[Store]:
     """The configured store: the SQLite file at ``path``, or (``backend ==
-    "postgresql"``) the PostgreSQL database ``dsn`` (psycopg is imported only then)."""
+    "postgresql"``) the PostgreSQL database ``dsn`` (psycopg is imported only then),
+    as cluster node ``node`` when given (issue 18)."""
     if backend == "postgresql":
         try:
             from printfarmd.store.postgresql import open_pg_store
         except ImportError as exc:  # psycopg without a libpq (see docs/postgresql.md)
             raise StorageBusy(f"the PostgreSQL backend cannot load psycopg: {exc}") from None
-        return open_pg_store(dsn, synchronous)
+        return open_pg_store(dsn, synchronous, node)
     return open_store(path, synchronous)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 import trio
 
+from printfarmd.errors import FarmError
 from printfarmd.store.dialect import SQLITE, Conn, Dialect
 
 T = TypeVar("T")
@@ -70,6 +71,9 @@ class Writer:
         self.after_commit: Callable[[], None] | None = None
         #: Set once the file passed the checks that run after opening: no write before.
         self.checked = trio.Event()
+        #: (issue 18) Run first in every transaction (a cluster daemon's order lock and
+        #: fence); a ``FarmError`` it raises fails the whole batch, nothing written.
+        self.begin: Callable[[Conn], None] | None = None
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(self._commits, self._units, self._failed_units, self._max_batch)
@@ -145,6 +149,15 @@ class Writer:
             return
         ok: list[_Unit[Any]] = []
         try:
+            if self.begin is not None:
+                try:
+                    self.begin(conn)
+                except FarmError as exc:
+                    conn.execute("ROLLBACK")
+                    for unit in batch:
+                        unit.error = exc
+                    self._failed_units += len(batch)
+                    return
             for unit in batch:
                 conn.execute("SAVEPOINT unit")
                 try:

@@ -20,6 +20,7 @@ from printfarmd.core.farm import (
     fleet,
     intake,
     reports,
+    shared,
     spools,
     upkeep,
 )
@@ -181,6 +182,14 @@ def _usage_reported(tx: Tx, e: i.UsageReported, now: Now) -> Any:
     spools.usage_reported(tx, e, now)
 
 
+def _shared(tx: Tx, e: i.SharedChanges, now: Now) -> Any:
+    return shared.on_shared(tx, e, now)
+
+
+def _node_lost(tx: Tx, e: i.NodeLost, now: Now) -> Any:
+    return shared.on_node_lost(tx, e, now)
+
+
 _HANDLERS: dict[type, Any] = {
     i.CreateJobs: _create,
     i.Cancel: _cancel,
@@ -215,4 +224,6 @@ _HANDLERS: dict[type, Any] = {
     i.RecordMaintenance: _record_maintenance,
     i.SpoolsRefreshed: _spools_refreshed,
     i.UsageReported: _usage_reported,
+    i.SharedChanges: _shared,  # issue 18: several daemons, one farm
+    i.NodeLost: _node_lost,
 }

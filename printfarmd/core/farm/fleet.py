@@ -232,8 +232,12 @@ def start_running(tx: Tx, now: Now) -> None:
 def startup(tx: Tx, now: Now) -> None:
     """Right after the state was restored: jobs of removed printers fail, timers are armed
     again, half-done pipelines carry on, and the reconciliation deadline is set."""
-    for job in list(tx.base.jobs.values()):
-        if job.state is JobState.PRINTING and tx.printer(job.printer_id or "") is None:
+    base = tx.base
+    for job in list(base.jobs.values()):
+        gone = job.state is JobState.PRINTING and tx.printer(job.printer_id or "") is None
+        if gone and base.cluster and job.printer_id not in base.dropped:
+            continue  # issue 18: printing on another daemon's printer
+        if gone:
             failures.fail_printing(tx, job, "printer was removed from the configuration", None, now)
         elif job.state is JobState.FAILED and job.retry_at is not None:
             common.arm_retry(tx, job, now)

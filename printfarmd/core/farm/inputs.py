@@ -347,6 +347,37 @@ class UsageReported:
     error: str | None = None
 
 
+@attrs.frozen
+class SharedChanges:
+    """(issue 18) What the other daemons of a cluster committed, read back from the
+    database: the ``jobs`` as stored now, each with ``seqs[id]``, the newest event of the
+    job read before the row (the owner drops a row not newer than what it has); the
+    ``events`` (published once applied); the farm's ``settings`` and ``paused`` flag when
+    another daemon changed them. ``resync``: every job this daemon holds, read again after
+    it lost its lease (all of them apply), and ``epoch``, the lease it rejoined under (the
+    owner writes under it once this is applied)."""
+
+    jobs: tuple[Job, ...] = ()
+    seqs: Mapping[str, int] = attrs.field(factory=dict)
+    events: tuple[Any, ...] = ()
+    settings: Any = None
+    paused: bool | None = None
+    resync: bool = False
+    epoch: int = 0
+
+
+@attrs.frozen
+class NodeLost:
+    """(issue 18) Daemon ``node_id`` of the cluster stopped renewing its lease (still at
+    ``epoch``) ``silent_for`` seconds ago; ``printers`` are the ones it drives. Its
+    printing jobs are taken back as the watchdog takes back a silent printer's."""
+
+    node_id: str
+    epoch: int
+    printers: tuple[str, ...]
+    silent_for: float
+
+
 Event = (
     Report
     | TimerFired
@@ -359,5 +390,7 @@ Event = (
     | SliceResult
     | SpoolsRefreshed
     | UsageReported
+    | SharedChanges
+    | NodeLost
 )
 Input = Command | Event

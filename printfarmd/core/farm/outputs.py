@@ -164,6 +164,16 @@ class AppendMaintenance:
     recorded_at: float
 
 
+@attrs.frozen
+class FenceNode:
+    """(issue 18) Another daemon's lease, still at ``epoch``, has expired: mark it lost
+    (ending its epoch) in the commit that takes its jobs over. A mismatch (it renewed,
+    or another daemon took it over first) refuses the whole commit."""
+
+    node_id: str
+    epoch: int
+
+
 Record = (
     InsertJob
     | UpdateJob
@@ -178,6 +188,7 @@ Record = (
     | MarkUsage
     | PutUpkeep
     | AppendMaintenance
+    | FenceNode
 )
 #: The records ``store/upkeep.py`` writes.
 UPKEEP_RECORDS = (PutBinding, PutSpool, RecordUsage, MarkUsage, PutUpkeep, AppendMaintenance)

@@ -33,10 +33,14 @@ def restore(
     accept_without_printers: bool = False,
     policy: Policy | None = None,
     upkeep: UpkeepMemory | None = None,
+    cluster: bool = False,
+    dropped: Iterable[str] = (),
 ) -> FarmState:
     """The state after a (re)start. A job that was printing is held by its printer as
     ``restored``: not confirmed, its fate decided by the printer's first real report; the
-    watchdog gives an unreachable printer a whole fresh window (``last_progress_at``)."""
+    watchdog gives an unreachable printer a whole fresh window (``last_progress_at``).
+    ``cluster``: one daemon of several (issue 18); ``dropped``: the printers it drove
+    before and no longer does (their printing jobs fail, as a removed printer's)."""
     live = list(jobs)
     holders: dict[str, Job] = {}
     for job in live:
@@ -71,6 +75,8 @@ def restore(
         spools=kept.spools,
         pending=kept.pending,
         power_starts=power.starts_of(live, {s.id: s for s in slots}),
+        cluster=cluster,
+        dropped=dropped,
     )
 
 

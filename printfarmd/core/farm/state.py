@@ -204,6 +204,8 @@ class FarmState:
         spools: Mapping[int, SpoolInfo] | None = None,
         pending: Iterable[PendingUsage] = (),
         power_starts: Mapping[str, tuple[Any, ...]] | None = None,
+        cluster: bool = False,
+        dropped: Iterable[str] = (),
     ) -> None:
         live = [j for j in jobs if is_live(j)]
         self.jobs: dict[str, Job] = {j.id: j for j in live}
@@ -231,6 +233,11 @@ class FarmState:
         self.pending: Mapping[str, PendingUsage] = {p.key: p for p in pending}
         self.power_starts: Mapping[str, tuple[Any, ...]] = dict(power_starts or {})
         self.wakes: frozenset[float] = frozenset()
+        #: (issue 18) One daemon of several sharing the farm: jobs printing on printers
+        #: that are not this daemon's are another daemon's (``core/farm/shared.py``).
+        self.cluster = cluster
+        #: (issue 18) Printers this daemon drove before its restart and no longer does.
+        self.dropped: frozenset[str] = frozenset(dropped)
 
     # ------------------------------------------------------------------ reads (FarmView)
 
