@@ -176,7 +176,12 @@ async def _run(
     spoolman = None
     if config.spoolman.url:  # issue 16: the filament inventory
         spoolman = SpoolmanService(
-            config=config.spoolman, store=store, post=owner.post, bound=owner.bound_spools
+            config=config.spoolman,
+            store=store,
+            post=owner.post,
+            bound=owner.bound_spools,
+            # issue 18: in a cluster each daemon reports the usage of its own printers
+            mine=(lambda: owner.printers.keys()) if config.server.node_id else None,
         )
         owner.spoolman = spoolman
         owner.effects.spoolman_kick = spoolman.kick
@@ -187,7 +192,10 @@ async def _run(
         from printfarmd.store.postgresql import PgStore
 
         assert isinstance(store, PgStore)  # the configuration allows no other
+        from printfarmd.api.printers import printer_dicts
+
         cluster = Cluster(store=store, owner=owner, lease=config.server.lease_seconds)
+        cluster.views = lambda: printer_dicts(owner)  # listed by the other daemons
         await cluster.join()  # before the owner reads the farm
     svc = Services(
         config=config, store=store, bus=bus, owner=owner, spoolman=spoolman, cluster=cluster

@@ -78,13 +78,10 @@ def node_config(
     base.mkdir()
     sims = tuple(sim_printer(p, ("PLA",), speed=speed, auto_clear=True) for p in printers)
     config = make_config(base, sims, **sched)
-    # (Through a dict: ``node_id``/``lease_seconds`` are the phase-2 ServerConfig fields.)
-    cluster: dict[str, Any] = {"node_id": node, "sse_heartbeat": HEARTBEAT}
-    if lease_seconds is not None:
-        cluster["lease_seconds"] = lease_seconds
+    lease = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
     return attrs.evolve(
         config,
-        server=attrs.evolve(config.server, **cluster),
+        server=attrs.evolve(config.server, node_id=node, sse_heartbeat=HEARTBEAT, **lease),
         storage=attrs.evolve(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn),
     )
 
@@ -753,3 +750,88 @@ def test_postgresql_restart_mid_run(
     assert {j: n for j, n in claimed.items() if n != 1} == {}, "a job was started twice"
     for d in (n1, n2):
         assert history_seqs(d) == [r.seq for r in log]
+
+
+def printers_of(d: DaemonProcess) -> dict[str, dict[str, Any]]:
+    with d.client() as c:
+        return {p["id"]: p for p in c.get("/api/printers").json()["printers"]}
+
+
+def test_any_daemon_lists_every_printer_and_cancels_a_job_printing_on_another(
+    tmp_path: Path, daemon_factory: Any, pg_dsn: str
+) -> None:
+    """n1 lists n2's printers (with their node, as n2 last showed them), refuses to act
+    on them or pause their print (409 naming n2), and cancels a job that prints on n2's
+    printer: n2 stops the print and the printer comes free."""
+    nodes = {"n1": ("n1-p1",), "n2": ("n2-p1",)}
+    daemons = start_farm(tmp_path, daemon_factory, pg_dsn, nodes, speed=20.0, lease_seconds=3.0)
+    n1, n2 = daemons["n1"], daemons["n2"]
+    create(n2, 3)
+    wait_until(lambda: "n2-p1" in printers_printing(pg_dsn), 60, "n2-p1 printing")
+    wait_until(
+        lambda: printers_of(n1).get("n2-p1", {}).get("state") == "printing",
+        30,
+        lambda: f"n1 listing n2-p1 printing: {printers_of(n1)}",
+    )
+    listed = printers_of(n1)
+    assert listed["n2-p1"]["node"] == "n2" and listed["n1-p1"]["node"] == "n1"
+    target = listed["n2-p1"]["current_job"]
+    assert target is not None
+    with n1.client() as c:
+        assert c.get("/api/printers/n2-p1").json()["node"] == "n2"
+        refused = c.post("/api/printers/n2-p1/clear")
+        assert refused.status_code == 409, refused.text
+        assert "daemon n2" in refused.json()["error"]["message"]
+        refused = c.post(f"/api/jobs/{target}/pause")  # only n2 can pause its printer
+        assert refused.status_code == 409, refused.text
+        assert "daemon n2" in refused.json()["error"]["message"]
+        r = c.post(f"/api/jobs/{target}/cancel")
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "cancelled"
+
+    # n2 hears of the cancel and stops its printer; the next job goes to it.
+    def n2_stopped_it() -> bool:
+        p = printers_of(n2)["n2-p1"]
+        return p["current_job"] != target and p["state"] != "offline"
+
+    wait_until(n2_stopped_it, 30, lambda: f"n2-p1 letting go of {target}: {printers_of(n2)}")
+    assert job_states(pg_dsn)[target][0] == "cancelled"
+    log = event_log(pg_dsn)
+    stops = [r for r in log if r.type == "job.transition" and r.job_id == target]
+    assert [r.move for r in stops][-1] == ("printing", "cancelled")
+    assert stops[-1].node == "n1"
+    # Nothing but n1's cancel ended that attempt (n2 did not finish or fail it after).
+    assert not any(r.job_id == target and r.seq > stops[-1].seq for r in transitions(log))
+
+
+def test_an_emergency_stop_on_one_daemon_stops_every_daemons_printers(
+    tmp_path: Path, daemon_factory: Any, pg_dsn: str
+) -> None:
+    """The Moonraker facade's emergency stop on n1 stops n1's prints and, through the
+    event feed, n2's as well; dispatch is paused on both, and the stop is relayed once."""
+    nodes = {"n1": printer_ids("n1", 2), "n2": printer_ids("n2", 2)}
+    daemons = start_farm(tmp_path, daemon_factory, pg_dsn, nodes, speed=20.0, lease_seconds=3.0)
+    n1, n2 = daemons["n1"], daemons["n2"]
+    create(n1, 6)
+    everyone = set(nodes["n1"]) | set(nodes["n2"])
+    wait_until(lambda: printers_printing(pg_dsn) >= everyone, 60, "all four printers printing")
+    with n1.client() as c:
+        r = c.post("/printer/emergency_stop")
+        assert r.status_code == 200, r.text
+
+    wait_until(lambda: not printers_printing(pg_dsn), 30, "no job printing anywhere")
+    log = event_log(pg_dsn)
+    stops = [r for r in log if r.type == "farm.emergency_stop"]
+    assert sorted(r.node or "" for r in stops) == ["n1", "n2"], stops
+    failed = [r for r in transitions(log) if r.move == ("printing", "failed")]
+    assert {r.printer_id for r in failed} == everyone
+    assert all("emergency stop" in (r.reason or "") for r in failed)
+    for d in (n1, n2):
+        with d.client() as c:
+            wait_until(
+                lambda c=c: c.get("/api/orchestrator/status").json()["paused"],
+                30,
+                "dispatch paused on every daemon",
+            )
+    # Nothing starts again while the farm is stopped.
+    assert not printers_printing(pg_dsn)

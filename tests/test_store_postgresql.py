@@ -17,8 +17,8 @@ import trio
 
 from printfarmd.core.farm import outputs as out
 from printfarmd.errors import DatabaseDamaged, FarmError, StorageBusy, StorageFull
-from printfarmd.store.migrations import MIGRATIONS
 from printfarmd.models import JobState
+from printfarmd.store.migrations import MIGRATIONS
 from printfarmd.store.postgresql import PgStore, map_pg_error, open_pg_store, translate
 from tests.conftest import REPO
 from tests.pg_server import PgServer

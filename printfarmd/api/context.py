@@ -11,6 +11,7 @@ from quart import current_app, request
 from printfarmd.api.auth import Access
 from printfarmd.api.front import CLIENT_KEY, client_of
 from printfarmd.config import Config
+from printfarmd.errors import Conflict
 from printfarmd.services.bus import Bus
 from printfarmd.services.owner import Owner
 from printfarmd.services.spoolman import SpoolmanService
@@ -54,3 +55,17 @@ def client_address() -> str | None:
     if CLIENT_KEY in scope:
         return client_of(scope)
     return services().access.client(request.remote_addr, request.headers.get("X-Forwarded-For"))
+
+
+def local_printer(printer_id: str) -> None:
+    """(issue 18) ``Conflict`` when another daemon of the cluster drives ``printer_id``:
+    only that daemon can act on it (it is listed here, not driven here)."""
+    svc = services()
+    if svc.cluster is None or printer_id in svc.owner.printers:
+        return
+    view = svc.cluster.remote(printer_id)
+    if view is not None:
+        raise Conflict(
+            f"printer {printer_id} is driven by daemon {view['node']} of this farm: "
+            "send this to that daemon"
+        )

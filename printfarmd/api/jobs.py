@@ -6,7 +6,7 @@ from quart import Blueprint, Response, request
 
 from printfarmd import faults
 from printfarmd.api import contract, upkeep
-from printfarmd.api.context import services
+from printfarmd.api.context import local_printer, services
 from printfarmd.api.respond import body_of, json_response, read_json
 from printfarmd.api.serialize import job_json
 from printfarmd.api.shapes import MAX_COPIES, JobCancel, JobCreate, JobRelease, JobShip
@@ -138,6 +138,7 @@ async def cancel_job(job_id: str) -> Response:
 @bp.post("/api/jobs/<job_id>/release")
 async def release_job(job_id: str) -> Response:
     body = await body_of(JobRelease)
+    local_printer(body.printerId)
     job = await services().owner.release(check_job_id(job_id), body.printerId)
     return await _job_response(job)
 
@@ -155,14 +156,23 @@ async def jump_job(job_id: str) -> Response:
     return await _job_response(job)
 
 
+def _on_this_daemon(job_id: str) -> None:
+    """(issue 18) ``Conflict`` when the job prints on another daemon's printer."""
+    job = services().owner.jobs.get(job_id)
+    if job is not None and job.printer_id is not None:
+        local_printer(job.printer_id)
+
+
 @bp.post("/api/jobs/<job_id>/pause")
 async def pause_job(job_id: str) -> Response:
     """Pause a printing job on its printer; answers once the printer did (502 if not)."""
-    job = await services().owner.pause_job(check_job_id(job_id))
+    _on_this_daemon(check_job_id(job_id))
+    job = await services().owner.pause_job(job_id)
     return await _job_response(job)
 
 
 @bp.post("/api/jobs/<job_id>/resume")
 async def resume_job(job_id: str) -> Response:
-    job = await services().owner.resume_job(check_job_id(job_id))
+    _on_this_daemon(check_job_id(job_id))
+    job = await services().owner.resume_job(job_id)
     return await _job_response(job)

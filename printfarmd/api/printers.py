@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from quart import Blueprint, Response
 
 from printfarmd.api import upkeep
-from printfarmd.api.context import services
+from printfarmd.api.context import local_printer, services
 from printfarmd.api.respond import body_of, json_response
 from printfarmd.api.serialize import printer_json
 from printfarmd.api.shapes import Maintenance
 from printfarmd.errors import BadRequest
+from printfarmd.services.owner import Owner
 
 bp = Blueprint("printers", __name__)
 
@@ -18,30 +21,42 @@ def _printer(printer_id: str) -> Response:
     return json_response(upkeep.printer_view(services().owner, printer_id))
 
 
+def printer_dicts(owner: Owner) -> list[dict[str, Any]]:
+    """This daemon's printers as ``GET /api/printers`` shows them."""
+    explainer = owner.explainer()  # issue 16: why idle printers wait, worked out once
+    return [
+        {
+            **printer_json(p, owner.printers[p.id].eta),
+            **upkeep.printer_upkeep(owner, owner.printers[p.id], explainer),
+        }
+        for p in owner.printer_views()
+    ]
+
+
 @bp.get("/api/printers")
 async def list_printers() -> Response:
-    sched = services().owner
-    explainer = sched.explainer()  # issue 16: why idle printers wait, worked out once
-    return json_response(
-        {
-            "printers": [
-                {
-                    **printer_json(p, sched.printers[p.id].eta),
-                    **upkeep.printer_upkeep(sched, sched.printers[p.id], explainer),
-                }
-                for p in sched.printer_views()
-            ]
-        }
-    )
+    """The farm's printers: this daemon's, then (issue 18) the other daemons' of the
+    cluster as they showed them last, each with its ``node``."""
+    svc = services()
+    shown = printer_dicts(svc.owner)
+    if svc.cluster is not None:
+        node = svc.cluster.member.node
+        shown = [{**p, "node": node} for p in shown] + svc.cluster.remote_printers()
+    return json_response({"printers": shown})
 
 
 @bp.get("/api/printers/<printer_id>")
 async def get_printer(printer_id: str) -> Response:
-    return _printer(printer_id)
+    svc = services()
+    remote = None
+    if svc.cluster is not None and printer_id not in svc.owner.printers:
+        remote = svc.cluster.remote(printer_id)
+    return _printer(printer_id) if remote is None else json_response(remote)
 
 
 @bp.post("/api/printers/<printer_id>/clear")
 async def clear_plate(printer_id: str) -> Response:
+    local_printer(printer_id)
     await services().owner.clear_plate(printer_id)
     return _printer(printer_id)
 
@@ -49,6 +64,7 @@ async def clear_plate(printer_id: str) -> Response:
 @bp.post("/api/printers/<printer_id>/maintenance")
 async def maintenance(printer_id: str) -> Response:
     body = await body_of(Maintenance)
+    local_printer(printer_id)
     if body.by is not None or body.work is not None or body.at is not None:
         if body.enabled is not None:
             raise BadRequest("enabled: either turn maintenance mode on or off, or record work done")

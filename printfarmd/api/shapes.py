@@ -409,6 +409,8 @@ PRINTER = Out(
             {**_NULLABLE_STR, "description": "why an idle printer starts nothing"},
             None,
         ),
+        # Added for a printer another daemon of the cluster drives (issue 18):
+        _p("node", {**_STR, "description": "the daemon of the cluster that drives it"}, None),
     ],
 )
 

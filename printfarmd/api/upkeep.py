@@ -20,7 +20,7 @@ from typing import Any
 
 from quart import Blueprint, Response, request
 
-from printfarmd.api.context import services
+from printfarmd.api.context import local_printer, services
 from printfarmd.api.history import int_arg
 from printfarmd.api.respond import body_of, json_response
 from printfarmd.api.serialize import iso, printer_json
@@ -170,6 +170,7 @@ async def list_spools() -> Response:
 @bp.put("/api/printers/<printer_id>/spool")
 async def bind_spool(printer_id: str) -> Response:
     body = await body_of(SpoolBind)
+    local_printer(printer_id)
     owner = services().owner
     if printer_id not in owner.printers:
         raise NotFound(f"printer {printer_id} not found")

@@ -29,11 +29,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 import trio
 
 from printfarmd.core.farm import inputs as i
 from printfarmd.errors import FarmError, Fenced, StaleWrite, StorageBusy
+from printfarmd.models import Event
 from printfarmd.services.owner import Owner
 from printfarmd.store import cluster as sql
 from printfarmd.store.cluster import Membership, Peer
@@ -75,6 +77,11 @@ class Cluster:
         self.healthy_since: float | None = None
         self._wake = trio.Event()
         self._backoff = BACKOFF_FIRST
+        #: This daemon's printers as its REST API shows them (set by the daemon), stored
+        #: with each renewal so the other daemons can list them.
+        self.views: Callable[[], list[dict[str, Any]]] = list
+        #: The other daemons' printers by id, as of the last survey (``remote``).
+        self._remote: dict[str, dict[str, Any]] = {}
         #: When (trio time) a lost listening connection may be opened again.
         self._retry_at = 0.0
 
@@ -237,9 +244,10 @@ class Cluster:
     async def _renew(self) -> None:
         """Renew the lease through the writer: its transaction checks the fence first, so
         a daemon taken over learns it here (``Fenced``) and re-reads the farm."""
+        views = orjson.dumps(self.views()).decode()
         try:
             renewed = await self.store.run_write(
-                functools.partial(sql.renew, me=self.member, lease=self.lease)
+                functools.partial(sql.renew, me=self.member, lease=self.lease, views=views)
             )
         except Fenced:
             renewed = False
@@ -260,18 +268,24 @@ class Cluster:
             )
             if not rows:
                 return
-            foreign = [ev for ev, node in rows if node != self.member.node]
+            foreign = [(ev, node) for ev, node in rows if node != self.member.node]
             if foreign:
                 await self._apply(foreign)
             self.last_seq = rows[-1][0].seq
             if len(rows) < BATCH:
                 return
 
-    async def _apply(self, events: list[Any]) -> None:
+    async def _apply(self, rows: list[tuple[Event, str | None]]) -> None:
+        events = [ev for ev, _ in rows]
         seqs: dict[str, int] = {}
         for ev in events:
             if ev.job_id is not None:
                 seqs[ev.job_id] = ev.seq
+        estops = tuple(
+            f"{ev.data.get('client', 'an operator')} on daemon {node}"
+            for ev, node in rows
+            if ev.type == "farm.emergency_stop" and not ev.data.get("relayed")
+        )
         jobs = await self.store.get_jobs(list(seqs))
         settings: Any = None
         paused: bool | None = None
@@ -284,14 +298,27 @@ class Cluster:
                 events=tuple(events),
                 settings=settings,
                 paused=paused,
+                estops=estops,
             )
         )
+
+    def remote(self, printer_id: str) -> dict[str, Any] | None:
+        """Printer ``printer_id`` of another daemon as that daemon showed it last (with
+        ``node``; ``state`` offline while that daemon is not alive), or None."""
+        return self._remote.get(printer_id)
+
+    def remote_printers(self) -> list[dict[str, Any]]:
+        """Every other daemon's printers (see ``remote``), by daemon, in its order."""
+        return list(self._remote.values())
 
     async def _judge(self) -> None:
         since = self.healthy_since
         if since is None or trio.current_time() - since < self.lease:
+            self._remote = _remote_printers(await self.store.run_read(sql.peers), self.member.node)
             return
-        for peer in await self.store.run_read(sql.peers):
+        peers = await self.store.run_read(sql.peers)
+        self._remote = _remote_printers(peers, self.member.node)
+        for peer in peers:
             if peer.node == self.member.node or peer.lost or peer.expires_in >= 0:
                 continue
             silent = self.lease - peer.expires_in
@@ -318,3 +345,17 @@ class Cluster:
             return await self.store.run_read(sql.peers)
         except StorageBusy:
             return []
+
+
+def _remote_printers(peers: list[Peer], me: str) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for peer in peers:
+        if peer.node == me:
+            continue
+        alive = not peer.lost and peer.expires_in > 0
+        for view in peer.views:
+            shown = {**view, "node": peer.node}
+            if not alive:
+                shown.update(state="offline", message=f"daemon {peer.node} is not running")
+            found[str(view.get("id"))] = shown
+    return found

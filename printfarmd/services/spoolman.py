@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -219,9 +219,13 @@ class SpoolmanService:
         bound: Callable[[], set[int]],
         transport: httpx.AsyncBaseTransport | None = None,
         wall: Callable[[], float] = time.time,
+        mine: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.config = config
         self.store = UpkeepStore(store)
+        #: (issue 18) In a cluster, this daemon's printers: it reports their usage only
+        #: (each daemon its own, so none is reported twice).
+        self._mine = mine
         self._post = post
         self._bound = bound
         self._transport = transport
@@ -306,7 +310,7 @@ class SpoolmanService:
 
     async def _send_all(self) -> bool:
         """Send every pending report in order; False when Spoolman stopped answering."""
-        rows = await self.store.pending()
+        rows = await self.store.pending(None if self._mine is None else self._mine())
         current = {r.key for r in rows}
         self._settled &= current  # what the farm has marked since is gone from the list
         for row in rows:
@@ -375,7 +379,8 @@ class SpoolmanService:
 
     async def _refresh(self) -> bool:
         assert self.client is not None
-        wanted = sorted(self._bound() | {r.spool_id for r in await self.store.pending()})
+        mine = None if self._mine is None else self._mine()
+        wanted = sorted(self._bound() | {r.spool_id for r in await self.store.pending(mine)})
         infos: list[SpoolInfo] = []
         missing: list[int] = []
         for sid in wanted:

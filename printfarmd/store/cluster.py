@@ -41,7 +41,8 @@ CREATE TABLE nodes (
     expires_at REAL NOT NULL,
     printers TEXT NOT NULL,
     lost INTEGER NOT NULL DEFAULT 0,
-    joined_at REAL NOT NULL
+    joined_at REAL NOT NULL,
+    views TEXT NOT NULL DEFAULT '[]'
 );
 ALTER TABLE events ADD COLUMN node TEXT;
 """
@@ -73,6 +74,8 @@ class Peer:
     expires_in: float
     printers: tuple[str, ...]
     lost: bool
+    #: Its printers as its REST API shows them (JSON objects), as of its last renewal.
+    views: tuple[dict[str, Any], ...] = ()
 
 
 # ---------------------------------------------------------------------- leases
@@ -105,23 +108,28 @@ def join(
     return int(found[0]), before
 
 
-def renew(conn: Conn, me: Membership, lease: float) -> bool:
-    """Push ``me``'s lease ``lease`` seconds ahead; False when it is no longer ours
-    (another daemon took the node over: re-read before acting again)."""
+def renew(conn: Conn, me: Membership, lease: float, views: str = "[]") -> bool:
+    """Push ``me``'s lease ``lease`` seconds ahead and store its printers' ``views`` (a
+    JSON array); False when the lease is no longer ours (another daemon took the node
+    over: re-read before acting again)."""
     cur = conn.execute(
-        f"UPDATE nodes SET expires_at = {_NOW} + ? WHERE node_id = ? AND epoch = ? AND lost = 0",
-        (lease, me.node, me.epoch),
+        f"UPDATE nodes SET expires_at = {_NOW} + ?, views = ? "
+        "WHERE node_id = ? AND epoch = ? AND lost = 0",
+        (lease, views, me.node, me.epoch),
     )
     return bool(cur.rowcount == 1)
 
 
 def peers(conn: Conn) -> list[Peer]:
     rows = conn.execute(
-        f"SELECT node_id, epoch, expires_at - {_NOW}, printers, lost FROM nodes ORDER BY node_id"
+        f"SELECT node_id, epoch, expires_at - {_NOW}, printers, lost, views FROM nodes "
+        "ORDER BY node_id"
     ).fetchall()
     return [
-        Peer(str(n), int(e), float(left), tuple(orjson.loads(p)), bool(lost))
-        for n, e, left, p, lost in rows
+        Peer(
+            str(n), int(e), float(left), tuple(orjson.loads(p)), bool(lost), tuple(orjson.loads(v))
+        )
+        for n, e, left, p, lost, v in rows
     ]
 
 

@@ -18,7 +18,7 @@ store's reader and writer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -311,11 +311,16 @@ def _spool(row: Sequence[Any]) -> SpoolInfo:
     )
 
 
-def pending(conn: Conn) -> list[Outgoing]:
-    """Every report still owed to Spoolman, oldest first."""
+def pending(conn: Conn, printers: Collection[str] | None = None) -> list[Outgoing]:
+    """Every report still owed to Spoolman, oldest first; with ``printers``, only those
+    of attempts on them (issue 18: each daemon of a cluster reports its own)."""
+    where, params = "report = 'pending'", list(printers or ())
+    if printers is not None:
+        where += f" AND printer_id IN ({', '.join('?' for _ in params) or 'NULL'})"
     rows = conn.execute(
         "SELECT key, spool_id, grams, at, report_attempts, base_used, last_error "
-        "FROM attempt_usage WHERE report = 'pending' ORDER BY at, key"
+        f"FROM attempt_usage WHERE {where} ORDER BY at, key",
+        params,
     ).fetchall()
     return [
         Outgoing(k, int(sid), float(g or 0.0), float(at), int(n), base, err)
@@ -432,8 +437,8 @@ class UpkeepStore:
     async def memory(self) -> Memory:
         return await self.store.run_read(memory)
 
-    async def pending(self) -> list[Outgoing]:
-        return await self.store.run_read(pending)
+    async def pending(self, printers: Collection[str] | None = None) -> list[Outgoing]:
+        return await self.store.run_read(lambda c: pending(c, printers))
 
     async def set_base(self, key: str, base_used: float | None) -> None:
         await self.store.run_write(lambda c: set_base(c, key, base_used))

@@ -179,11 +179,15 @@ def pause_or_resume(tx: Tx, job_id: str, pause: bool, now: Now, token: str = "")
     return job, slot.id
 
 
-def emergency_stop(tx: Tx, client: str, now: Now, token: str = "") -> tuple[list[str], list[str]]:
+def emergency_stop(
+    tx: Tx, client: str, now: Now, token: str = "", *, relayed: bool = False
+) -> tuple[list[str], list[str]]:
     """Stop every printer that prints (a farm job, a hand-over, or a print of its own) at
     once through its driver's emergency stop, pause dispatch and fail each printing job
-    once with the reason and the client. One ``farm.emergency_stop`` event records it.
-    Returns (the jobs failed, the printers told to stop)."""
+    once with the reason and the client. One ``farm.emergency_stop`` event records it
+    (``relayed``: this daemon's part of a stop another daemon of the cluster received,
+    issue 18; a relayed stop is not relayed again). Returns (the jobs failed, the
+    printers told to stop)."""
     reason = f"emergency stop by {client}"
     failed: list[str] = []
     stopped: list[str] = []
@@ -213,6 +217,7 @@ def emergency_stop(tx: Tx, client: str, now: Now, token: str = "") -> tuple[list
                     "printers": sorted(stopped),
                     "jobs": failed,
                     "dispatch_was_paused": was_paused,
+                    **({"relayed": True} if relayed else {}),
                 },
             )
         )

@@ -364,6 +364,9 @@ class SharedChanges:
     paused: bool | None = None
     resync: bool = False
     epoch: int = 0
+    #: Who asked for each emergency stop another daemon received (and did not relay):
+    #: this daemon stops its printers too.
+    estops: tuple[str, ...] = ()
 
 
 @attrs.frozen

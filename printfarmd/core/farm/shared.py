@@ -8,7 +8,8 @@ is not one of this daemon's slots.
 - ``on_shared``: jobs another daemon changed replace ours. A job one of our printers
   holds that is no longer printing (or waiting for its plate) on that printer — cancelled
   by another daemon, or taken back after this daemon lost its lease — is let go: the
-  printer is told to stop it, as a cancel would.
+  printer is told to stop it, as a cancel would. An emergency stop another daemon
+  received stops this daemon's printers too.
 - ``on_node_lost``: a daemon that stopped renewing its lease: its printing jobs are taken
   back the way the watchdog takes back a silent printer's (requeued with the resume
   position, or failed once retries are spent), in one commit with the fence that ends
@@ -18,7 +19,7 @@ is not one of this daemon's slots.
 from __future__ import annotations
 
 from printfarmd.core import watchdog as watchdog_rules
-from printfarmd.core.farm import common
+from printfarmd.core.farm import common, fleet
 from printfarmd.core.farm.inputs import NodeLost, SharedChanges
 from printfarmd.core.farm.outputs import Count, Escalate, FenceNode, Log, StopPrint
 from printfarmd.core.farm.state import Now, Tx
@@ -39,6 +40,9 @@ def on_shared(tx: Tx, c: SharedChanges, now: Now) -> None:
     if c.paused is not None and c.paused != tx.paused:
         tx.set("paused", c.paused)
         tx.kick = True
+    for client in c.estops:
+        # An emergency stop on any daemon stops the whole farm.
+        fleet.emergency_stop(tx, client, now, relayed=True)
 
 
 def _let_go(tx: Tx, job: Job, now: Now) -> None:

@@ -428,6 +428,8 @@
       lines.push(el("span", { class: "due", text: `maintenance due: ${p.maintenance_due}` }));
     }
     if (p.waiting) lines.push(el("span", { class: "waiting", text: `waiting: ${p.waiting}` }));
+    // Several daemons, one farm: which daemon drives it (only that one acts on it).
+    if (p.node) lines.push(el("span", { class: "node", text: `daemon ${p.node}` }));
     return lines;
   }
 
