@@ -133,3 +133,24 @@ def test_at_start_a_job_printing_on_another_daemons_printer_is_left_alone() -> N
     m.step(i.Startup())
     assert m.rows[elsewhere.id].state is JobState.PRINTING
     assert m.rows[removed.id].state is JobState.FAILED
+
+
+def test_a_retry_another_daemon_scheduled_is_armed_here_too() -> None:
+    m = FarmMachine()
+    m.make_farm(["PLA"], [False] * 8)
+    m.state.cluster = True
+    waiting = Job(
+        id="RETRY00000000001",
+        filename="a.gcode",
+        state=JobState.FAILED,
+        retry_at=EPOCH + 60.0,
+        retry_count=1,
+        created_at=EPOCH,
+        updated_at=EPOCH,
+    )
+    m.timers.clear()
+    foreign(m, waiting)
+    assert (out.TimerKind.RETRY, waiting.id) in m.timers
+    m.mono += 61.0
+    m.step(i.TimerFired(out.TimerKind.RETRY, waiting.id))
+    assert m.rows[waiting.id].state is not JobState.FAILED  # back in the queue (or printing)

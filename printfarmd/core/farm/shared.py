@@ -8,8 +8,9 @@ is not one of this daemon's slots.
 - ``on_shared``: jobs another daemon changed replace ours. A job one of our printers
   holds that is no longer printing (or waiting for its plate) on that printer — cancelled
   by another daemon, or taken back after this daemon lost its lease — is let go: the
-  printer is told to stop it, as a cancel would. An emergency stop another daemon
-  received stops this daemon's printers too.
+  printer is told to stop it, as a cancel would. A retry another daemon scheduled is
+  armed here too. An emergency stop another daemon received stops this daemon's
+  printers too.
 - ``on_node_lost``: a daemon that stopped renewing its lease: its printing jobs are taken
   back the way the watchdog takes back a silent printer's (requeued with the resume
   position, or failed once retries are spent), in one commit with the fence that ends
@@ -34,6 +35,10 @@ def on_shared(tx: Tx, c: SharedChanges, now: Now) -> None:
             continue
         tx.put_job(job)
         _let_go(tx, job, now)
+        # A retry another daemon scheduled is this daemon's too: if that daemon stops
+        # before it is due, the job still goes back to the queue (the first to act wins;
+        # the other's write is refused as stale and changes nothing).
+        common.arm_retry(tx, job, now)
         tx.kick = True
     if c.settings is not None and c.settings != tx.settings:
         tx.set("settings", c.settings)
