@@ -436,6 +436,15 @@ def test_daemons_print_500_jobs_exactly_once(
 # ---------------------------------------------------------------- kill -9
 
 
+def slow_pair(tmp: Path, factory: Any, dsn: str) -> tuple[DaemonProcess, DaemonProcess]:
+    """n1 and n2, two printers each, prints of about 3 s, a 3 s lease, quick retries."""
+    nodes = {"n1": printer_ids("n1", 2), "n2": printer_ids("n2", 2)}
+    daemons = start_farm(
+        tmp, factory, dsn, nodes, speed=SLOW, lease_seconds=3.0, retry_backoff=(0.5,)
+    )
+    return daemons["n1"], daemons["n2"]
+
+
 def test_kill_9_of_a_daemon_mid_run_is_taken_over_and_it_rejoins(
     tmp_path: Path, daemon_factory: Any, pg_dsn: str
 ) -> None:
@@ -451,18 +460,8 @@ def test_kill_9_of_a_daemon_mid_run_is_taken_over_and_it_rejoins(
     and never taken over (a full plate: post_process -> ready). An event of the old
     attempt (printing -> anything, for a job n1 took over) with no new claim before it is
     exactly what fencing forbids, and fails the test."""
-    nodes = {"n1": printer_ids("n1", 2), "n2": printer_ids("n2", 2)}
-    victim_printers = set(nodes["n2"])
-    daemons = start_farm(
-        tmp_path,
-        daemon_factory,
-        pg_dsn,
-        nodes,
-        speed=SLOW,
-        lease_seconds=3.0,
-        retry_backoff=(0.5,),
-    )
-    n1, n2 = daemons["n1"], daemons["n2"]
+    n1, n2 = slow_pair(tmp_path, daemon_factory, pg_dsn)
+    victim_printers = set(printer_ids("n2", 2))
     epoch_before = epoch_of(n2)
     acked = create(n1, 4) + create(n2, 4)
 
@@ -525,7 +524,7 @@ def test_kill_9_of_a_daemon_mid_run_is_taken_over_and_it_rejoins(
     assert set(acked) <= set(states), "an acknowledged job is missing"
     for j in orphans:
         state, printer = states[j]
-        assert state == "ready" and printer in nodes["n1"], (j, state, printer)
+        assert state == "ready" and printer in printer_ids("n1", 2), (j, state, printer)
     before_restart = event_log(pg_dsn)
     check_printed_once(before_restart, orphans)
     restart_seq = before_restart[-1].seq
@@ -599,18 +598,8 @@ def test_a_frozen_daemon_that_thaws_after_its_lease_expired_does_not_act_on_take
     its lease epoch is gone and re-read before acting: no transition of n2 touches a
     taken-over job unless it claimed it anew, each such job finishes once (on n1), and
     n2 carries on under a new epoch and prints again."""
-    nodes = {"n1": printer_ids("n1", 2), "n2": printer_ids("n2", 2)}
-    victim_printers = set(nodes["n2"])
-    daemons = start_farm(
-        tmp_path,
-        daemon_factory,
-        pg_dsn,
-        nodes,
-        speed=SLOW,
-        lease_seconds=3.0,
-        retry_backoff=(0.5,),
-    )
-    n1, n2 = daemons["n1"], daemons["n2"]
+    n1, n2 = slow_pair(tmp_path, daemon_factory, pg_dsn)
+    victim_printers = set(printer_ids("n2", 2))
     assert n2.proc is not None
     epoch_before = epoch_of(n2)
     acked = create(n1, 3) + create(n2, 3)
@@ -635,7 +624,7 @@ def test_a_frozen_daemon_that_thaws_after_its_lease_expired_does_not_act_on_take
                 for r in transitions(event_log(pg_dsn))
                 if r.seq > stop_seq
                 and r.move == ("queued", "printing")
-                and r.printer_id in nodes["n1"]
+                and r.printer_id in printer_ids("n1", 2)
             }
             return orphans <= starts
 
@@ -670,7 +659,7 @@ def test_a_frozen_daemon_that_thaws_after_its_lease_expired_does_not_act_on_take
             if r.job_id == j and r.move == ("printing", "post_process")
         ]
         assert len(finish) == 1 and finish[0][0] == "n1", (j, finish)
-        assert finish[0][1] in nodes["n1"], (j, finish)
+        assert finish[0][1] in printer_ids("n1", 2), (j, finish)
     check_no_stale_acts(log, thaw_seq, "n2", victim_printers, allowed_to_end=set())
 
 

@@ -261,11 +261,12 @@ async def test_a_full_disk_while_a_printer_refuses_a_job_degrades_then_recovers(
 
 
 def _fill(path: Path) -> None:
-    with open(path, "wb") as fh:
+    # Unbuffered: a buffered file would flush what did not fit again when it closes,
+    # and raise ENOSPC there.
+    with open(path, "wb", buffering=0) as fh:
         try:
             while True:
                 fh.write(b"\0" * 65536)
-                fh.flush()
         except OSError:
             pass
 

@@ -312,12 +312,13 @@ class Cluster:
         return list(self._remote.values())
 
     async def _judge(self) -> None:
-        since = self.healthy_since
-        if since is None or trio.current_time() - since < self.lease:
-            self._remote = _remote_printers(await self.store.run_read(sql.peers), self.member.node)
-            return
+        """Note the other daemons' printers; take over a daemon whose lease expired (only
+        once this daemon's own lease has held for a whole lease: see the module doc)."""
         peers = await self.store.run_read(sql.peers)
         self._remote = _remote_printers(peers, self.member.node)
+        since = self.healthy_since
+        if since is None or trio.current_time() - since < self.lease:
+            return
         for peer in peers:
             if peer.node == self.member.node or peer.lost or peer.expires_in >= 0:
                 continue

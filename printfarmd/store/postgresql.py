@@ -399,7 +399,7 @@ class PgStore(Store):
         return await self._read(table_names)
 
 
-def _open(dsn: str, synchronous: str, node: str) -> tuple[PgConn, int]:
+def _open(dsn: str, synchronous: str, node: str = "") -> tuple[PgConn, int]:
     try:
         conn = connect(dsn, synchronous, writer=True, node=node)
     except InUse as exc:
