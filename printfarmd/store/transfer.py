@@ -36,6 +36,9 @@ from printfarmd.store.postgresql import PgConn
 BATCH = 5000
 #: Tables a fresh printfarmd schema fills by itself (never "data" in the target).
 _SEEDED = {"history_marks", postgresql.VERSION_TABLE}
+#: Tables never copied: the leases of running cluster daemons (issue 18) belong to the
+#: daemons, not to the farm (a SQLite farm never has any); the target's must be empty.
+_NOT_COPIED = ("nodes",)
 
 
 class TransferError(FarmError):
@@ -120,7 +123,7 @@ def _source_tables(src: sqlite3.Connection) -> list[str]:
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
         "ORDER BY name"
     ).fetchall()
-    names = [str(r[0]) for r in rows]
+    names = [str(r[0]) for r in rows if r[0] not in _NOT_COPIED]
     # jobs first: the event log refers to it.
     return sorted(names, key=lambda n: (n != "jobs", n))
 
@@ -168,7 +171,7 @@ def _target_table(pg: PgConn, table: str) -> _Table:
 
 def _check_target_empty(pg: PgConn, known: Sequence[str]) -> None:
     tables = postgresql.table_names(pg)
-    ours = {postgresql.VERSION_TABLE, *known}
+    ours = {postgresql.VERSION_TABLE, *_NOT_COPIED, *known}
     foreign = sorted(set(tables) - ours)
     if foreign:
         raise TransferError(
