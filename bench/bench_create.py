@@ -133,7 +133,18 @@ def raw_group_commit(folder: Path, synchronous: str, seconds: float) -> dict[str
             steps = [(None, "created", "create"), ("created", "validated", "validate")]
             steps += [("validated", "sliced", "slice"), ("sliced", "queued", "enqueue")]
             events: list[tuple[object, ...]] = [
-                ("job.transition", now, jid, None, a, b, None, f'{{"event":"{e}","retry_count":0}}')
+                # The last value: the cluster node that appended it (none here).
+                (
+                    "job.transition",
+                    now,
+                    jid,
+                    None,
+                    a,
+                    b,
+                    None,
+                    f'{{"event":"{e}","retry_count":0}}',
+                    None,
+                )
                 for a, b, e in steps
             ]
             return store_jobs.to_row(job), events

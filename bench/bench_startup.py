@@ -351,6 +351,7 @@ def creation_events(job: Job) -> list[tuple[object, ...]]:
             to_state,
             None,
             f'{{"event":"{event}","retry_count":0}}',
+            None,  # the cluster node that appended it (issue 18): none here
         )
         for from_state, to_state, event in steps
     ]
