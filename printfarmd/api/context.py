@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -57,13 +57,19 @@ def client_address() -> str | None:
     return services().access.client(request.remote_addr, request.headers.get("X-Forwarded-For"))
 
 
+def remote_printer(printer_id: str) -> dict[str, Any] | None:
+    """(issue 18) ``printer_id`` as another daemon of the cluster last showed it, when
+    that daemon (not this one) drives it; else None."""
+    svc = services()
+    if svc.cluster is None or printer_id in svc.owner.printers:
+        return None
+    return svc.cluster.remote(printer_id)
+
+
 def local_printer(printer_id: str) -> None:
     """(issue 18) ``Conflict`` when another daemon of the cluster drives ``printer_id``:
     only that daemon can act on it (it is listed here, not driven here)."""
-    svc = services()
-    if svc.cluster is None or printer_id in svc.owner.printers:
-        return
-    view = svc.cluster.remote(printer_id)
+    view = remote_printer(printer_id)
     if view is not None:
         raise Conflict(
             f"printer {printer_id} is driven by daemon {view['node']} of this farm: "

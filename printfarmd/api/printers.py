@@ -7,7 +7,7 @@ from typing import Any
 from quart import Blueprint, Response
 
 from printfarmd.api import upkeep
-from printfarmd.api.context import local_printer, services
+from printfarmd.api.context import local_printer, remote_printer, services
 from printfarmd.api.respond import body_of, json_response
 from printfarmd.api.serialize import printer_json
 from printfarmd.api.shapes import Maintenance
@@ -47,10 +47,7 @@ async def list_printers() -> Response:
 
 @bp.get("/api/printers/<printer_id>")
 async def get_printer(printer_id: str) -> Response:
-    svc = services()
-    remote = None
-    if svc.cluster is not None and printer_id not in svc.owner.printers:
-        remote = svc.cluster.remote(printer_id)
+    remote = remote_printer(printer_id)
     return _printer(printer_id) if remote is None else json_response(remote)
 
 
