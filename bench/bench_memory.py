@@ -46,8 +46,8 @@ from printfarmd.config import (
     Synchronous,
 )
 from printfarmd.core.farm.inputs import JobRequest
-from printfarmd.daemon import limit_malloc_arenas
 from printfarmd.drivers.base import DriverEvent, JobFinished, JobSpec, StatusReport
+from printfarmd.heap import limit_malloc_arenas
 from printfarmd.models import PrinterState
 from printfarmd.services.bus import Bus
 from printfarmd.services.owner import Owner

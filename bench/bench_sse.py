@@ -21,6 +21,10 @@ over the raw bytes, so 500 of them can keep up); one extra reference stream pars
 message for its ``at``. Latency of one delivery = receive time - the event's ``at`` (the
 wall time of the change, taken before its commit, so it includes the commit's fsync).
 "to all" = per event, the latency to the *last* client.
+
+Floors (skip with ``--no-floor``): ``bench/floor_app.py`` streaming the same events from a
+bare quart-trio app, as it comes ("floor") and with printfarmd's heap policy
+("floor+heap", issue 17: ``printfarmd/heap.py``), each in its own process.
 """
 
 from __future__ import annotations
@@ -248,14 +252,16 @@ def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("daemon did not start:\n" + (tmp / "daemon.log").read_text())
 
 
-def start_floor(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``bench/floor_app.py``: the same streams from a bare quart-trio + hypercorn app."""
+def start_floor(tmp: Path, heap: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """``bench/floor_app.py``: the same streams from a bare quart-trio + hypercorn app;
+    ``heap``: with printfarmd's heap policy (``FLOOR_HEAP=1``)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "bench" / "floor_app.py"), str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=open(tmp / "floor.log", "wb"),  # noqa: SIM115 - owned by the child
+        stderr=open(tmp / f"floor-{int(heap)}.log", "wb"),  # noqa: SIM115 - owned by the child
         cwd=REPO,
+        env={**os.environ, "FLOOR_HEAP": "1" if heap else "0"},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -266,7 +272,7 @@ def start_floor(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
         except (httpx.HTTPError, ValueError):
             time.sleep(0.05)
     proc.kill()
-    raise RuntimeError("floor did not start:\n" + (tmp / "floor.log").read_text())
+    raise RuntimeError("floor did not start:\n" + (tmp / f"floor-{int(heap)}.log").read_text())
 
 
 def row(r: Result) -> str:
@@ -290,20 +296,25 @@ def main() -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_daemon(Path(tmp))
-        floor_proc, floor_url = (None, "") if args.no_floor else start_floor(Path(tmp))
+        floors = (
+            {}
+            if args.no_floor
+            else {
+                "floor": start_floor(Path(tmp)),
+                "floor+heap": start_floor(Path(tmp), heap=True),
+            }
+        )
         try:
             for n in (1, args.clients):
                 results.append(trio.run(measure, url, proc.pid, n, args.events, args.gap))
-                if floor_proc is not None:
+                for name, (floor_proc, floor_url) in floors.items():
                     results.append(
-                        trio.run(
-                            measure, floor_url, floor_proc.pid, n, args.events, args.gap, "floor"
-                        )
+                        trio.run(measure, floor_url, floor_proc.pid, n, args.events, args.gap, name)
                     )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-            if floor_proc is not None:
+            for floor_proc, _ in floors.values():
                 floor_proc.terminate()
                 floor_proc.wait(timeout=30)
     ours = [r for r in results if r.server == "printfarmd"]
@@ -334,14 +345,15 @@ def main() -> int:
         f"RSS +{many.rss_connected_mb - base.rss_connected_mb:.1f} MB "
         f"(~{per_client_kb:.0f} KB per extra client)"
     )
-    floors = [r for r in results if r.server == "floor"]
-    if floors:
-        fl = floors[-1]
-        print(
-            f"printfarmd / floor at {many.clients} clients: delivery p99 "
-            f"{many.delivery_p99_ms / fl.delivery_p99_ms:.2f}x, CPU per delivery "
-            f"{many.daemon_cpu_us_per_delivery / fl.daemon_cpu_us_per_delivery:.2f}x"
-        )
+    for name in ("floor", "floor+heap"):
+        same = [r for r in results if r.server == name]
+        if same:
+            fl = same[-1]
+            print(
+                f"printfarmd / {name} at {many.clients} clients: delivery p99 "
+                f"{many.delivery_p99_ms / fl.delivery_p99_ms:.2f}x, CPU per delivery "
+                f"{many.daemon_cpu_us_per_delivery / fl.daemon_cpu_us_per_delivery:.2f}x"
+            )
     return 0 if all(r.missed == 0 for r in results) else 1
 
 

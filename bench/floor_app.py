@@ -16,12 +16,19 @@ Nothing of printfarmd is imported: this is what the daemon's framework costs on 
   stream and answers 200 (the SSE bench's floor).
 
 The default hypercorn configuration but the access log (off, as in the daemon).
+
+With ``FLOOR_HEAP=1`` in its environment the floor also takes printfarmd's heap policy
+(``printfarmd/heap.py``, issue 17: start-up's objects frozen, the young generation
+collected every 10,000 net allocations), written out here so that nothing of printfarmd
+is imported: the floor for what the daemon's own code costs under the same collector.
 """
 
 from __future__ import annotations
 
 import datetime
+import gc
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,6 +99,13 @@ def main() -> None:
         while True:
             await websocket.receive()
             await websocket.send(frame)
+
+    if os.environ.get("FLOOR_HEAP") == "1":
+
+        @app.before_serving
+        async def settle() -> None:
+            gc.freeze()
+            gc.set_threshold(10_000, 10, 10)
 
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]

@@ -17,14 +17,13 @@ completes first (the owner's commit is shielded).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import logging
-import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -33,7 +32,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from printfarmd import sdnotify, wirelog
+from printfarmd import heap, sdnotify, wirelog
 from printfarmd.api.app import create_app
 from printfarmd.api.context import Services
 from printfarmd.api.moonraker import ws
@@ -121,11 +120,13 @@ async def run(
     *,
     stop: trio.Event | None = None,
     config_path: Path | None = None,
+    on_ready: Callable[[], object] | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the farm until ``stop`` is set or SIGTERM/SIGINT arrives.
 
-    Reports ``Running`` once HTTP is served (health may still say ``starting``).
+    Reports ``Running`` once HTTP is served (health may still say ``starting``); calls
+    ``on_ready`` once dispatch runs (``serve``: ``heap.settle``, issue 17).
     SIGHUP re-reads ``config_path`` (when given) and applies its printers and access
     rules. Raises ``PortTaken`` (nothing touched) or ``DatabaseDamaged`` before serving.
     """
@@ -141,7 +142,7 @@ async def run(
             synchronous=config.storage.synchronous.value,
             node=config.server.node_id,
         ) as store:
-            await _run(config, store, listener, stop, config_path, task_status)
+            await _run(config, store, listener, stop, config_path, on_ready, task_status)
     finally:
         listener.close()
     log.info("stopped")
@@ -153,6 +154,7 @@ async def _run(
     listener: socket.socket,
     stop: trio.Event,
     config_path: Path | None,
+    on_ready: Callable[[], object] | None,
     task_status: trio.TaskStatus[Running],
 ) -> None:
     bus = Bus()
@@ -252,6 +254,8 @@ async def _run(
         # issue 8: systemd Type=notify. READY once dispatch runs; the watchdog ping is a
         # round trip through the owner, so neither a wedged loop nor a stuck owner pings.
         sdnotify.notify("READY=1")
+        if on_ready is not None:
+            on_ready()
         # issue 17: the G-code metadata cache is filled now, in the background, so the
         # first listings and submissions find it warm; start never waits for it.
         nursery.start_soon(_warm_metadata, config.gcodes_path)
@@ -337,31 +341,15 @@ async def _watch_reload(config_path: Path | None, svc: Services, mqtt_hub: MqttH
                 log.error("config reload not applied", extra={"reason": exc.message})
 
 
-#: glibc's ``M_ARENA_MAX`` (malloc.h).
-_M_ARENA_MAX = -8
-
-
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX`` would). Each worker thread that
-    SQLite and file checks run on otherwise gets an arena of its own, and the daemon's
-    RSS creeps up by tens of MB over a long run although the Python heap stays flat
-    (``bench/bench_memory.py``). Returns whether it applied (glibc only)."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return False  # the operator chose
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
-
-
 def serve(config: Config, *, log_format: str | None = None, config_path: Path | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit status."""
-    limit_malloc_arenas()
+    heap.limit_malloc_arenas()
     setup_logging(config.logging.level, log_format or config.logging.format.value)
     wirelog.record_logs()  # a no-op unless PRINTFARMD_WIRE_LOG is set (tests)
     try:
-        trio.run(functools.partial(run, config, config_path=config_path))
+        # issue 17: at READY the heap is settled for a long-lived server (``heap.settle``:
+        # start-up's objects frozen, the collector's young threshold raised).
+        trio.run(functools.partial(run, config, config_path=config_path, on_ready=heap.settle))
     except PortTaken as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_PORT_TAKEN

@@ -9,7 +9,7 @@ from __future__ import annotations
 from quart import Blueprint, Response
 
 from printfarmd.api.context import services
-from printfarmd.services.metrics import render
+from printfarmd.services.metrics import HeapCounts, render
 
 bp = Blueprint("metrics", __name__)
 
@@ -25,5 +25,6 @@ async def metrics() -> Response:
         health.printers_by_state,
         health.queue_depth,
         svc.owner.counters,
+        HeapCounts.now(),
     )
     return Response(text, content_type=CONTENT_TYPE)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Mapping
 
@@ -41,11 +42,26 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+@attrs.frozen
+class HeapCounts:
+    """The cyclic garbage collector's figures (issue 17: ``printfarmd.heap``)."""
+
+    #: ``gc.get_stats()``: per generation, collections run and objects collected.
+    generations: tuple[Mapping[str, int], ...] = ()
+    #: ``gc.get_freeze_count()``: objects moved out of the collector's walk at READY.
+    frozen: int = 0
+
+    @classmethod
+    def now(cls) -> HeapCounts:
+        return cls(tuple(gc.get_stats()), gc.get_freeze_count())
+
+
 def render(
     jobs_by_state: Mapping[str, int],
     printers_by_state: Mapping[str, int],
     queue_depth: int,
     counters: FarmCounters,
+    heap: HeapCounts | None = None,
 ) -> str:
     """Prometheus text format; every known state is listed (0 if none), so series persist."""
     out: list[str] = []
@@ -78,4 +94,19 @@ def render(
     out.append(f"printfarmd_retries_total {counters.retries}")
     family("printfarmd_watchdog_actions_total", "counter", "Stuck jobs requeued or failed.")
     out.append(f"printfarmd_watchdog_actions_total {counters.watchdog_actions}")
+    if heap is not None:
+        # The names Prometheus' own Python client uses for these figures.
+        for key, name, text in (
+            ("collections", "python_gc_collections_total", "Collections, by generation."),
+            ("collected", "python_gc_objects_collected_total", "Objects the collector freed."),
+        ):
+            family(name, "counter", text)
+            for generation, stats in enumerate(heap.generations):
+                out.append(f'{name}{{generation="{generation}"}} {stats.get(key, 0)}')
+        family(
+            "printfarmd_gc_frozen_objects",
+            "gauge",
+            "Objects start-up built, moved out of the collector's walk once ready.",
+        )
+        out.append(f"printfarmd_gc_frozen_objects {heap.frozen}")
     return "\n".join(out) + "\n"

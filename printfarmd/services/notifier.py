@@ -20,15 +20,12 @@ Rules (see docs/notifications.md):
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import logging
 import secrets
-import smtplib
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -48,6 +45,9 @@ from printfarmd.store.store import Store
 from printfarmd.store.upkeep import UpkeepStore
 
 if TYPE_CHECKING:
+    import smtplib
+    from email.message import EmailMessage
+
     import httpx
 
 log = logging.getLogger("printfarmd.notifier")
@@ -71,23 +71,27 @@ class EventPublisher(Protocol):
 
 
 #: Sends one email, blocking (called in a worker thread): ``send_email`` by default.
-MailSender = Callable[[NotifyConfig, EmailMessage], None]
+MailSender = Callable[[NotifyConfig, "EmailMessage"], None]
 
 
 def send_email(
     config: NotifyConfig,
     message: EmailMessage,
     *,
-    smtp_factory: Callable[..., smtplib.SMTP] = smtplib.SMTP,
+    smtp_factory: Callable[..., smtplib.SMTP] | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> None:
-    """Send ``message`` through ``config.smtp_host``. Blocking: run it in a thread.
+    """Send ``message`` through ``config.smtp_host`` (``smtp_factory``: ``smtplib.SMTP``).
+    Blocking: run it in a thread.
 
     STARTTLS (with certificate checks) when ``smtp_starttls``; login when
     ``smtp_username`` is set; every socket operation bounded by ``smtp_timeout``.
     Raises ``smtplib.SMTPException`` or ``OSError``.
     """
-    with smtp_factory(config.smtp_host, config.smtp_port, timeout=config.smtp_timeout) as smtp:
+    import smtplib  # issue 17: loaded by the first email, not at start
+
+    factory = smtp_factory if smtp_factory is not None else smtplib.SMTP
+    with factory(config.smtp_host, config.smtp_port, timeout=config.smtp_timeout) as smtp:
         smtp.ehlo()
         if config.smtp_starttls:
             smtp.starttls(context=ssl_context or ssl.create_default_context())
@@ -446,6 +450,11 @@ class Notifier:
         return f"HTTP {resp.status_code}"
 
     async def _send_email(self, d: Delivery) -> str | None:
+        # issue 17: the email package (~0.75 MB) is loaded by the first email, not at start.
+        import email.utils
+        import smtplib
+        from email.message import EmailMessage
+
         content = orjson.loads(d.payload)
         msg = EmailMessage()
         msg["Subject"] = content["subject"]
