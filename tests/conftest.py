@@ -38,10 +38,21 @@ DEMO_GCODES = REPO / "demo" / "gcodes"
 API_KEY = "test-key-0123456789abcdef"
 
 
+#: Every port ``free_port`` handed out in this session.
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, never one handed out before in this session:
+    two ports asked for before either daemon binds could otherwise be the same one (the
+    kernel may give a just-closed port again), and the second daemon would refuse it."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def sim_printer(pid: str, materials: tuple[str, ...] = ("PLA",), **kw: Any) -> PrinterConfig:
