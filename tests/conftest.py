@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,18 @@ from tests.pg_server import PgServer, running_server
 REPO = Path(__file__).resolve().parent.parent
 DEMO_GCODES = REPO / "demo" / "gcodes"
 API_KEY = "test-key-0123456789abcdef"
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: Callable[[], str] | str) -> None:
+    """Poll ``pred`` (every 0.1 s) until it holds; after ``timeout`` seconds fail saying
+    ``what`` (a text, or a callable giving one so the message shows the state at the end).
+    For real processes; in-process farms wait with ``LiveFarm.wait_for``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 #: Every port ``free_port`` handed out in this session.

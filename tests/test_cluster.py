@@ -30,7 +30,7 @@ import psycopg
 import pytest
 
 from printfarmd.config import Config, StorageBackend
-from tests.conftest import API_KEY, DaemonProcess, make_config, sim_printer
+from tests.conftest import API_KEY, DaemonProcess, make_config, sim_printer, wait_until
 from tests.pg_server import PgServer
 
 pytestmark = pytest.mark.slow
@@ -48,17 +48,6 @@ TRANSITION = "job.transition"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: Callable[[], str] | str) -> None:
-    """Poll ``pred`` until it holds; on time-out fail saying ``what`` (a text or a
-    callable giving one, so the message can show the state at the end)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 def node_config(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,12 @@ import pytest
 
 from printfarmd.config import StorageBackend
 from printfarmd.daemon import DB_NAME, EXIT_NO_DATABASE
-from tests.conftest import API_KEY, DaemonProcess, make_config, sim_printer
+from tests.conftest import API_KEY, DaemonProcess, make_config, sim_printer, wait_until
 from tests.pg_server import PgServer
 
 pytestmark = pytest.mark.slow
 
 FAST = 3000.0
-
-
-def wait_until(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def jobs_of(c: httpx.Client) -> dict[str, dict[str, Any]]:

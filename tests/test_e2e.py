@@ -17,7 +17,7 @@ import pytest
 
 from printfarmd.core.jobs import TRANSITIONS
 from printfarmd.models import JobState
-from tests.conftest import API_KEY, REPO, DaemonProcess, make_config, sim_printer
+from tests.conftest import API_KEY, REPO, DaemonProcess, make_config, sim_printer, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,15 +71,6 @@ def all_events(c: httpx.Client) -> list[dict[str, Any]]:
         if not page["events"]:
             return events
         events += page["events"]
-
-
-def wait_until(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def check_event_log(events: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> None:

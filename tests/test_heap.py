@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from printfarmd.services.metrics import FarmCounters, HeapCounts, render
-from tests.conftest import API_KEY, REPO, make_config, sim_printer
+from tests.conftest import API_KEY, REPO, make_config, sim_printer, wait_until
 from tests.test_metrics import _series
 
 SETTLE_IN_A_CHILD = """
@@ -70,11 +69,8 @@ def test_serve_settles_its_heap_once_ready(daemon_factory: Any, tmp_path: Path) 
             return _series(r.text)
 
         # READY comes a moment after health says "ok": wait for the settled heap.
+        wait_until(lambda: series()["printfarmd_gc_frozen_objects"] > 0, 20, "a settled heap")
         s = series()
-        deadline = time.monotonic() + 20
-        while s["printfarmd_gc_frozen_objects"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            s = series()
         # Modules, classes, the config and the routes: tens of thousands of objects.
         assert s["printfarmd_gc_frozen_objects"] > 20_000
         assert {f'python_gc_collections_total{{generation="{g}"}}' for g in "012"} <= s.keys()
