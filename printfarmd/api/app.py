@@ -27,12 +27,13 @@ from printfarmd.api import (
 )
 from printfarmd.api.context import APP_KEY, Services
 from printfarmd.api.front import Front
+from printfarmd.api.rules import FarmApp
 
 log = logging.getLogger("printfarmd.api")
 
 
 def create_app(svc: Services) -> QuartTrio:
-    app = QuartTrio("printfarmd")
+    app = FarmApp("printfarmd")
     app.config[APP_KEY] = svc
     app.config["MAX_CONTENT_LENGTH"] = svc.config.server.max_body_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
