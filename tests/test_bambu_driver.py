@@ -584,9 +584,16 @@ async def test_a_wrong_access_code_leaves_the_rest_of_the_farm_printing(
     )
     config = make_config(tmp_path, (wrong, sim_printer("s1", speed=3000.0)))
     async with live_farm(config) as farm:
-        await farm.wait_for(lambda: _is(printer_state(farm, "bad"), "offline"))
-        printer = await api(farm, "/api/printers/bad")
-        assert "access code refused" in printer["message"]
+        # "offline" is also the state before the first connection attempt ends: wait for
+        # the refusal itself (under load the first poll could see the state without it).
+
+        async def refused() -> bool:
+            printer = await api(farm, "/api/printers/bad")
+            return bool(
+                printer["state"] == "offline" and "access code refused" in printer["message"]
+            )
+
+        await farm.wait_for(refused)
         response = await farm.client.post("/api/jobs", json={"filename": "benchy_pla.gcode"})
         job = response.json()["jobs"][0]["id"]
         await farm.wait_for(lambda: _is(job_state(farm, job), "post_process"))

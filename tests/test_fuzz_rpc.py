@@ -306,10 +306,16 @@ def test_decoder_accepts_every_value_within_the_limits(value: Any, indent: bool)
     pick=st.integers(0, 3),
     escape=st.booleans(),
 )
+# A key holding a backslash before a control character (found in CI: the test itself
+# once rewrote such a key while spelling it).
+@example(value={"\\\x07": None}, pick=0, escape=False)
 def test_decoder_refuses_every_repeated_key(value: dict[str, Any], pick: int, escape: bool) -> None:
     key = sorted(value)[pick % len(value)]
-    spelled = "".join(f"\\u{ord(c):04x}" for c in key) if escape and key.isascii() else key
-    body = orjson.dumps(value)[:-1] + b"," + orjson.dumps(spelled).replace(b"\\\\u", b"\\u")
+    if escape and key.isascii():  # the same key spelled with \u escapes only
+        spelled = b'"' + "".join(f"\\u{ord(c):04x}" for c in key).encode() + b'"'
+    else:  # orjson's own spelling: a key holding a backslash stays that key
+        spelled = orjson.dumps(key)
+    body = orjson.dumps(value)[:-1] + b"," + spelled
     body += b":" + orjson.dumps(value[key]) + b"}"
     if _depth(value) > jsonin.MAX_DEPTH:
         return
