@@ -29,6 +29,11 @@ backups off:
 - C: as B, every job finished (80% shipped, 15% cancelled, 5% ready): nothing is kept in
   memory, so its idle RSS is the empty farm's (issue 13: C / A).
 
+``--collector``: instead, the cyclic garbage collector's share of the demo farm's start
+(``bench/startup_collector.py``): ``--runs`` starts with the daemon's policy (modules and
+config loaded with young collections only, ``heap.loading``) interleaved with as many under
+CPython's thresholds throughout; time spent collecting until the first 200, by generation.
+
 ``--memory``: instead, where the memory goes: the demo farm and the bare app each run once
 under ``python -X tracemalloc`` (``bench/startup_memory.py``), and after ``--idle`` seconds
 the traced memory is summed by the package that allocated (or imported) it.
@@ -576,6 +581,16 @@ def print_report(r: dict[str, Any]) -> None:
     )
 
 
+def child_json(argv: list[str], name: str) -> Any:
+    """``python ARGV`` from the repository root; the one JSON object it printed."""
+    proc = subprocess.run(
+        [sys.executable, *argv], cwd=REPO, capture_output=True, check=False, timeout=120
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: {proc.stderr.decode()[-2000:]}")
+    return json.loads(proc.stdout)
+
+
 def memory_tables(idle: float) -> dict[str, Any]:
     """``startup_memory.py`` under ``-X tracemalloc`` for the demo farm and the bare app."""
     script = str(REPO / "bench" / "startup_memory.py")
@@ -583,17 +598,54 @@ def memory_tables(idle: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         path, _port = demo_config(Path(tmp))
         for name, args in (("demo", ["demo", str(path)]), ("bare", ["bare", str(free_port())])):
-            proc = subprocess.run(
-                [sys.executable, "-X", "tracemalloc=25", script, *args, str(idle)],
-                cwd=REPO,
-                capture_output=True,
-                check=False,
-                timeout=120,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"startup_memory {name}: {proc.stderr.decode()[-2000:]}")
-            out[name] = json.loads(proc.stdout)
+            argv = ["-X", "tracemalloc=25", script, *args, str(idle)]
+            out[name] = child_json(argv, f"startup_memory {name}")
     return out
+
+
+def collector_runs(runs: int) -> dict[str, Any]:
+    """``startup_collector.py`` for the demo farm, the loading policy against CPython's
+    thresholds, interleaved (the order alternates each round)."""
+    script = str(REPO / "bench" / "startup_collector.py")
+    got: dict[str, list[dict[str, Any]]] = {"policy": [], "defaults": []}
+    with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:
+        for i in range(runs):
+            for mode in ("policy", "defaults") if i % 2 == 0 else ("defaults", "policy"):
+                path, port = demo_config(Path(tmp))
+                argv = [script, mode, str(path), str(port)]
+                got[mode].append(child_json(argv, f"startup_collector {mode}"))
+    out: dict[str, Any] = {"runs": runs}
+    for mode, rows in got.items():
+        out[mode] = {
+            "gc_ms": median([sum(r["gc_ms"]) for r in rows]),
+            "gc_ms_by_generation": [median([r["gc_ms"][g] for r in rows]) for g in range(3)],
+            "collections_by_generation": [
+                median([r["collections"][g] for r in rows]) for g in range(3)
+            ],
+            "to_200_ms": median([r["to_200_ms"] for r in rows]),
+        }
+    return out
+
+
+def print_collector(c: dict[str, Any]) -> None:
+    print(f"cyclic collector until the demo farm's first 200; medians of {c['runs']} starts each")
+    rows = [
+        [
+            label,
+            f"{c[mode]['gc_ms']:.1f}",
+            " / ".join(f"{x:.1f}" for x in c[mode]["gc_ms_by_generation"]),
+            " / ".join(f"{x:g}" for x in c[mode]["collections_by_generation"]),
+            f"{c[mode]['to_200_ms']:.0f}",
+        ]
+        for mode, label in (
+            ("defaults", "CPython's thresholds throughout"),
+            ("policy", "printfarmd (heap.loading)"),
+        )
+    ]
+    headers = ["start", "collecting ms", "by generation 0/1/2", "collections", "to 200 ms"]
+    print(table(headers, rows))
+    share = ratio(c["policy"]["gc_ms"], c["defaults"]["gc_ms"])
+    print(f"collecting, printfarmd / defaults: {share:.2f}x")
 
 
 def print_memory(m: dict[str, Any]) -> None:
@@ -627,7 +679,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--memory", action="store_true", help="only the tracemalloc tables (demo vs bare)"
     )
+    parser.add_argument(
+        "--collector",
+        action="store_true",
+        help="only the collector's share of the demo farm's start (policy vs defaults)",
+    )
     args = parser.parse_args(argv)
+    if args.collector:
+        if args.runs < 1:
+            parser.error("--runs must be positive")
+        col = collector_runs(args.runs)
+        if args.json:
+            print(json.dumps(jsonable(col), indent=2, allow_nan=False))
+        else:
+            print_collector(col)
+        return 0
     if args.memory:
         mem = {**memory_tables(args.idle), "idle_s": args.idle}
         if args.json:

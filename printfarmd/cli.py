@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
-from printfarmd import __version__
+from printfarmd import __version__, heap
 from printfarmd.api.auth import hash_key, new_key
 from printfarmd.cli_client import (
     ENV_API_KEY,
@@ -134,10 +134,12 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 def cmd_serve(args: argparse.Namespace, out: Console) -> int:
     """Load the config and run the daemon until SIGTERM/SIGINT; its exit code."""
-    config = load_config(_config_path(args))
-    # Imported here so `printfarmd status` and friends never pay for (or depend on)
-    # importing the whole server stack.
-    from printfarmd.daemon import serve
+    # issue 17: the config and the server stack load with young collections only.
+    with heap.loading():
+        config = load_config(_config_path(args))
+        # Imported here so `printfarmd status` and friends never pay for (or depend on)
+        # importing the whole server stack.
+        from printfarmd.daemon import serve
 
     try:
         return serve(config, log_format=args.log_format, config_path=_config_path(args))

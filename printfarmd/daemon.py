@@ -343,6 +343,9 @@ async def _watch_reload(config_path: Path | None, svc: Services, mqtt_hub: MqttH
 
 def serve(config: Config, *, log_format: str | None = None, config_path: Path | None = None) -> int:
     """Run the daemon in the foreground; returns the process exit status."""
+    # issue 17: what the command line loaded (under heap.loading) is kept out of every
+    # later collection's walk.
+    heap.keep_loaded()
     heap.limit_malloc_arenas()
     setup_logging(config.logging.level, log_format or config.logging.format.value)
     wirelog.record_logs()  # a no-op unless PRINTFARMD_WIRE_LOG is set (tests)

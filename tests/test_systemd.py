@@ -69,7 +69,7 @@ def test_unit_execstart_is_the_console_script_with_valid_options() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     # The unit runs the console script pip installs into the venv's bin/.
     assert Path(argv[0]).name in scripts
-    assert scripts[Path(argv[0]).name] == "printfarmd.cli:main"
+    assert scripts[Path(argv[0]).name] == "printfarmd.__main__:main"
     assert Path(argv[0]).parent.name == "bin"
     args = build_parser().parse_args(argv[1:])
     assert args.handler.__name__ == "cmd_serve"
