@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,7 +84,9 @@ def make_printers(n: int) -> list[Slot]:
     for k in range(n):
         materials, nozzle, tags = PRINTER_KINDS[k % len(PRINTER_KINDS)]
         config = PrinterConfig(id=f"p{k}", materials=materials, nozzle_diameter=nozzle, tags=tags)
-        slot = attrs.evolve(Slot.from_config(config), reported=PrinterState.IDLE, known=True)
+        slot = msgspec.structs.replace(
+            Slot.from_config(config), reported=PrinterState.IDLE, known=True
+        )
         slots.append(slot)
     return slots
 

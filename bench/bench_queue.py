@@ -29,7 +29,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -137,12 +137,12 @@ class SortedListQueue:
         return None
 
     def reprioritize(self, job_id: str, priority: int) -> Job:
-        job = attrs.evolve(self._pop(job_id), priority=priority)
+        job = msgspec.structs.replace(self._pop(job_id), priority=priority)
         self.push(job)
         return job
 
     def jump(self, job_id: str) -> Job:
-        job = attrs.evolve(self._pop(job_id), front=self._max_front + 1)
+        job = msgspec.structs.replace(self._pop(job_id), front=self._max_front + 1)
         self.push(job)
         return job
 

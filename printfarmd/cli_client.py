@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import attrs
+import msgspec
 
 from printfarmd import __version__
 from printfarmd.config import load_config
@@ -51,8 +51,7 @@ class ClientError(Exception):
         self.code = code
 
 
-@attrs.frozen
-class Endpoint:
+class Endpoint(msgspec.Struct, frozen=True):
     """A running daemon: base URL (no trailing slash) and the API key to send."""
 
     url: str

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-import attrs
+import msgspec
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
@@ -69,8 +69,7 @@ EXIT_BUG = 70
 BACKLOG = 512
 
 
-@attrs.frozen
-class Running:
+class Running(msgspec.Struct, frozen=True):
     """What ``run`` reports when serving."""
 
     urls: tuple[str, ...]

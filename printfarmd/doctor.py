@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import attrs
 import httpx
+import msgspec
 
 from printfarmd.config import Config, PrinterConfig, ServerConfig, load_config
 from printfarmd.errors import ConfigError
@@ -37,8 +37,7 @@ EARLIEST_PLAUSIBLE = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
 PROBE_TIMEOUT = 5.0
 
 
-@attrs.frozen
-class Finding:
+class Finding(msgspec.Struct, frozen=True):
     """One check's outcome: ``ok`` False means a problem the operator should fix."""
 
     check: str

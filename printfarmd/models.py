@@ -11,7 +11,7 @@ import re
 import secrets
 from typing import Any
 
-import attrs
+import msgspec
 
 JOB_ID_RE = re.compile(r"^[0-9A-F]{16}$")
 
@@ -65,8 +65,7 @@ def new_job_id() -> str:
     return secrets.token_hex(8).upper()
 
 
-@attrs.frozen
-class Job:
+class Job(msgspec.Struct, frozen=True):
     """One print (a submission with ``copies = N`` becomes N jobs sharing ``group_id``).
 
     Times are UTC Unix seconds (floats); ``None`` means "not yet". ``progress`` is a
@@ -121,8 +120,7 @@ class Job:
         return (-self.front, -self.priority, self.position)
 
 
-@attrs.frozen
-class Capabilities:
+class Capabilities(msgspec.Struct, frozen=True):
     """What a printer can print: loaded materials (and their colours), nozzle, bed size
     (mm), tags."""
 
@@ -135,8 +133,7 @@ class Capabilities:
     colours: tuple[str, ...] = ()
 
 
-@attrs.frozen
-class Printer:
+class Printer(msgspec.Struct, frozen=True):
     """A printer's live view as the scheduler sees it."""
 
     id: str
@@ -153,8 +150,7 @@ class Printer:
     updated_at: float = 0.0
 
 
-@attrs.frozen
-class Event:
+class Event(msgspec.Struct, frozen=True):
     """One row of the append-only event log. ``seq`` is assigned by the store."""
 
     seq: int
@@ -165,4 +161,4 @@ class Event:
     from_state: str | None = None
     to_state: str | None = None
     reason: str | None = None
-    data: dict[str, Any] = attrs.field(factory=dict)
+    data: dict[str, Any] = msgspec.field(default_factory=dict)

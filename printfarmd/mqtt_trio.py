@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
+import msgspec
 import paho.mqtt.client as paho
 import trio
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -36,8 +36,7 @@ log = logging.getLogger("printfarmd.mqtt")
 MISC_INTERVAL = 0.5
 
 
-@attrs.frozen
-class MqttSettings:
+class MqttSettings(msgspec.Struct, frozen=True):
     """How to reach the broker. ``tls`` turns TLS on (``ca_certs`` empty = system CAs)."""
 
     host: str = "127.0.0.1"
@@ -55,8 +54,7 @@ class MqttSettings:
     backoff_max: float = 30.0
 
 
-@attrs.frozen
-class Message:
+class Message(msgspec.Struct, frozen=True):
     """One received message."""
 
     topic: str

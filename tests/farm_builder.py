@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import attrs
+import msgspec
 import trio
 
 from printfarmd.core.farm import outputs as out
@@ -27,7 +27,7 @@ T0 = 1_700_000_000.0
 
 
 def _transition(job: Job, to: JobState, at: float, **kw: object) -> list[out.Record]:
-    new = attrs.evolve(job, state=to, updated_at=at, **kw)  # type: ignore[arg-type]
+    new = msgspec.structs.replace(job, state=to, updated_at=at, **kw)  # type: ignore[arg-type]
     return [
         out.UpdateJob(new, job.state),
         out.AppendEvent(
@@ -75,10 +75,12 @@ async def _domain_part(path: Path) -> None:
             pid = f"p{k}"  # one active job per printer (post_process holds it)
             recs = _transition(job, JobState.PRINTING, at, printer_id=pid, started_at=at)
             await store.commit(recs)
-            job = attrs.evolve(job, state=JobState.PRINTING, printer_id=pid, started_at=at)
+            job = msgspec.structs.replace(
+                job, state=JobState.PRINTING, printer_id=pid, started_at=at
+            )
             at += 100
             await store.commit([out.SaveProgress(job.id, 42.5, at + 60, at)])
-            job = attrs.evolve(job, progress=42.5, eta=at + 60)
+            job = msgspec.structs.replace(job, progress=42.5, eta=at + 60)
             end = JobState.POST_PROCESS if k != 2 else JobState.FAILED
             error = "nozzle clog" if end is JobState.FAILED else None
             await store.commit(

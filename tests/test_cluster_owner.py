@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import attrs
+import msgspec
 import trio
 
 from printfarmd.core.farm import inputs as i
@@ -23,7 +23,9 @@ async def test_a_row_read_before_our_own_commit_never_undoes_it(tmp_path: Path) 
         assert owner.state.jobs[job.id].state is JobState.PRINTING  # dispatched to p0
         ours = max(e.seq for e in await owner.store.events_since(0) if e.job_id == job.id)
         # Another daemon's feed brings the job as it was read before our dispatch.
-        stale = attrs.evolve(owner.state.jobs[job.id], state=JobState.QUEUED, printer_id=None)
+        stale = msgspec.structs.replace(
+            owner.state.jobs[job.id], state=JobState.QUEUED, printer_id=None
+        )
         await owner.call(i.SharedChanges(jobs=(stale,), seqs={job.id: ours - 1}))
         assert owner.state.jobs[job.id].state is JobState.PRINTING
         assert farm.printers["p0"].cancelled == []
@@ -31,7 +33,7 @@ async def test_a_row_read_before_our_own_commit_never_undoes_it(tmp_path: Path) 
         event = Event(
             seq=ours + 1, type="job.transition", at=0.0, job_id=job.id, to_state="cancelled"
         )
-        cancelled = attrs.evolve(owner.state.jobs[job.id], state=JobState.CANCELLED)
+        cancelled = msgspec.structs.replace(owner.state.jobs[job.id], state=JobState.CANCELLED)
         with owner.bus.subscribed(lambda m: isinstance(m, Event)) as heard:
             await owner.call(
                 i.SharedChanges(jobs=(cancelled,), seqs={job.id: ours + 1}, events=(event,))

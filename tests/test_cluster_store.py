@@ -6,7 +6,7 @@ PostgreSQL server, as two daemons would have them. The whole daemons are in
 
 from __future__ import annotations
 
-import attrs
+import msgspec
 import pytest
 
 from printfarmd.core.farm import outputs as out
@@ -37,8 +37,8 @@ async def test_two_daemons_never_both_start_one_job(pg_dsn: str) -> None:
         await _join(b, ("b1",))
         job = mkjob(state=JobState.QUEUED)
         await a.commit([out.InsertJob(job), out.AppendEvent(created_event(job))])
-        on_a = attrs.evolve(job, state=JobState.PRINTING, printer_id="a1")
-        on_b = attrs.evolve(job, state=JobState.PRINTING, printer_id="b1")
+        on_a = msgspec.structs.replace(job, state=JobState.PRINTING, printer_id="a1")
+        on_b = msgspec.structs.replace(job, state=JobState.PRINTING, printer_id="b1")
         await b.commit([out.UpdateJob(on_b, JobState.QUEUED)])
         with pytest.raises(StaleWrite, match="claimed by another daemon"):
             await a.commit([out.UpdateJob(on_a, JobState.QUEUED)])

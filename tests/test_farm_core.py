@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 import hypothesis.strategies as st
+import msgspec
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     Bundle,
@@ -128,7 +129,7 @@ class FarmMachine(RuleBasedStateMachine):
             elif isinstance(rec, out.SaveProgress):
                 row = self.rows.get(rec.job_id)
                 if row is not None and row.state.value == "printing":
-                    self.rows[rec.job_id] = attrs.evolve(
+                    self.rows[rec.job_id] = msgspec.structs.replace(
                         row, progress=rec.progress, eta=rec.eta, updated_at=rec.at
                     )
             elif isinstance(rec, out.AppendEvent) and rec.event.type == "job.transition":

@@ -5,7 +5,7 @@ checks every conditional write against its stored rows, and every stop the farm 
 
 from __future__ import annotations
 
-import attrs
+import msgspec
 
 from printfarmd.core.farm import inputs as i
 from printfarmd.core.farm import outputs as out
@@ -36,7 +36,7 @@ def foreign(m: FarmMachine, job: Job) -> None:
 
 def test_a_job_another_daemon_cancelled_is_stopped_on_our_printer() -> None:
     m, jid = printing_farm()
-    cancelled = attrs.evolve(m.rows[jid], state=JobState.CANCELLED, updated_at=EPOCH + 5)
+    cancelled = msgspec.structs.replace(m.rows[jid], state=JobState.CANCELLED, updated_at=EPOCH + 5)
     m.rows[jid] = cancelled
     m.step(i.SharedChanges(jobs=(cancelled,), seqs={jid: 99}))
     assert ("p0", jid) in m.stops  # told to stop the print
@@ -47,7 +47,9 @@ def test_a_job_another_daemon_cancelled_is_stopped_on_our_printer() -> None:
 
 def test_a_job_taken_back_from_this_daemon_is_let_go_and_never_written_by_it() -> None:
     m, jid = printing_farm()
-    requeued = attrs.evolve(m.rows[jid], state=JobState.QUEUED, printer_id=None, retry_count=1)
+    requeued = msgspec.structs.replace(
+        m.rows[jid], state=JobState.QUEUED, printer_id=None, retry_count=1
+    )
     m.rows[jid] = requeued
     m.trail[jid].append("queued")
     m.step(i.SharedChanges(jobs=(requeued,), resync=True, epoch=7))
@@ -72,7 +74,7 @@ def test_a_daemon_that_stopped_has_its_printing_jobs_requeued_with_the_fence() -
         updated_at=EPOCH,
         started_at=EPOCH,
     )
-    alive = attrs.evolve(lost, id="ALIVE000000000001", printer_id="r1")
+    alive = msgspec.structs.replace(lost, id="ALIVE000000000001", printer_id="r1")
     foreign(m, lost)
     foreign(m, alive)
     assert m.state.printers["p0"].current_job == mine  # the foreign jobs are not ours
@@ -119,7 +121,7 @@ def test_at_start_a_job_printing_on_another_daemons_printer_is_left_alone() -> N
         created_at=EPOCH,
         updated_at=EPOCH,
     )
-    removed = attrs.evolve(elsewhere, id="REMOVED000000001", printer_id="old")
+    removed = msgspec.structs.replace(elsewhere, id="REMOVED000000001", printer_id="old")
     for job in (elsewhere, removed):
         m.rows[job.id] = job
         m.trail[job.id] = ["printing"]

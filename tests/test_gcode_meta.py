@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-import attrs
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -141,7 +141,7 @@ SAMPLES = [gs.prusaslicer(), gs.superslicer(), gs.orcaslicer(), gs.bambustudio()
 
 
 def _fields(m: GcodeMeta) -> set[str]:
-    return {k for k, v in attrs.asdict(m, recurse=False).items() if v not in (None, ())}
+    return {k for k, v in msgspec.structs.asdict(m).items() if v not in (None, ())}
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -259,7 +259,7 @@ def test_hostile_values_for_every_read_key_never_raise(
     duration with a 400-digit day count raised OverflowError)."""
     text = "".join(f"; {k}{sep}{v}\n" for (k, sep), v in lines).encode("utf-8", "surrogatepass")
     m = parse(b"", text) if in_tail else parse(text)
-    for name, value in attrs.asdict(m, recurse=False).items():
+    for name, value in msgspec.structs.asdict(m).items():
         if isinstance(value, float):
             assert math.isfinite(value), (name, value)
     assert m.estimated_time is None or m.estimated_time >= 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import pytest
 
 from printfarmd.core import retry as retry_rules
@@ -96,8 +97,8 @@ class Farm:
         )
 
     async def fail(self, job: Job, reason: str, progress: float = 40.0) -> Job:
-        job = attrs.evolve(job, progress=progress)
-        new = attrs.evolve(
+        job = msgspec.structs.replace(job, progress=progress)
+        new = msgspec.structs.replace(
             retry_rules.fail(job, reason, job.printer_id, POLICY, self.tick(300)),
             resume_progress=0.0,
         )
@@ -130,7 +131,9 @@ async def test_one_attempt_per_print_with_the_right_status(farm: Farm) -> None:
     b = await farm.finish(await farm.start(b, "p2"))
     # a cancel mid-print, and one still printing
     c = await farm.start(await farm.queued("c.gcode"), "p3")
-    c = await farm.step(c, transition(attrs.evolve(c, progress=12.0), JobEvent.CANCEL, farm.tick()))
+    c = await farm.step(
+        c, transition(msgspec.structs.replace(c, progress=12.0), JobEvent.CANCEL, farm.tick())
+    )
     d = await farm.start(await farm.queued("d.gcode"), "p1")
     rows = await attempts(farm.store)
     assert [(a.filename, a.printer_id, a.status) for a in rows] == [
@@ -165,7 +168,7 @@ async def test_failure_reasons_that_mean_interrupted(farm: Farm, reason: str, st
 
 
 async def test_a_watchdog_requeue_is_interrupted_at_its_last_progress(farm: Farm) -> None:
-    job = attrs.evolve(await farm.start(await farm.queued(), "p1"), progress=55.0)
+    job = msgspec.structs.replace(await farm.start(await farm.queued(), "p1"), progress=55.0)
     steps = watchdog_rules.requeue_or_fail(job, 900.0, POLICY, farm.tick(900))
     pairs: list[tuple[Job | None, Job, str | None]] = []
     prev = job
@@ -203,7 +206,7 @@ async def test_totals_survive_deletes_and_reset_independently(farm: Farm) -> Non
     assert (await hs.totals())["total_jobs"] == 0
     # the open attempt closes after the reset: it counts in the new totals
     third = rows[2]
-    job = attrs.evolve(a, id=third.job_id, state=JobState.PRINTING, printer_id="p3")
+    job = msgspec.structs.replace(a, id=third.job_id, state=JobState.PRINTING, printer_id="p3")
     await farm.finish(job)
     assert (await hs.totals())["total_jobs"] == 1
     # delete all

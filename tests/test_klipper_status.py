@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import attrs
+import msgspec
 import pytest
 
 from printfarmd.drivers import klipper_status as ks
@@ -180,22 +180,24 @@ def test_klippy_shutdown_is_an_error_and_fails_the_job() -> None:
 def test_klippy_notices(name: str, state: ks.KlippyState, farm: PrinterState) -> None:
     message = ks.parse_message(frame(name))
     assert message == ks.KlippyNotice(state)
-    status = attrs.evolve(PRINTING, klippy=state)
+    status = msgspec.structs.replace(PRINTING, klippy=state)
     assert ks.status_report(PID, status).state is farm
 
 
 def test_klippy_disconnected_mid_print_decides_nothing() -> None:
-    status = attrs.evolve(PRINTING, klippy=ks.KlippyState.DISCONNECTED)
+    status = msgspec.structs.replace(PRINTING, klippy=ks.KlippyState.DISCONNECTED)
     assert ks.outcome(PID, status) is None  # the print's fate is unknown until it returns
     assert ks.status_report(PID, status).job_id is None
-    startup = attrs.evolve(PRINTING, klippy=ks.KlippyState.STARTUP)
+    startup = msgspec.structs.replace(PRINTING, klippy=ks.KlippyState.STARTUP)
     assert ks.status_report(PID, startup).state is PrinterState.OFFLINE
 
 
 def test_a_file_that_is_not_ours_names_no_job() -> None:
-    status = attrs.evolve(PRINTING, filename="calibration_cube.gcode")
+    status = msgspec.structs.replace(PRINTING, filename="calibration_cube.gcode")
     assert ks.status_report(PID, status).job_id is None
-    assert ks.outcome(PID, attrs.evolve(status, print_state=ks.PrintState.COMPLETE)) is None
+    assert (
+        ks.outcome(PID, msgspec.structs.replace(status, print_state=ks.PrintState.COMPLETE)) is None
+    )
 
 
 def test_server_info_and_error_answers() -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import attrs
+import msgspec
 import psycopg
 import pytest
 import trio
@@ -85,7 +85,7 @@ def test_round_trip_copies_every_table_and_verifies_it(tmp_path: Path, pg_dsn: s
             # The event log goes on after the copied events (the sequence was moved on).
             assert ev.seq == max(e.seq for e in before["events"]) + 1  # type: ignore[attr-defined]
             # The history trigger is on again: a print opens an attempt.
-            printing = attrs.evolve(job, state=JobState.PRINTING, printer_id="p9")
+            printing = msgspec.structs.replace(job, state=JobState.PRINTING, printer_id="p9")
             await store.commit(
                 [
                     out.UpdateJob(printing, JobState.QUEUED),

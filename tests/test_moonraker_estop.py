@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import pytest
 import trio
 
@@ -241,7 +242,7 @@ async def test_moonraker_driver_emergency_stop_shuts_klipper_down() -> None:
 async def test_mqtt_printer_emergency_stop(tmp_path: Path, mosquitto: Broker) -> None:  # noqa: F811
     config = mqtt_farm(tmp_path, mosquitto)
     config = attrs.evolve(config, scheduler=attrs.evolve(config.scheduler, retry_backoff=(3600.0,)))
-    options = attrs.evolve(fleet_options(1), speed=1.0)
+    options = msgspec.structs.replace(fleet_options(1), speed=1.0)
     async with (
         open_mqtt_fleet(mosquitto.host, mosquitto.port, options) as fleet,
         live_farm(config) as farm,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import pytest
 import trio
 
@@ -149,7 +150,7 @@ async def test_broker_killed_mid_print(tmp_path: Path, mosquitto: Broker, outage
     seconds: everyone reconnects, prints finish, the robots clear, the queue drains,
     and every job has exactly one life (no duplicate transition, nothing lost)."""
     config = mqtt_farm(tmp_path, mosquitto, printer_timeout=120.0)
-    options = attrs.evolve(fleet_options(2), speed=SPEED / 3)  # ~4 s per print
+    options = msgspec.structs.replace(fleet_options(2), speed=SPEED / 3)  # ~4 s per print
     async with (
         open_mqtt_fleet(mosquitto.host, mosquitto.port, options) as fleet,
         live_farm(config) as farm,

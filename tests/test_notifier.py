@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 import httpx
+import msgspec
 import orjson
 import pytest
 import trio
@@ -210,7 +211,9 @@ def test_after_attempt_retries_with_backoff_then_fails() -> None:
     assert (d.status, d.attempts, d.next_attempt_at) == (DeliveryStatus.PENDING, 2, 170.0)
     d = notify.after_attempt(d, "refused", policy, now=170.0)
     assert (d.status, d.attempts, d.next_attempt_at) == (DeliveryStatus.FAILED, 3, None)
-    ok = notify.after_attempt(attrs.evolve(d, status=DeliveryStatus.PENDING), None, policy, 200.0)
+    ok = notify.after_attempt(
+        msgspec.structs.replace(d, status=DeliveryStatus.PENDING), None, policy, 200.0
+    )
     assert (ok.status, ok.delivered_at, ok.last_error) == (DeliveryStatus.DELIVERED, 200.0, None)
     assert [policy.delay(n) for n in (1, 2, 3, 9)] == [10.0, 60.0, 60.0, 60.0]
 
@@ -445,7 +448,9 @@ async def test_pending_deliveries_resume_after_a_restart(
         assert up[0][1].content == calls[0][1].content
         assert up[0][1].headers["X-Printfarmd-Delivery"] == d.id
         # a pending delivery whose target was removed from the config is closed, not sent
-        await store.add_deliveries([attrs.evolve(before, id="gone", status=DeliveryStatus.PENDING)])
+        await store.add_deliveries(
+            [msgspec.structs.replace(before, id="gone", status=DeliveryStatus.PENDING)]
+        )
         other = attrs.evolve(cfg, webhook_urls=("http://elsewhere.example/",))
         sent: list[tuple[float, httpx.Request]] = []
         async with running_notifier(store, config=other, transport=flaky_transport(0, sent)):

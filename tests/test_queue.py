@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
+import msgspec
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -407,7 +407,7 @@ class QueueMachine(RuleBasedStateMachine):
             with pytest.raises(KeyError):
                 self.queue.reprioritize(jid, priority)
             return
-        expected = attrs.evolve(self.model[jid], priority=priority)
+        expected = msgspec.structs.replace(self.model[jid], priority=priority)
         assert self.queue.reprioritize(jid, priority) == expected
         self.model_push(expected)
 
@@ -417,7 +417,7 @@ class QueueMachine(RuleBasedStateMachine):
             with pytest.raises(KeyError):
                 self.queue.jump(jid)
             return
-        expected = attrs.evolve(self.model[jid], front=self.max_front + 1)
+        expected = msgspec.structs.replace(self.model[jid], front=self.max_front + 1)
         assert self.queue.jump(jid) == expected
         self.model_push(expected)
         assert self.queue.ordered()[0] == expected

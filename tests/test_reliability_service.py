@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -137,7 +138,7 @@ def test_requeue_below_the_limit_records_position_then_fails_at_the_limit() -> N
     requeued = steps[-1][1]
     assert requeued.retry_count == 2 and requeued.resume_progress == 42.5
     assert "no progress for 901 s at 42.5%" in (requeued.last_error or "")
-    spent = attrs.evolve(job, retry_count=3)
+    spent = msgspec.structs.replace(job, retry_count=3)
     steps = rules.requeue_or_fail(spent, 901.0, RetryPolicy(3, (60.0,)), now=1000.0)
     assert len(steps) == 1
     assert steps[0][1].state is JobState.FAILED and steps[0][1].retry_at is None

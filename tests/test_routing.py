@@ -246,8 +246,8 @@ def test_choose_printer(
 
 # ---------------------------------------------------------------- colour (issue 15)
 
-import attrs  # noqa: E402
 import hypothesis.strategies as st  # noqa: E402
+import msgspec  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 
 from printfarmd.config import PrinterConfig  # noqa: E402
@@ -298,7 +298,7 @@ def test_dispatch_never_sends_a_job_to_a_printer_without_its_colour(
             materials=tuple(m for m, _ in loaded),
             colours=tuple(c for _, c in loaded),
         )
-        slots.append(attrs.evolve(Slot.from_config(config), reported=PrinterState.IDLE))
+        slots.append(msgspec.structs.replace(Slot.from_config(config), reported=PrinterState.IDLE))
     jobs = [
         Job(
             id=f"{k:016X}",

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 import httpx
+import msgspec
 import pytest
 import trio
 
@@ -474,11 +475,11 @@ def test_filters_apply_to_progress_updates_too() -> None:
 
 def test_final_states() -> None:
     job = Job(id="A" * 16, filename="x.gcode")
-    assert job_is_final(attrs.evolve(job, state=JobState.SHIPPED))
-    assert job_is_final(attrs.evolve(job, state=JobState.CANCELLED))
-    assert job_is_final(attrs.evolve(job, state=JobState.FAILED, retry_at=None))
-    assert not job_is_final(attrs.evolve(job, state=JobState.FAILED, retry_at=5.0))
-    assert not job_is_final(attrs.evolve(job, state=JobState.READY))
+    assert job_is_final(msgspec.structs.replace(job, state=JobState.SHIPPED))
+    assert job_is_final(msgspec.structs.replace(job, state=JobState.CANCELLED))
+    assert job_is_final(msgspec.structs.replace(job, state=JobState.FAILED, retry_at=None))
+    assert not job_is_final(msgspec.structs.replace(job, state=JobState.FAILED, retry_at=5.0))
+    assert not job_is_final(msgspec.structs.replace(job, state=JobState.READY))
 
 
 async def test_bus_tells_a_subscriber_why_it_ended() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 
-import attrs
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -54,7 +54,7 @@ def test_pairs_cover_whole_product() -> None:
 @pytest.mark.parametrize(("state", "event"), ALL_PAIRS, ids=lambda v: str(v))
 def test_every_state_event_pair(state: JobState, event: JobEvent) -> None:
     job = make_job(state, printer_id="p1", progress=42.0)
-    before = attrs.asdict(job)
+    before = msgspec.structs.asdict(job)
     now = T0 + 123.5
     if (state, event) in TRANSITIONS:
         moved = transition(job, event, now)
@@ -74,7 +74,7 @@ def test_every_state_event_pair(state: JobState, event: JobEvent) -> None:
         assert err.state == state.value
         assert err.event == event.value
     # Pure either way: the input job is untouched.
-    assert attrs.asdict(job) == before
+    assert msgspec.structs.asdict(job) == before
 
 
 # ---------------------------------------------------------------- graph properties
@@ -143,7 +143,7 @@ def test_random_event_sequences_stay_in_table(events: list[JobEvent], start: flo
     now = start
     for event in events:
         now += 1.0
-        snapshot = attrs.asdict(job)
+        snapshot = msgspec.structs.asdict(job)
         expected = next_state(job.state, event)
         if expected is None:
             with pytest.raises(InvalidTransition):
@@ -154,7 +154,7 @@ def test_random_event_sequences_stay_in_table(events: list[JobEvent], start: flo
             assert moved.state is expected
             assert moved.updated_at == now
         # transition is pure: the job it was handed is never changed.
-        assert attrs.asdict(job) == snapshot
+        assert msgspec.structs.asdict(job) == snapshot
         assert moved.state in TARGETS
         job = moved
 
@@ -170,7 +170,7 @@ def test_transition_is_pure(
     state: JobState, event: JobEvent, printer: str | None, progress: float, now: float
 ) -> None:
     job = make_job(state, printer_id=printer, progress=progress, retry_at=T0 + 5)
-    snapshot = attrs.asdict(job)
+    snapshot = msgspec.structs.asdict(job)
     try:
         moved = transition(job, event, now)
     except InvalidTransition:
@@ -178,7 +178,7 @@ def test_transition_is_pure(
     else:
         assert moved is not job
         assert moved.state is TRANSITIONS[(state, event)]
-    assert attrs.asdict(job) == snapshot
+    assert msgspec.structs.asdict(job) == snapshot
 
 
 # ---------------------------------------------------------------- per-state stamps

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -180,7 +180,9 @@ async def test_job_round_trip_every_field(store: Store) -> None:
     assert await store.max_position() == 42
 
     # Saving again replaces the row (upsert), not a second row.
-    moved = attrs.evolve(job, state=JobState.POST_PROCESS, progress=100.0, updated_at=T0 + 20)
+    moved = msgspec.structs.replace(
+        job, state=JobState.POST_PROCESS, progress=100.0, updated_at=T0 + 20
+    )
     await save(store, [moved])
     assert await store.get_job(job.id) == moved
     assert (await store.list_jobs())[1] == 2
@@ -516,7 +518,7 @@ async def test_active_index_only_constrains_active_states(store: Store) -> None:
     assert await store.get_job(second.id) is None
     assert await store.events_since(0) == []
     # Once the active job leaves the active states, the printer is free again.
-    await save(store, [attrs.evolve(active, state=JobState.READY)])
+    await save(store, [msgspec.structs.replace(active, state=JobState.READY)])
     await save(store, [second])
     assert (await store.get_job(second.id)) == second
 
@@ -601,7 +603,7 @@ async def test_save_progress_touches_only_printing_jobs(store: Store) -> None:
             out.SaveProgress("FFFFFFFFFFFFFFFF", 1.0, None, T0),  # unknown job: ignored
         ]
     )
-    assert await store.get_job(printing.id) == attrs.evolve(
+    assert await store.get_job(printing.id) == msgspec.structs.replace(
         printing, progress=55.5, eta=T0 + 600, updated_at=T0 + 30
     )
     assert await store.get_job(finished.id) == finished
@@ -921,11 +923,11 @@ async def test_a_transition_is_written_only_from_the_state_the_farm_saw(store: S
     error and nothing of the commit is stored (never a silent overwrite)."""
     job = mkjob(state=JobState.QUEUED)
     await store.commit([out.InsertJob(job), out.AppendEvent(created_event(job))])
-    printing = attrs.evolve(job, state=JobState.PRINTING, printer_id="p1")
+    printing = msgspec.structs.replace(job, state=JobState.PRINTING, printer_id="p1")
     await store.commit([out.UpdateJob(printing, JobState.QUEUED)])
     assert await store.get_job(job.id) == printing
     # A second writer that still believes the job is queued is refused, whole.
-    cancelled = attrs.evolve(job, state=JobState.CANCELLED)
+    cancelled = msgspec.structs.replace(job, state=JobState.CANCELLED)
     other = mkjob(state=JobState.QUEUED)
     with pytest.raises(StaleWrite, match=f"job {job.id} is printing, not queued"):
         await store.commit(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import attrs
+import msgspec
 import psycopg
 import psycopg.errors
 import pytest
@@ -99,7 +99,7 @@ async def test_a_row_locked_by_another_client_gives_busy_then_recovers(pg_dsn: s
     job = mkjob(state=JobState.QUEUED)
     async with open_pg_store(pg_dsn) as store:
         await store.commit([out.InsertJob(job)])
-        moved = attrs.evolve(job, state=JobState.CANCELLED)
+        moved = msgspec.structs.replace(job, state=JobState.CANCELLED)
         with psycopg.connect(pg_dsn) as other:
             other.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job.id,))
             with trio.fail_after(30):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import attrs
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.stateful import initialize, invariant, multiple, precondition, rule
@@ -190,7 +190,10 @@ def test_unread_deleted_and_archived_spools_take_no_job() -> None:
 
 
 def test_usage_is_queued_with_the_transition_and_confirmed_once() -> None:
-    h = Harness([printer("p", power_watts=120.0)], attrs.evolve(SPOOLMAN, energy_price_per_kwh=0.5))
+    h = Harness(
+        [printer("p", power_watts=120.0)],
+        msgspec.structs.replace(SPOOLMAN, energy_price_per_kwh=0.5),
+    )
     bind(h, "p", SpoolInfo(3, "PLA", remaining=1000.0, price_per_kg=20.0))
     (_jid,) = h.submit(weight=50.0)
     h.accept_starts()
@@ -585,11 +588,13 @@ class UpkeepMachine(FarmMachine):
             pid = f"p{n}"
             config = PrinterConfig(id=pid, materials=("PLA", "PETG"), auto_clear=auto[n])
             spools[n + 1] = SpoolInfo(n + 1, material, ("#FF0000",), remaining=grams[n])
-            slots.append(attrs.evolve(Slot.from_config(config), spools=(n + 1,)))
+            slots.append(msgspec.structs.replace(Slot.from_config(config), spools=(n + 1,)))
             self.world[pid] = World()
         self.state = FarmState(printers=slots, policy=SPOOLMAN, spools=spools)
         self.state.printers = {
-            s.id: attrs.evolve(s, capabilities=eligibility.spools.capabilities(s, spools))
+            s.id: msgspec.structs.replace(
+                s, capabilities=eligibility.spools.capabilities(s, spools)
+            )
             for s in slots
         }
         self.owed: dict[str, float] = {}
@@ -620,7 +625,7 @@ class UpkeepMachine(FarmMachine):
     @rule(n=st.integers(0, 5), grams=st.floats(0, 400))
     def spoolman_read(self, n: int, grams: float) -> None:
         sid = n % len(self.state.spools) + 1
-        info = attrs.evolve(self.state.spools[sid], remaining=grams, missing=False)
+        info = msgspec.structs.replace(self.state.spools[sid], remaining=grams, missing=False)
         self.step(i.SpoolsRefreshed((info,)))
 
     def _store(self, records: list[Any]) -> None:

@@ -32,6 +32,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import attrs
+import msgspec
 
 #: (method, rule) pairs that answer without a key. Keep this list short.
 PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
@@ -351,8 +352,7 @@ class Verdict(enum.Enum):
     THROTTLED = "throttled"
 
 
-@attrs.frozen
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     verdict: Verdict
     #: The client address the decision was made for (after trusted proxies).
     client: str | None

@@ -25,7 +25,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 import trio
 from quart import Blueprint, Response, request
@@ -101,8 +101,7 @@ def progress_frame(p: ProgressUpdate) -> bytes:
     return frame(progress_json(p), PROGRESS)
 
 
-@attrs.frozen
-class EventFilter:
+class EventFilter(msgspec.Struct, frozen=True):
     """Which messages a stream wants: all filters must match (empty = any)."""
 
     job_id: str | None = None

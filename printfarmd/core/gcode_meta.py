@@ -33,7 +33,7 @@ import binascii
 import math
 import re
 
-import attrs
+import msgspec
 
 HEAD_TAIL_BYTES = 1 << 20
 
@@ -77,8 +77,7 @@ _BED_TYPE_KEYS = {
 }
 
 
-@attrs.frozen
-class Thumbnail:
+class Thumbnail(msgspec.Struct, frozen=True):
     """A PNG embedded in the G-code, as its slicer declared its size."""
 
     width: int
@@ -86,8 +85,7 @@ class Thumbnail:
     png: bytes
 
 
-@attrs.frozen
-class GcodeMeta:
+class GcodeMeta(msgspec.Struct, frozen=True):
     """What the file says; every field is ``None`` (or empty) when it does not say it.
 
     Units: seconds, millimetres, grams, degrees Celsius. ``filament_type`` is upper-cased

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import attrs
+import msgspec
 
 from printfarmd.errors import InvalidTransition
 from printfarmd.models import Job, JobEvent, JobState
@@ -71,4 +71,4 @@ def transition(job: Job, event: JobEvent, now: float, **changes: object) -> Job:
     elif new is S.FAILED:
         stamps["eta"] = None
     stamps.update(changes)
-    return attrs.evolve(job, **stamps)  # type: ignore[arg-type]
+    return msgspec.structs.replace(job, **stamps)

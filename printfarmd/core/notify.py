@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 
 from printfarmd.models import Job
@@ -44,8 +44,7 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-@attrs.frozen
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True):
     """One message to one target, as stored (one row of the delivery log).
 
     ``address`` is where it really goes (the full webhook URL, the recipients, the
@@ -72,8 +71,7 @@ class Delivery:
     next_attempt_at: float | None = None
 
 
-@attrs.frozen
-class DeliveryPolicy:
+class DeliveryPolicy(msgspec.Struct, frozen=True):
     """At most ``max_attempts`` attempts; ``backoff[i]`` seconds after failed attempt
     ``i + 1`` (the last value repeats)."""
 
@@ -97,7 +95,7 @@ def after_attempt(
     """
     attempts = delivery.attempts + 1
     if error is None:
-        return attrs.evolve(
+        return msgspec.structs.replace(
             delivery,
             status=DeliveryStatus.DELIVERED,
             attempts=attempts,
@@ -107,7 +105,7 @@ def after_attempt(
             next_attempt_at=None,
         )
     if attempts >= policy.max_attempts:
-        return attrs.evolve(
+        return msgspec.structs.replace(
             delivery,
             status=DeliveryStatus.FAILED,
             attempts=attempts,
@@ -115,7 +113,7 @@ def after_attempt(
             updated_at=now,
             next_attempt_at=None,
         )
-    return attrs.evolve(
+    return msgspec.structs.replace(
         delivery,
         attempts=attempts,
         last_error=error,
@@ -126,7 +124,7 @@ def after_attempt(
 
 def give_up(delivery: Delivery, error: str, now: float) -> Delivery:
     """The delivery failed for good without (another) attempt: ``error`` says why."""
-    return attrs.evolve(
+    return msgspec.structs.replace(
         delivery,
         status=DeliveryStatus.FAILED,
         last_error=error,

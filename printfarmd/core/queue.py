@@ -21,6 +21,7 @@ import heapq
 from collections.abc import Iterable, Iterator
 
 import attrs
+import msgspec
 
 from printfarmd.core.routing import Requirements, can_print, requirements_of
 from printfarmd.models import Capabilities, Job
@@ -36,8 +37,7 @@ _COMPAT_CACHE_LIMIT = 4096
 _COMPACT_MIN = 16
 
 
-@attrs.frozen
-class QueueStatistics:
+class QueueStatistics(msgspec.Struct, frozen=True):
     """A snapshot of a queue's size. ``heap_items`` counts live and stale heap items."""
 
     jobs: int
@@ -165,7 +165,7 @@ class JobQueue:
 
         A jumped job keeps its ``front``, so it stays ahead of un-jumped jobs.
         """
-        job = attrs.evolve(self._entries[job_id].job, priority=priority)
+        job = msgspec.structs.replace(self._entries[job_id].job, priority=priority)
         self.push(job)
         return job
 
@@ -174,7 +174,7 @@ class JobQueue:
 
         Sets ``front = max_front() + 1``.
         """
-        job = attrs.evolve(self._entries[job_id].job, front=self._max_front + 1)
+        job = msgspec.structs.replace(self._entries[job_id].job, front=self._max_front + 1)
         self.push(job)
         return job
 

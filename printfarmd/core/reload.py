@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import attrs
+import msgspec
 
 from printfarmd.config import PrinterConfig
 
 
-@attrs.frozen
-class PrinterReloadPlan:
+class PrinterReloadPlan(msgspec.Struct, frozen=True):
     added: tuple[PrinterConfig, ...] = ()
     removed: tuple[str, ...] = ()
     updated: tuple[PrinterConfig, ...] = ()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import attrs
+import msgspec
 
 from printfarmd.core.jobs import transition
 from printfarmd.models import Job, JobEvent
 
 
-@attrs.frozen
-class RetryPolicy:
+class RetryPolicy(msgspec.Struct, frozen=True):
     """``max_retries`` retries after the first attempt, waiting ``backoff[i]`` seconds
     before retry ``i + 1`` (the last value repeats if there are more retries than values).
     """

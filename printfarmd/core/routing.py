@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import attrs
+import msgspec
 
 from printfarmd.models import Capabilities, Job, Printer
 
@@ -26,8 +26,7 @@ def normalize_material(material: str | None) -> str | None:
     return material.strip().upper() or None
 
 
-@attrs.frozen
-class Requirements:
+class Requirements(msgspec.Struct, frozen=True):
     """What a job needs from a printer. Hashable; equal values are one queue class.
 
     ``material`` is upper-cased (``None``: any printer will do); ``nozzle_diameter`` in

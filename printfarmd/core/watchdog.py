@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Set
 
-import attrs
+import msgspec
 
 from printfarmd.core import retry as retry_rules
 from printfarmd.models import Job, JobEvent
 
 
-@attrs.frozen
-class Stuck:
+class Stuck(msgspec.Struct, frozen=True):
     job_id: str
     idle_for: float
 
@@ -47,5 +46,5 @@ def requeue_or_fail(
     failed = retry_rules.fail(job, reason, job.printer_id, policy, now)
     if failed.retry_at is None:
         return [(JobEvent.FAIL, failed)]
-    failed = attrs.evolve(failed, retry_at=now, resume_progress=job.progress)
+    failed = msgspec.structs.replace(failed, retry_at=now, resume_progress=job.progress)
     return [(JobEvent.FAIL, failed), (JobEvent.RETRY, retry_rules.retry(failed, now))]

@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 
 from printfarmd.drivers.base import JobFailed, JobFinished, StatusReport
@@ -76,8 +76,7 @@ WORKING = frozenset({GcodeState.PREPARE, GcodeState.RUNNING, GcodeState.SLICING,
 _HMS_SEVERITY = {1: "fatal", 2: "serious", 3: "common", 4: "info"}
 
 
-@attrs.frozen
-class Hms:
+class Hms(msgspec.Struct, frozen=True):
     """One Health Management System message: ``attr`` and ``code`` as the printer sends
     them; ``text`` is the code as Bambu's wiki writes it (``0300_0100_0001_0007``)."""
 
@@ -94,8 +93,7 @@ class Hms:
         return _HMS_SEVERITY.get((self.code & 0xFFFFFFFF) >> 16, "unknown")
 
 
-@attrs.frozen
-class Tray:
+class Tray(msgspec.Struct, frozen=True):
     """One filament slot: ``unit`` is the AMS index (``None`` for the external spool),
     ``slot`` the tray index in it; ``material`` upper-case, ``colour`` ``#RRGGBB``
     (``""`` if unknown); an empty slot has ``material == ""``."""
@@ -106,8 +104,7 @@ class Tray:
     colour: str
 
 
-@attrs.frozen
-class CommandReply:
+class CommandReply(msgspec.Struct, frozen=True):
     """A printer's answer to one of our requests (``result`` upper-cased)."""
 
     command: str
@@ -120,8 +117,7 @@ class CommandReply:
         return self.result == "SUCCESS"
 
 
-@attrs.frozen
-class BambuStatus:
+class BambuStatus(msgspec.Struct, frozen=True):
     """What the driver knows of one printer, merged from its reports since the link
     came up. ``percent`` is 0..100, ``remaining_minutes`` as the printer says."""
 
@@ -314,9 +310,9 @@ def apply_report(status: BambuStatus, data: Mapping[str, Any]) -> tuple[BambuSta
         else:
             problems.append("vt_tray: expected an object")
 
-    new = attrs.evolve(status, **changes)
+    new = msgspec.structs.replace(status, **changes)
     if not new.complete and "gcode_state" in changes and "gcode_file" in section:
-        new = attrs.evolve(new, complete=True)
+        new = msgspec.structs.replace(new, complete=True)
     return new, problems
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import attrs
+import msgspec
 import trio
 
 from printfarmd.models import PrinterState
@@ -75,8 +76,7 @@ class JobSpec:
     parameters: Mapping[str, float] = attrs.field(factory=dict, converter=_copy_params, hash=False)
 
 
-@attrs.frozen
-class StatusReport:
+class StatusReport(msgspec.Struct, frozen=True):
     """The printer's state now. ``job_id`` is the job it is working on, if any.
 
     ``remaining`` is the printer's own estimate of real (wall-clock) seconds left, if
@@ -91,16 +91,14 @@ class StatusReport:
     message: str = ""
 
 
-@attrs.frozen
-class JobFinished:
+class JobFinished(msgspec.Struct, frozen=True):
     """The printer completed ``job_id``; the plate now holds the print."""
 
     printer_id: str
     job_id: str
 
 
-@attrs.frozen
-class JobFailed:
+class JobFailed(msgspec.Struct, frozen=True):
     """The printer stopped ``job_id`` without completing it; ``reason`` says why."""
 
     printer_id: str
@@ -108,15 +106,13 @@ class JobFailed:
     reason: str
 
 
-@attrs.frozen
-class PlateCleared:
+class PlateCleared(msgspec.Struct, frozen=True):
     """Something other than the operator (a robot, an auto-eject) cleared the plate."""
 
     printer_id: str
 
 
-@attrs.frozen
-class MaterialsReport:
+class MaterialsReport(msgspec.Struct, frozen=True):
     """The filaments loaded on the printer now, index-aligned: ``materials`` upper-case
     (``"PLA"``), ``colours`` ``#RRGGBB`` upper-case (``""`` when the printer does not
     say); the first entry is the active one. Sent when it changes (e.g. AMS trays)."""

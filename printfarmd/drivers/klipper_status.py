@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 
 from printfarmd.drivers.base import JobFailed, JobFinished, StatusReport
@@ -62,8 +62,7 @@ class PayloadError(ValueError):
 _BUSY = ("printing", "paused")
 
 
-@attrs.frozen
-class KlipperStatus:
+class KlipperStatus(msgspec.Struct, frozen=True):
     """What the driver knows of one printer. ``sd_progress`` and ``display_progress``
     are fractions 0..1 (``display_progress`` is ``None`` until the printer sends one).
 
@@ -156,8 +155,7 @@ def job_id_of(filename: str) -> str | None:
 # ------------------------------------------------------------------------ JSON-RPC frames
 
 
-@attrs.frozen
-class RpcResponse:
+class RpcResponse(msgspec.Struct, frozen=True):
     """A reply to one of our requests: ``error`` is ``(code, message)`` or ``None``."""
 
     id: int | str
@@ -165,22 +163,19 @@ class RpcResponse:
     error: tuple[int, str] | None = None
 
 
-@attrs.frozen
-class StatusUpdate:
+class StatusUpdate(msgspec.Struct, frozen=True):
     """``notify_status_update``: changed fields of printer objects."""
 
     objects: Mapping[str, Any]
 
 
-@attrs.frozen
-class KlippyNotice:
+class KlippyNotice(msgspec.Struct, frozen=True):
     """``notify_klippy_ready`` / ``_shutdown`` / ``_disconnected``."""
 
     state: KlippyState
 
 
-@attrs.frozen
-class OtherNotice:
+class OtherNotice(msgspec.Struct, frozen=True):
     """Any other notification (``notify_proc_stat_update``, ...): ignored by the driver."""
 
     method: str
@@ -306,14 +301,14 @@ def apply_update(
         # A new Klippy state without its own message: the old one ("Printer is
         # ready") no longer describes it.
         changes.setdefault("klippy_message", "")
-    return _per_print(status, attrs.evolve(status, **changes)), problems
+    return _per_print(status, msgspec.structs.replace(status, **changes)), problems
 
 
 def _per_print(old: KlipperStatus, new: KlipperStatus) -> KlipperStatus:
     """Carry the per-print fields (peak progress, pause time) from ``old`` to ``new``."""
     fresh = new.busy and (not old.busy or new.filename != old.filename)
     if not new.busy:
-        return attrs.evolve(new, peak_progress=0.0, paused_for=0.0, paused_since=None)
+        return msgspec.structs.replace(new, peak_progress=0.0, paused_for=0.0, paused_since=None)
     peak, paused_for, paused_since = (
         (0.0, 0.0, None) if fresh else (old.peak_progress, old.paused_for, old.paused_since)
     )
@@ -323,7 +318,7 @@ def _per_print(old: KlipperStatus, new: KlipperStatus) -> KlipperStatus:
     elif new.print_state is PrintState.PRINTING and paused_since is not None:
         paused_for += max(elapsed - paused_since, 0.0)
         paused_since = None
-    return attrs.evolve(
+    return msgspec.structs.replace(
         new,
         peak_progress=max(peak, new.raw_progress),
         paused_for=paused_for,

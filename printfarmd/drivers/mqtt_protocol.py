@@ -31,6 +31,7 @@ import re
 from typing import Any
 
 import attrs
+import msgspec
 import orjson
 
 from printfarmd.drivers.base import (
@@ -92,8 +93,7 @@ def match_topic(template: str, topic: str) -> str | None:
     return device_id if _ID_RE.fullmatch(device_id) else None
 
 
-@attrs.frozen
-class PrinterProgress:
+class PrinterProgress(msgspec.Struct, frozen=True):
     printer_id: str
     status: DeviceStatus
     job_id: str | None = None
@@ -102,8 +102,7 @@ class PrinterProgress:
     message: str = ""
 
 
-@attrs.frozen
-class RobotProgress:
+class RobotProgress(msgspec.Struct, frozen=True):
     robot_id: str
     printer_id: str
     action: str
@@ -115,8 +114,7 @@ class RobotProgress:
         return self.status == "completed"
 
 
-@attrs.frozen
-class Assignment:
+class Assignment(msgspec.Struct, frozen=True):
     job_id: str
     model_url: str
     filament_type: str | None
@@ -127,8 +125,7 @@ class Assignment:
     resume_progress: float = 0.0
 
 
-@attrs.frozen
-class PrinterCommand:
+class PrinterCommand(msgspec.Struct, frozen=True):
     command: Command
     job_id: str | None = None
     script: str = ""

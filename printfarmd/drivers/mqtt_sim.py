@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import attrs
+import msgspec
 import trio
 
 from printfarmd.config import MqttTopics
@@ -32,8 +32,7 @@ from printfarmd.mqtt_trio import Message, MqttLink, MqttSettings
 log = logging.getLogger("printfarmd.mqtt_sim")
 
 
-@attrs.frozen
-class FleetOptions:
+class FleetOptions(msgspec.Struct, frozen=True):
     printers: int = 2
     robots: int = 1
     #: Printer ids are ``<prefix><n>`` (n from 1).

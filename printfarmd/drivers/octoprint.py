@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import httpx
+import msgspec
 import orjson
 import trio
 import trio_websocket
@@ -81,8 +82,7 @@ _LINK_ERRORS = (
 )
 
 
-@attrs.frozen
-class Held:
+class Held(msgspec.Struct, frozen=True):
     """The farm job OctoPrint was last seen busy with (or that we just started)."""
 
     job_id: str
@@ -255,12 +255,12 @@ class OctoPrintDriver:
             "GET", "/api/printer", params={"exclude": "temperature,sd"}, ok=(409,)
         )
         if response.status_code == 409:  # "Printer is not operational"
-            return attrs.evolve(status, state=op.OctoState.OFFLINE), problems
+            return msgspec.structs.replace(status, state=op.OctoState.OFFLINE), problems
         try:
             flags, more = op.from_current(json_body(response, "/api/printer"))
         except op.PayloadError:
             return status, problems
-        return attrs.evolve(status, state=flags.state), problems + more
+        return msgspec.structs.replace(status, state=flags.state), problems + more
 
     # -- applying what OctoPrint says -------------------------------------------------
 

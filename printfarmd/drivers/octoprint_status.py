@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 
 from printfarmd.drivers.base import JobFailed, JobFinished, StatusReport
@@ -136,8 +136,7 @@ def state_of_flags(flags: Mapping[str, Any]) -> OctoState:
     return OctoState.CONNECTING
 
 
-@attrs.frozen
-class OctoStatus:
+class OctoStatus(msgspec.Struct, frozen=True):
     """What the driver knows of one OctoPrint. ``completion`` is percent (``None``
     when OctoPrint has none); times are seconds; ``file_date`` is the upload time of the
     selected file by OctoPrint's clock."""
@@ -305,23 +304,20 @@ def from_job(answer: object) -> tuple[OctoStatus, list[str]]:
 # ------------------------------------------------------------------------ push messages
 
 
-@attrs.frozen
-class Connected:
+class Connected(msgspec.Struct, frozen=True):
     """The greeting OctoPrint sends on a new websocket (before ``auth``)."""
 
     version: str
 
 
-@attrs.frozen
-class Current:
+class Current(msgspec.Struct, frozen=True):
     """A ``current`` (or ``history``) message: the printer's state now."""
 
     status: OctoStatus
     problems: tuple[str, ...] = ()
 
 
-@attrs.frozen
-class PrintEnded:
+class PrintEnded(msgspec.Struct, frozen=True):
     """``PrintDone`` (``success``) or ``PrintFailed`` (``reason`` ``cancelled``/``error``)."""
 
     path: str
@@ -331,30 +327,26 @@ class PrintEnded:
     error: str = ""
 
 
-@attrs.frozen
-class PrintBegan:
+class PrintBegan(msgspec.Struct, frozen=True):
     """``PrintStarted``: a print of ``path`` began."""
 
     path: str
     origin: str
 
 
-@attrs.frozen
-class StateChanged:
+class StateChanged(msgspec.Struct, frozen=True):
     """``PrinterStateChanged`` (and the connection events): worth a poll now."""
 
     state_id: str
 
 
-@attrs.frozen
-class ReauthRequired:
+class ReauthRequired(msgspec.Struct, frozen=True):
     """OctoPrint wants the socket to log in again (session expired, user changed)."""
 
     reason: str
 
 
-@attrs.frozen
-class Other:
+class Other(msgspec.Struct, frozen=True):
     """Anything else (timelapse, plugin, slicing, other events): ignored."""
 
     kind: str
@@ -435,8 +427,7 @@ def parse_login(answer: object) -> str:
 # ------------------------------------------------------------------------ files
 
 
-@attrs.frozen
-class PrintRecord:
+class PrintRecord(msgspec.Struct, frozen=True):
     """A file's print history in OctoPrint's metadata: when it was uploaded and how its
     last print ended (``None``: never printed)."""
 

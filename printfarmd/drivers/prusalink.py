@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 import httpx
+import msgspec
 import trio
 
 from printfarmd.config import PrusaLinkOptions
@@ -59,8 +60,7 @@ MEMORY = 64
 _LINK_ERRORS = (LinkDown, DriverError, OSError, trio.TooSlowError)
 
 
-@attrs.frozen
-class Held:
+class Held(msgspec.Struct, frozen=True):
     """The farm job the printer works on: ``confirmed`` once the printer was seen at it
     (until then an old FINISHED on the printer's screen is not this job's)."""
 

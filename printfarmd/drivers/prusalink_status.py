@@ -19,7 +19,7 @@ import enum
 import re
 from typing import Any
 
-import attrs
+import msgspec
 
 from printfarmd.drivers.base import JobFailed, JobFinished, StatusReport
 from printfarmd.models import PrinterState
@@ -59,8 +59,7 @@ ENDED = frozenset({PrusaState.FINISHED, PrusaState.STOPPED, PrusaState.ERROR})
 PRINTABLE = frozenset({PrusaState.IDLE, PrusaState.READY, PrusaState.FINISHED, PrusaState.STOPPED})
 
 
-@attrs.frozen
-class PrusaStatus:
+class PrusaStatus(msgspec.Struct, frozen=True):
     """What ``/api/v1/status`` says. ``job_number`` is PrusaLink's own job id;
     ``progress`` is percent; times are seconds. ``printer_ok`` is false when PrusaLink
     has lost its link to the printer board (``status_printer.ok``)."""
@@ -75,8 +74,7 @@ class PrusaStatus:
     printer_message: str = ""
 
 
-@attrs.frozen
-class PrusaJob:
+class PrusaJob(msgspec.Struct, frozen=True):
     """What ``/api/v1/job`` says of the current job: its number and its file."""
 
     number: int
@@ -94,8 +92,7 @@ class PrusaJob:
         return None
 
 
-@attrs.frozen
-class Storage:
+class Storage(msgspec.Struct, frozen=True):
     path: str
     available: bool
     read_only: bool

@@ -12,13 +12,13 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import attrs
+import msgspec
 import trio
 
 from printfarmd.models import Event, PrinterState
 
 
-@attrs.frozen
-class ProgressUpdate:
+class ProgressUpdate(msgspec.Struct, frozen=True):
     """An ephemeral progress report (not in the event log; newer ones supersede it)."""
 
     printer_id: str
@@ -31,8 +31,7 @@ class ProgressUpdate:
 Message = Event | ProgressUpdate
 
 
-@attrs.frozen
-class BusStatistics:
+class BusStatistics(msgspec.Struct, frozen=True):
     subscribers: int
     published: int
     dropped_subscribers: int

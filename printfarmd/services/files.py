@@ -21,7 +21,7 @@ from collections.abc import AsyncIterable, Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import attrs
+import msgspec
 import trio
 
 from printfarmd.core import gcode_meta
@@ -189,8 +189,7 @@ def resolve_in(root: Path, name: str, *, must_exist: bool = True) -> Path:
     return candidate
 
 
-@attrs.frozen
-class StoredFile:
+class StoredFile(msgspec.Struct, frozen=True):
     """A file in a storage root: ``path`` relative to the root, POSIX separators."""
 
     path: str
@@ -251,8 +250,7 @@ class UploadTimeout(BadRequest):
     code = "request_timeout"
 
 
-@attrs.frozen
-class UploadResult:
+class UploadResult(msgspec.Struct, frozen=True):
     stored: StoredFile
     #: The declared text fields that came with the file (``path``, ``checksum``, ...).
     fields: dict[str, str]

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 
 import attrs
+import msgspec
 
 from printfarmd.models import JobState, PrinterState
 
@@ -42,8 +43,7 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-@attrs.frozen
-class HeapCounts:
+class HeapCounts(msgspec.Struct, frozen=True):
     """The cyclic garbage collector's figures (issue 17: ``printfarmd.heap``)."""
 
     #: ``gc.get_stats()``: per generation, collections run and objects collected.

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-import attrs
+import msgspec
 import orjson
 import trio
 
@@ -105,8 +105,7 @@ def new_delivery_id() -> str:
     return secrets.token_hex(8)
 
 
-@attrs.frozen
-class _Target:
+class _Target(msgspec.Struct, frozen=True):
     channel: Channel
     address: str
     target: str

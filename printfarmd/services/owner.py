@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+import msgspec
 import trio
 
 from printfarmd import faults
@@ -109,8 +110,7 @@ class _Envelope:
             self.done.set()
 
 
-@attrs.frozen
-class EmergencyStopped:
+class EmergencyStopped(msgspec.Struct, frozen=True):
     """What an emergency stop did: the jobs failed, the printers stopped, the printers
     the stop did not reach (unreachable, or no answer within the command timeout)."""
 
@@ -119,8 +119,7 @@ class EmergencyStopped:
     unreachable: tuple[str, ...]
 
 
-@attrs.frozen
-class QueueHealth:
+class QueueHealth(msgspec.Struct, frozen=True):
     paused: bool
     queue_depth: int
     printing: int
@@ -385,7 +384,7 @@ class Owner:
             return inp
         seen = self._seen
         fresh = tuple(j for j in inp.jobs if inp.seqs.get(j.id, 0) > seen.get(j.id, 0))
-        return inp if len(fresh) == len(inp.jobs) else attrs.evolve(inp, jobs=fresh)
+        return inp if len(fresh) == len(inp.jobs) else msgspec.structs.replace(inp, jobs=fresh)
 
     def _applied(self, inp: i.SharedChanges) -> None:
         seen = self._seen
@@ -851,7 +850,7 @@ class Owner:
         if job.state is JobState.PRINTING:
             slot = self.state.printers.get(job.printer_id or "")
             if slot is not None and slot.current_job == job.id and slot.confirmed:
-                return attrs.evolve(job, progress=slot.progress, eta=slot.eta)
+                return msgspec.structs.replace(job, progress=slot.progress, eta=slot.eta)
         return job
 
     async def get_job(self, job_id: str) -> Job:

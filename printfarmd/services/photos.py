@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-import attrs
+import msgspec
 import trio
 
 from printfarmd.services import files
@@ -139,8 +139,7 @@ def list_low(root: Path) -> list[str]:
     return keys
 
 
-@attrs.frozen
-class Page:
+class Page(msgspec.Struct, frozen=True):
     items: list[dict[str, object]]
     total: int
     offset: int

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import msgspec
 import orjson
 
 from printfarmd.errors import Fenced, StaleWrite
@@ -64,8 +65,7 @@ class Membership:
     epoch: int = 0
 
 
-@attrs.frozen
-class Peer:
+class Peer(msgspec.Struct, frozen=True):
     """A node's lease as the database has it now."""
 
     node: str

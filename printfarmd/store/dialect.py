@@ -26,7 +26,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-import attrs
+import msgspec
 
 from printfarmd.errors import FarmError
 
@@ -52,8 +52,7 @@ class Conn(Protocol):
     def close(self) -> None: ...
 
 
-@attrs.frozen
-class Step:
+class Step(msgspec.Struct, frozen=True):
     """A migration step written twice: once per engine."""
 
     sqlite: str
@@ -78,8 +77,7 @@ def step_text(step: str | Step, engine: str) -> str:
     return step if engine == "sqlite" else pg_types(step)
 
 
-@attrs.frozen
-class Dialect:
+class Dialect(msgspec.Struct, frozen=True):
     name: str
     #: Starts the writer's transaction (SQLite takes the write lock at once).
     begin: str

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
+import msgspec
 import orjson
 
 from printfarmd.models import Event
@@ -247,8 +247,7 @@ _SELECT_FIGURES = (
 MAX_PAGE = 1000
 
 
-@attrs.frozen
-class Attempt:
+class Attempt(msgspec.Struct, frozen=True):
     """One print attempt. Times are UTC Unix seconds; ``progress`` 0..100 at the end
     (``None`` when not recorded); ``metadata`` is ``None`` until recorded."""
 
@@ -309,8 +308,7 @@ def _attempt(row: Sequence[Any]) -> Attempt:
     return Attempt(**values)
 
 
-@attrs.frozen
-class Filter:
+class Filter(msgspec.Struct, frozen=True):
     """What ``list_attempts`` selects. ``since``: started after; ``before``: ended before
     (an attempt still printing has not ended); ``statuses`` empty means every status."""
 
@@ -550,8 +548,7 @@ def sweep_open(conn: Conn, now: float) -> list[int]:
 # ---------------------------------------------------------------- on the store
 
 
-@attrs.frozen
-class HistoryStore:
+class HistoryStore(msgspec.Struct, frozen=True):
     """The functions above on a ``Store``: reads on its reader, writes as units of its
     group-commit writer (each returns after COMMIT). Every method is a checkpoint."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
 import orjson
 
 from printfarmd.errors import StaleWrite
@@ -17,7 +16,7 @@ from printfarmd.models import Job, JobState
 from printfarmd.store.dialect import Conn
 
 _JSON_FIELDS = frozenset({"required_tags", "failed_printers", "min_bed"})
-FIELDS = tuple(f.name for f in attrs.fields(Job))
+FIELDS = Job.__struct_fields__
 COLUMNS = ", ".join(FIELDS)
 INSERT = f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' for _ in FIELDS)})"
 _UPDATE = (

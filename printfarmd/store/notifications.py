@@ -6,12 +6,10 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
-import attrs
-
 from printfarmd.core.notify import Channel, Delivery, DeliveryStatus
 from printfarmd.store.dialect import Conn
 
-_FIELDS = tuple(f.name for f in attrs.fields(Delivery))
+_FIELDS = Delivery.__struct_fields__
 _COLUMNS = ", ".join(_FIELDS)
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 
 from printfarmd.errors import FarmError
@@ -45,8 +45,7 @@ class TransferError(FarmError):
     """The copy cannot be made (file in use, target not empty, schema mismatch)."""
 
 
-@attrs.frozen
-class TableCheck:
+class TableCheck(msgspec.Struct, frozen=True):
     table: str
     source_rows: int
     target_rows: int
@@ -58,8 +57,7 @@ class TableCheck:
         return self.source_rows == self.target_rows and self.source_hash == self.target_hash
 
 
-@attrs.frozen
-class Report:
+class Report(msgspec.Struct, frozen=True):
     tables: tuple[TableCheck, ...]
 
     @property
@@ -67,8 +65,7 @@ class Report:
         return all(t.ok for t in self.tables)
 
 
-@attrs.frozen
-class _Table:
+class _Table(msgspec.Struct, frozen=True):
     name: str
     #: The target's columns, in order (the source is read in the same order).
     columns: tuple[str, ...]

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
+import msgspec
 import orjson
 
 from printfarmd.core.farm import outputs as out
@@ -107,8 +107,7 @@ CREATE INDEX maintenance_log_printer ON maintenance_log (printer_id, at);
 MAX_PAGE = 1000
 
 
-@attrs.frozen
-class Outgoing:
+class Outgoing(msgspec.Struct, frozen=True):
     """A usage report still owed to Spoolman (an ``attempt_usage`` row, ``pending``)."""
 
     key: str
@@ -120,8 +119,7 @@ class Outgoing:
     last_error: str | None
 
 
-@attrs.frozen
-class Usage:
+class Usage(msgspec.Struct, frozen=True):
     """One attempt's usage and cost, as stored."""
 
     key: str
@@ -144,11 +142,10 @@ class Usage:
     reported_at: float | None
 
 
-_USAGE_COLUMNS = tuple(f.name for f in attrs.fields(Usage))
+_USAGE_COLUMNS = Usage.__struct_fields__
 
 
-@attrs.frozen
-class LogEntry:
+class LogEntry(msgspec.Struct, frozen=True):
     id: int
     printer_id: str
     at: float
@@ -159,8 +156,7 @@ class LogEntry:
     recorded_at: float
 
 
-@attrs.frozen
-class Memory:
+class Memory(msgspec.Struct, frozen=True):
     """What the store holds for the farm's upkeep state at a (re)start."""
 
     bindings: dict[str, tuple[int | None, ...]]
@@ -428,8 +424,7 @@ def log_page(
 # ---------------------------------------------------------------- on the store
 
 
-@attrs.frozen
-class UpkeepStore:
+class UpkeepStore(msgspec.Struct, frozen=True):
     """The functions above on a ``Store`` (every method is a checkpoint)."""
 
     store: Store

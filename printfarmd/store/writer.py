@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
+import msgspec
 import trio
 
 from printfarmd.errors import FarmError
@@ -26,8 +27,7 @@ T = TypeVar("T")
 MAX_BATCH = 100
 
 
-@attrs.frozen
-class StoreStatistics:
+class StoreStatistics(msgspec.Struct, frozen=True):
     """Counters since open: ``commits`` transactions holding ``units`` units of work."""
 
     commits: int

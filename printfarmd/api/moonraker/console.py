@@ -22,7 +22,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
+import msgspec
 
 from printfarmd.api.errors import RpcError
 from printfarmd.api.moonraker.args import Args
@@ -36,8 +36,7 @@ MAX_SCRIPT = 4096
 MAX_CLIENT = 64
 
 
-@attrs.frozen
-class FarmCommand:
+class FarmCommand(msgspec.Struct, frozen=True):
     help: str
     required: tuple[str, ...] = ()
 
@@ -65,8 +64,7 @@ FARM_COMMANDS: dict[str, FarmCommand] = {
 _PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)=("[^"]*"|\S+)')
 
 
-@attrs.frozen
-class Line:
+class Line(msgspec.Struct, frozen=True):
     """One parsed console line: the command (upper case) and its ``KEY=value`` params
     (keys upper case, values as typed)."""
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import trio
 
 #: Moonraker sends ``notify_proc_stat_update`` every second.
@@ -156,8 +157,7 @@ def parse_temperature(text: str) -> float | None:
         return None
 
 
-@attrs.frozen
-class Reading:
+class Reading(msgspec.Struct, frozen=True):
     """What one pass over the files found (raw: deltas are computed by ``ProcStats``)."""
 
     wall: float

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import msgspec
 import orjson
 
 from printfarmd.api import errors, jsonin
@@ -21,8 +22,7 @@ if TYPE_CHECKING:
     from printfarmd.api.moonraker.facade import Facade
 
 
-@attrs.frozen
-class Raw:
+class Raw(msgspec.Struct, frozen=True):
     """An already-encoded JSON value, whole or in ``pieces`` (joined only once, into the
     message that carries it)."""
 
@@ -47,8 +47,7 @@ class Caller:
 Handler = Callable[[Caller, Args], Awaitable[Any]]
 
 
-@attrs.frozen
-class Method:
+class Method(msgspec.Struct, frozen=True):
     name: str
     handler: Handler
     #: (verb, path) of the HTTP route, or None for websocket/JSON-RPC only methods.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
+import msgspec
 
 from printfarmd.core.farm.outputs import (
     AppendEvent,
@@ -116,7 +116,7 @@ def get_slot(tx: Tx, printer_id: str) -> Slot:
 
 
 def set_slot(tx: Tx, slot: Slot, **changes: Any) -> Slot:
-    new = attrs.evolve(slot, **changes)
+    new = msgspec.structs.replace(slot, **changes)
     tx.put_printer(new)
     return new
 

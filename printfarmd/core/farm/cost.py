@@ -12,13 +12,12 @@ Pure.
 
 from __future__ import annotations
 
-import attrs
+import msgspec
 
 from printfarmd.core.farm.upkeep_state import Policy, SpoolInfo
 
 
-@attrs.frozen
-class Cost:
+class Cost(msgspec.Struct, frozen=True):
     filament: float = 0.0
     energy_kwh: float = 0.0
     energy: float = 0.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
+import msgspec
 
 from printfarmd.core.farm import (
     dispatch,
@@ -150,7 +150,11 @@ def _flush(tx: Tx, e: i.FlushProgress, now: Now) -> Any:
         if job is None or job.state is not JobState.PRINTING or not slot.confirmed:
             continue
         if slot.progress != job.progress or slot.eta != job.eta:
-            tx.put_job(attrs.evolve(job, progress=slot.progress, eta=slot.eta, updated_at=now.wall))
+            tx.put_job(
+                msgspec.structs.replace(
+                    job, progress=slot.progress, eta=slot.eta, updated_at=now.wall
+                )
+            )
             tx.record(SaveProgress(job.id, slot.progress, slot.eta, now.wall))
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import attrs
+import msgspec
 
 from printfarmd.core import retry as retry_rules
 from printfarmd.core import watchdog as watchdog_rules
@@ -16,7 +16,7 @@ def fail_printing(tx: Tx, job: Job, reason: str, printer_id: str | None, now: No
     """The print of ``job`` failed for ``reason`` on ``printer_id``: FAILED, retried after
     the backoff while retries remain (on another printer if one fits), else failed for
     good and escalated. A print that had started leaves something on the plate."""
-    new = attrs.evolve(
+    new = msgspec.structs.replace(
         retry_rules.fail(job, reason, printer_id, tx.settings.policy, now.wall),
         resume_progress=0.0,
     )

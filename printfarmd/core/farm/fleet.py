@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
+import msgspec
 
 from printfarmd.core.farm import common, failures, intake, spools
 from printfarmd.core.farm.inputs import AddPrinter, UpdatePrinter
@@ -95,7 +95,7 @@ def set_paused(tx: Tx, paused: bool, now: Now) -> None:
 
 
 def update_settings(tx: Tx, changes: Mapping[str, Any], now: Now) -> Settings:
-    new = attrs.evolve(tx.settings, **changes)
+    new = msgspec.structs.replace(tx.settings, **changes)
     tx.set("settings", new)
     value = new.as_json()
     tx.record(
@@ -108,18 +108,18 @@ def update_settings(tx: Tx, changes: Mapping[str, Any], now: Now) -> Settings:
 def add_printer(tx: Tx, cmd: AddPrinter) -> Slot:
     if tx.printer(cmd.config.id) is not None:
         raise Conflict(f"printer {cmd.config.id} already exists")
-    slot = attrs.evolve(
+    slot = msgspec.structs.replace(
         Slot.from_config(cmd.config), plate_clear=cmd.plate_clear, maintenance=cmd.maintenance
     )
     # (issue 16) a printer added at run time keeps its stored spools and counters
-    slot = attrs.evolve(
+    slot = msgspec.structs.replace(
         slot,
         spools=cmd.spools[: max(cmd.config.tools, 1)],
         counters=cmd.counters if cmd.counters is not None else slot.counters,
         due=cmd.due,
         due_at=cmd.due_at,
     )
-    slot = attrs.evolve(slot, capabilities=spools.capabilities(slot, tx.spools))
+    slot = msgspec.structs.replace(slot, capabilities=spools.capabilities(slot, tx.spools))
     tx.put_printer(slot)
     tx.effect(
         StartDriver(slot.id),

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 
 from printfarmd.config import PrinterConfig
@@ -21,8 +21,7 @@ from printfarmd.drivers.base import DriverEvent
 from printfarmd.models import Job
 
 
-@attrs.frozen
-class JobRequest:
+class JobRequest(msgspec.Struct, frozen=True):
     """A validated submission (the API checked types and ranges)."""
 
     filename: str
@@ -43,15 +42,14 @@ class JobRequest:
 
     def digest(self) -> str:
         """A stable hash of the request, to detect an Idempotency-Key reused for another."""
-        fields = attrs.asdict(self)
+        fields = msgspec.structs.asdict(self)
         for added_later in ("colour", "not_before"):  # keys stored before still match
             if fields[added_later] is None:
                 del fields[added_later]
         return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-@attrs.frozen
-class FileFacts:
+class FileFacts(msgspec.Struct, frozen=True):
     """What the file says (read by the edge): material, nozzle, estimate; ``model`` for an
     STL/3MF waiting for the slicer (its metadata comes after slicing)."""
 
@@ -66,15 +64,13 @@ class FileFacts:
 # ---------------------------------------------------------------------- commands
 
 
-@attrs.frozen
-class CreateJobs:
+class CreateJobs(msgspec.Struct, frozen=True):
     request: JobRequest
     facts: FileFacts
     idempotency_key: str | None = None
 
 
-@attrs.frozen
-class Cancel:
+class Cancel(msgspec.Struct, frozen=True):
     """``snapshot``: the job as stored, for a job not in memory (finished)."""
 
     job_id: str
@@ -82,57 +78,48 @@ class Cancel:
     snapshot: Job | None = None
 
 
-@attrs.frozen
-class Release:
+class Release(msgspec.Struct, frozen=True):
     job_id: str
     printer_id: str
     snapshot: Job | None = None
 
 
-@attrs.frozen
-class Reprioritize:
+class Reprioritize(msgspec.Struct, frozen=True):
     job_id: str
     priority: int
     snapshot: Job | None = None
 
 
-@attrs.frozen
-class Jump:
+class Jump(msgspec.Struct, frozen=True):
     job_id: str
     snapshot: Job | None = None
 
 
-@attrs.frozen
-class Ship:
+class Ship(msgspec.Struct, frozen=True):
     job_id: str
     tracking: str
     snapshot: Job | None = None
 
 
-@attrs.frozen
-class SetPaused:
+class SetPaused(msgspec.Struct, frozen=True):
     paused: bool
 
 
-@attrs.frozen
-class UpdateSettings:
+class UpdateSettings(msgspec.Struct, frozen=True):
     changes: Mapping[str, Any]
 
 
-@attrs.frozen
-class ClearPlate:
+class ClearPlate(msgspec.Struct, frozen=True):
     printer_id: str
     source: str = "operator"
 
 
-@attrs.frozen
-class SetMaintenance:
+class SetMaintenance(msgspec.Struct, frozen=True):
     printer_id: str
     enabled: bool
 
 
-@attrs.frozen
-class QueueFile:
+class QueueFile(msgspec.Struct, frozen=True):
     """A new queued job for ``filename`` (in ``SetQueue``)."""
 
     filename: str
@@ -140,8 +127,7 @@ class QueueFile:
     source: str = "moonraker"
 
 
-@attrs.frozen
-class SetQueue:
+class SetQueue(msgspec.Struct, frozen=True):
     """Make the head of the queue ``items`` in this order: job ids of queued jobs (kept,
     with their history) and ``QueueFile`` entries (new jobs). With ``cancel_unlisted``,
     queued jobs not listed are cancelled (the listed order becomes the whole queue).
@@ -153,30 +139,26 @@ class SetQueue:
     reason: str = "removed from the queue"
 
 
-@attrs.frozen
-class CancelQueued:
+class CancelQueued(msgspec.Struct, frozen=True):
     """Cancel those of ``job_ids`` that are queued; the reply lists the ids cancelled."""
 
     job_ids: tuple[str, ...]
     reason: str
 
 
-@attrs.frozen
-class PauseJob:
+class PauseJob(msgspec.Struct, frozen=True):
     """Ask the printer of a printing job to pause it (``token``: see ``EmergencyStop``)."""
 
     job_id: str
     token: str = ""
 
 
-@attrs.frozen
-class ResumeJob:
+class ResumeJob(msgspec.Struct, frozen=True):
     job_id: str
     token: str = ""
 
 
-@attrs.frozen
-class EmergencyStopFarm:
+class EmergencyStopFarm(msgspec.Struct, frozen=True):
     """Stop every printing printer at once, pause dispatch, fail their jobs. ``token``
     is passed on to the printers' emergency-stop effects (see ``outputs.EmergencyStop``)."""
 
@@ -184,8 +166,7 @@ class EmergencyStopFarm:
     token: str = ""
 
 
-@attrs.frozen
-class AddPrinter:
+class AddPrinter(msgspec.Struct, frozen=True):
     config: PrinterConfig
     plate_clear: bool = True
     maintenance: bool = False
@@ -196,25 +177,21 @@ class AddPrinter:
     due_at: float | None = None
 
 
-@attrs.frozen
-class RemovePrinter:
+class RemovePrinter(msgspec.Struct, frozen=True):
     printer_id: str
 
 
-@attrs.frozen
-class UpdatePrinter:
+class UpdatePrinter(msgspec.Struct, frozen=True):
     """Capabilities, name or auto_clear changed; the driver stays."""
 
     config: PrinterConfig
 
 
-@attrs.frozen
-class Ping:
+class Ping(msgspec.Struct, frozen=True):
     """Answered at once: shows the owner is taking inputs (the systemd watchdog)."""
 
 
-@attrs.frozen
-class BindSpool:
+class BindSpool(msgspec.Struct, frozen=True):
     """(issue 16) Bind ``spool_id`` (``None``: unbind) to ``tool`` of ``printer_id``;
     ``info``: the spool as Spoolman has it (read by the edge), ``None`` if not reached."""
 
@@ -224,8 +201,7 @@ class BindSpool:
     info: Any = None
 
 
-@attrs.frozen
-class RecordMaintenance:
+class RecordMaintenance(msgspec.Struct, frozen=True):
     """(issue 16) Maintenance was done on ``printer_id`` by ``by``: ``work``; at ``at``
     (UTC; ``None``: now). Resets the counters and ends maintenance mode."""
 
@@ -262,36 +238,30 @@ Command = (
 # ---------------------------------------------------------------------- events
 
 
-@attrs.frozen
-class Report:
+class Report(msgspec.Struct, frozen=True):
     """What a printer's driver said."""
 
     event: DriverEvent
 
 
-@attrs.frozen
-class TimerFired:
+class TimerFired(msgspec.Struct, frozen=True):
     kind: TimerKind
     key: str
 
 
-@attrs.frozen
-class WatchdogSweep:
+class WatchdogSweep(msgspec.Struct, frozen=True):
     stale_threshold: float
 
 
-@attrs.frozen
-class Startup:
+class Startup(msgspec.Struct, frozen=True):
     """The owner has restored the state: re-arm timers, carry on half-done pipelines."""
 
 
-@attrs.frozen
-class Dispatch:
+class Dispatch(msgspec.Struct, frozen=True):
     """Give queued jobs to idle printers."""
 
 
-@attrs.frozen
-class FlushProgress:
+class FlushProgress(msgspec.Struct, frozen=True):
     """Store the printers' latest progress for their jobs (coalesced)."""
 
 
@@ -301,16 +271,14 @@ class StartOutcome(enum.StrEnum):
     FILE_ESCAPED = "file_escaped"
 
 
-@attrs.frozen
-class StartResult:
+class StartResult(msgspec.Struct, frozen=True):
     printer_id: str
     job_id: str
     outcome: StartOutcome
     message: str = ""
 
 
-@attrs.frozen
-class CommandResult:
+class CommandResult(msgspec.Struct, frozen=True):
     """The outcome of a stop/pause/resume/emergency stop sent to a printer."""
 
     printer_id: str
@@ -320,16 +288,14 @@ class CommandResult:
     message: str = ""
 
 
-@attrs.frozen
-class SliceResult:
+class SliceResult(msgspec.Struct, frozen=True):
     job_ids: tuple[str, ...]
     output: str
     facts: FileFacts
     error: str | None = None
 
 
-@attrs.frozen
-class SpoolsRefreshed:
+class SpoolsRefreshed(msgspec.Struct, frozen=True):
     """(issue 16) What Spoolman says of spools now (``upkeep_state.SpoolInfo`` values),
     and the ids it answered 404 for."""
 
@@ -337,8 +303,7 @@ class SpoolsRefreshed:
     missing: tuple[int, ...] = ()
 
 
-@attrs.frozen
-class UsageReported:
+class UsageReported(msgspec.Struct, frozen=True):
     """(issue 16) The usage report ``key`` is settled: Spoolman applied it (``applied``),
     or it was dropped (``error`` says why)."""
 
@@ -347,8 +312,7 @@ class UsageReported:
     error: str | None = None
 
 
-@attrs.frozen
-class SharedChanges:
+class SharedChanges(msgspec.Struct, frozen=True):
     """(issue 18) What the other daemons of a cluster committed, read back from the
     database: the ``jobs`` as stored now, each with ``seqs[id]``, the newest event of the
     job read before the row (the owner drops a row not newer than what it has); the
@@ -358,7 +322,7 @@ class SharedChanges:
     owner writes under it once this is applied)."""
 
     jobs: tuple[Job, ...] = ()
-    seqs: Mapping[str, int] = attrs.field(factory=dict)
+    seqs: Mapping[str, int] = msgspec.field(default_factory=dict)
     events: tuple[Any, ...] = ()
     settings: Any = None
     paused: bool | None = None
@@ -369,8 +333,7 @@ class SharedChanges:
     estops: tuple[str, ...] = ()
 
 
-@attrs.frozen
-class NodeLost:
+class NodeLost(msgspec.Struct, frozen=True):
     """(issue 18) Daemon ``node_id`` of the cluster stopped renewing its lease (still at
     ``epoch``) ``silent_for`` seconds ago; ``printers`` are the ones it drives. Its
     printing jobs are taken back as the watchdog takes back a silent printer's."""

@@ -3,7 +3,7 @@ ship, priority and order."""
 
 from __future__ import annotations
 
-import attrs
+import msgspec
 
 from printfarmd.core import routing
 from printfarmd.core.farm import common
@@ -63,7 +63,7 @@ def check_some_printer_can(tx: Tx, job: Job) -> None:
         # the job waits for it (the view says so) rather than being refused.
         fixed = not (tx.policy.spoolman or slot.loaded or slot.config.driver in REPORTS_LOADED)
         why = routing.incompatibility(
-            slot.capabilities, req if fixed else attrs.evolve(req, colour=None)
+            slot.capabilities, req if fixed else msgspec.structs.replace(req, colour=None)
         )
         if why is None:
             return
@@ -121,8 +121,7 @@ def _new_job(request: JobRequest, facts: FileFacts, now: Now) -> Job:
     )
 
 
-@attrs.frozen
-class Created:
+class Created(msgspec.Struct, frozen=True):
     """The reply to ``CreateJobs``: the job ids, the jobs when new (a replay names only
     the ids: the edge reads those jobs as they are now), and whether they are new."""
 
@@ -150,7 +149,7 @@ def create(tx: Tx, cmd: CreateJobs, now: Now) -> Created:
     check_some_printer_can(tx, base)
     jobs: list[Job] = []
     for i in range(request.copies):
-        job = attrs.evolve(
+        job = msgspec.structs.replace(
             base,
             id=base.id if i == 0 else new_job_id(),
             copy_index=i + 1,
@@ -190,7 +189,7 @@ def sliced(tx: Tx, result: SliceResult, now: Now) -> None:
             tx.effect(Log("warning", "model not sliced", {"job": jid, "reason": result.error}))
             continue
         facts = result.facts
-        prev = attrs.evolve(
+        prev = msgspec.structs.replace(
             job,
             filename=result.output,
             material=job.material or routing.normalize_material(facts.material),
@@ -248,7 +247,7 @@ def ship(tx: Tx, job: Job, tracking: str, now: Now) -> Job:
 def reprioritize(tx: Tx, job: Job, priority: int, now: Now) -> Job:
     if job.state in TERMINAL_STATES:
         raise Conflict(f"job {job.id} is {job.state.value}: its priority can no longer change")
-    new = attrs.evolve(job, priority=priority, updated_at=now.wall)
+    new = msgspec.structs.replace(job, priority=priority, updated_at=now.wall)
     common.update_job(
         tx,
         job,
@@ -267,7 +266,7 @@ def jump(tx: Tx, job: Job, now: Now) -> Job:
     """Put a queued job in front of every other one."""
     if job.state is not JobState.QUEUED:
         raise Conflict(f"job {job.id} is {job.state.value}: only queued jobs can jump")
-    new = attrs.evolve(job, front=tx.max_front() + 1, updated_at=now.wall)
+    new = msgspec.structs.replace(job, front=tx.max_front() + 1, updated_at=now.wall)
     common.update_job(tx, job, new, NewEvent("job.jumped", now.wall, job_id=job.id))
     return new
 
@@ -295,7 +294,7 @@ def set_queue(tx: Tx, cmd: SetQueue, now: Now) -> list[Job]:
         else:
             old = tx.job(item)
             assert old is not None
-            job = attrs.evolve(old, front=front, updated_at=now.wall)
+            job = msgspec.structs.replace(old, front=front, updated_at=now.wall)
             common.update_job(
                 tx,
                 old,
@@ -312,7 +311,7 @@ def set_queue(tx: Tx, cmd: SetQueue, now: Now) -> list[Job]:
 
 def _queue_file(tx: Tx, item: QueueFile, now: Now, front: int) -> Job:
     base = _new_job(JobRequest(filename=item.filename, source=item.source), item.facts, now)
-    job = attrs.evolve(base, position=tx.allocate_position(), front=front)
+    job = msgspec.structs.replace(base, position=tx.allocate_position(), front=front)
     check_some_printer_can(tx, job)
     return advance(tx, job, now, None, insert=True)
 

@@ -12,15 +12,14 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
+import msgspec
 
 from printfarmd.models import Job, JobState
 
 # ---------------------------------------------------------------------- records
 
 
-@attrs.frozen
-class NewEvent:
+class NewEvent(msgspec.Struct, frozen=True):
     """An event to append to the log; the store assigns its ``seq``."""
 
     type: str
@@ -30,18 +29,16 @@ class NewEvent:
     from_state: str | None = None
     to_state: str | None = None
     reason: str | None = None
-    data: Mapping[str, Any] = attrs.field(factory=dict)
+    data: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
 
-@attrs.frozen
-class InsertJob:
+class InsertJob(msgspec.Struct, frozen=True):
     """A new job row (it must not exist)."""
 
     job: Job
 
 
-@attrs.frozen
-class UpdateJob:
+class UpdateJob(msgspec.Struct, frozen=True):
     """Write ``job`` over its row, but only if the stored row is still in ``expect``
     (a transition from ``expect``, or a change within it). A mismatch is an error."""
 
@@ -49,8 +46,7 @@ class UpdateJob:
     expect: JobState
 
 
-@attrs.frozen
-class SaveProgress:
+class SaveProgress(msgspec.Struct, frozen=True):
     """Coalesced progress of a printing job: touches only progress/eta/updated_at, and
     only while the row is still ``printing`` (a no-op otherwise)."""
 
@@ -60,13 +56,11 @@ class SaveProgress:
     at: float
 
 
-@attrs.frozen
-class AppendEvent:
+class AppendEvent(msgspec.Struct, frozen=True):
     event: NewEvent
 
 
-@attrs.frozen
-class PutPrinter:
+class PutPrinter(msgspec.Struct, frozen=True):
     """What the farm remembers about a printer across restarts."""
 
     printer_id: str
@@ -75,14 +69,12 @@ class PutPrinter:
     at: float
 
 
-@attrs.frozen
-class PutSetting:
+class PutSetting(msgspec.Struct, frozen=True):
     key: str
     value: Any
 
 
-@attrs.frozen
-class PutIdempotency:
+class PutIdempotency(msgspec.Struct, frozen=True):
     key: str
     digest: str
     job_ids: tuple[str, ...]
@@ -92,8 +84,7 @@ class PutIdempotency:
 # (issue 16) upkeep records: spools, usage and its outbox, counters, the maintenance log.
 
 
-@attrs.frozen
-class PutBinding:
+class PutBinding(msgspec.Struct, frozen=True):
     """The spool bound to ``tool`` of ``printer_id`` (``None``: unbound)."""
 
     printer_id: str
@@ -102,15 +93,13 @@ class PutBinding:
     at: float
 
 
-@attrs.frozen
-class PutSpool:
+class PutSpool(msgspec.Struct, frozen=True):
     """What the farm knows of a spool (``info`` is a ``upkeep_state.SpoolInfo``)."""
 
     info: Any
 
 
-@attrs.frozen
-class RecordUsage:
+class RecordUsage(msgspec.Struct, frozen=True):
     """One print attempt ended: what it used and cost, stored with the transition that
     ended it. With ``report``, the usage is also queued for Spoolman (an outbox row keyed
     ``key``, sent by ``services/spoolman.py``)."""
@@ -131,8 +120,7 @@ class RecordUsage:
     report: bool
 
 
-@attrs.frozen
-class MarkUsage:
+class MarkUsage(msgspec.Struct, frozen=True):
     """The outbox row ``key`` is settled: ``sent`` (Spoolman has it) or ``dropped``."""
 
     key: str
@@ -141,8 +129,7 @@ class MarkUsage:
     error: str | None = None
 
 
-@attrs.frozen
-class PutUpkeep:
+class PutUpkeep(msgspec.Struct, frozen=True):
     """A printer's counters since its last maintenance and why it is due (stored)."""
 
     printer_id: str
@@ -151,8 +138,7 @@ class PutUpkeep:
     due_at: float | None
 
 
-@attrs.frozen
-class AppendMaintenance:
+class AppendMaintenance(msgspec.Struct, frozen=True):
     """One entry of the maintenance log (who did what, when, and the counters reset)."""
 
     printer_id: str
@@ -164,8 +150,7 @@ class AppendMaintenance:
     recorded_at: float
 
 
-@attrs.frozen
-class FenceNode:
+class FenceNode(msgspec.Struct, frozen=True):
     """(issue 18) Another daemon's lease, still at ``epoch``, has expired: mark it lost
     (ending its epoch) in the commit that takes its jobs over. A mismatch (it renewed,
     or another daemon took it over first) refuses the whole commit."""
@@ -203,16 +188,14 @@ class TimerKind(enum.StrEnum):
     WAKE = "wake"  # key: a UTC time (repr): a dispatch rule's window opens (issue 16)
 
 
-@attrs.frozen
-class StartPrint:
+class StartPrint(msgspec.Struct, frozen=True):
     """Hand ``job`` (already committed as printing on ``printer_id``) to the printer."""
 
     printer_id: str
     job: Job
 
 
-@attrs.frozen
-class StopPrint:
+class StopPrint(msgspec.Struct, frozen=True):
     """Tell ``printer_id`` to stop ``job_id`` (cancel on the printer)."""
 
     printer_id: str
@@ -220,22 +203,19 @@ class StopPrint:
     reason: str
 
 
-@attrs.frozen
-class PausePrint:
+class PausePrint(msgspec.Struct, frozen=True):
     printer_id: str
     job_id: str
     token: str = ""
 
 
-@attrs.frozen
-class ResumePrint:
+class ResumePrint(msgspec.Struct, frozen=True):
     printer_id: str
     job_id: str
     token: str = ""
 
 
-@attrs.frozen
-class EmergencyStop:
+class EmergencyStop(msgspec.Struct, frozen=True):
     """Stop ``printer_id`` at once; ``token`` names the command that asked, so its caller
     can learn which printers were reached."""
 
@@ -243,16 +223,14 @@ class EmergencyStop:
     token: str = ""
 
 
-@attrs.frozen
-class ForgetFile:
+class ForgetFile(msgspec.Struct, frozen=True):
     """Remove what the farm uploaded to ``printer_id`` for ``job_id`` (its job ended)."""
 
     printer_id: str
     job_id: str
 
 
-@attrs.frozen
-class ArmTimer:
+class ArmTimer(msgspec.Struct, frozen=True):
     """Fire ``TimerFired(kind, key)`` at monotonic time ``at``."""
 
     at: float
@@ -260,15 +238,13 @@ class ArmTimer:
     key: str
 
 
-@attrs.frozen
-class Escalate:
+class Escalate(msgspec.Struct, frozen=True):
     """``job`` failed for good: tell the people (webhook, email, MQTT)."""
 
     job: Job
 
 
-@attrs.frozen
-class Slice:
+class Slice(msgspec.Struct, frozen=True):
     """Run the slicer on ``model`` (relative to the gcodes folder) into ``output``, then
     report ``SliceResult`` for ``job_ids``."""
 
@@ -277,47 +253,40 @@ class Slice:
     output: str
 
 
-@attrs.frozen
-class CapturePhoto:
+class CapturePhoto(msgspec.Struct, frozen=True):
     printer_id: str
     job_id: str
     at: float
 
 
-@attrs.frozen
-class PublishProgress:
+class PublishProgress(msgspec.Struct, frozen=True):
     """An ephemeral progress report for live clients (never stored)."""
 
     printer_id: str
 
 
-@attrs.frozen
-class StartDriver:
+class StartDriver(msgspec.Struct, frozen=True):
     printer_id: str
 
 
-@attrs.frozen
-class StopDriver:
+class StopDriver(msgspec.Struct, frozen=True):
     printer_id: str
 
 
-@attrs.frozen
-class Log:
+class Log(msgspec.Struct, frozen=True):
     level: str
     message: str
-    fields: Mapping[str, Any] = attrs.field(factory=dict)
+    fields: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
 
-@attrs.frozen
-class Count:
+class Count(msgspec.Struct, frozen=True):
     """A metrics counter: ``name`` += 1 (or observe ``value`` for a histogram)."""
 
     name: str
     value: float = 1.0
 
 
-@attrs.frozen
-class MaintenanceDue:
+class MaintenanceDue(msgspec.Struct, frozen=True):
     """``printer_id`` crossed a maintenance threshold at ``at``: tell the people once
     (the escalation channels)."""
 
@@ -326,8 +295,7 @@ class MaintenanceDue:
     at: float
 
 
-@attrs.frozen
-class SpoolmanKick:
+class SpoolmanKick(msgspec.Struct, frozen=True):
     """Usage waits for Spoolman, or a binding changed: the Spoolman service has work."""
 
 

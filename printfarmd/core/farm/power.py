@@ -21,15 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-import attrs
+import msgspec
 
 from printfarmd.core.farm.state import Now, Slot, Tx
 from printfarmd.core.farm.upkeep_state import GroupLimit, Policy, power_group
 from printfarmd.models import Job, JobState
 
 
-@attrs.frozen
-class Start:
+class Start(msgspec.Struct, frozen=True):
     """A start of ``printer_id``: decided at ``at``, or accepted then (``accepted``)."""
 
     at: float

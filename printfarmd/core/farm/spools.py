@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import attrs
+import msgspec
 
 from printfarmd.core.farm import common
 from printfarmd.core.farm.inputs import BindSpool, SpoolsRefreshed, UsageReported
@@ -142,7 +142,7 @@ def capabilities(slot: Slot, spools: Mapping[int, SpoolInfo]) -> Capabilities:
         ]
     pairs = list(dict.fromkeys([*spool_pairs(slot, spools), *rest]))
     colours = tuple(c for _, c in pairs)
-    return attrs.evolve(
+    return msgspec.structs.replace(
         base,
         materials=tuple(m for m, _ in pairs),
         colours=colours if any(colours) else (),
@@ -183,9 +183,9 @@ def bind(tx: Tx, cmd: BindSpool, now: Now) -> Slot:
         raise ValidationFailed("spool_id: must be >= 0", field="spool_id")
     if isinstance(cmd.info, SpoolInfo) and cmd.info.id == cmd.spool_id:
         known = tx.spools.get(cmd.info.id)
-        if known is None or attrs.evolve(known, updated_at=0.0) != attrs.evolve(
-            cmd.info, updated_at=0.0
-        ):
+        if known is None or msgspec.structs.replace(
+            known, updated_at=0.0
+        ) != msgspec.structs.replace(cmd.info, updated_at=0.0):
             _put_info(tx, cmd.info)
     if cmd.spool_id is not None:
         for other in list(tx.slots()):
@@ -239,15 +239,18 @@ def refreshed(tx: Tx, ev: SpoolsRefreshed, now: Now) -> None:
         if not isinstance(info, SpoolInfo):
             continue
         known = tx.spools.get(info.id)
-        if known is None or attrs.evolve(known, updated_at=0.0) != attrs.evolve(
-            info, updated_at=0.0
-        ):
+        if known is None or msgspec.structs.replace(
+            known, updated_at=0.0
+        ) != msgspec.structs.replace(info, updated_at=0.0):
             _put_info(tx, info)
             changed.add(info.id)
     for sid in ev.missing:
         known = tx.spools.get(sid)
         if known is None or not known.missing:
-            _put_info(tx, attrs.evolve(known or SpoolInfo(sid), missing=True, updated_at=now.wall))
+            _put_info(
+                tx,
+                msgspec.structs.replace(known or SpoolInfo(sid), missing=True, updated_at=now.wall),
+            )
             changed.add(sid)
             tx.effect(Log("warning", "spool not found in Spoolman", {"spool": sid}))
     if not changed:
@@ -272,7 +275,9 @@ def usage_reported(tx: Tx, ev: UsageReported, now: Now) -> None:
     info = tx.spools.get(entry.spool_id)
     if ev.applied and info is not None:
         remaining = None if info.remaining is None else info.remaining - entry.grams
-        _put_info(tx, attrs.evolve(info, remaining=remaining, used=info.used + entry.grams))
+        _put_info(
+            tx, msgspec.structs.replace(info, remaining=remaining, used=info.used + entry.grams)
+        )
     if not ev.applied:
         tx.effect(
             Log(

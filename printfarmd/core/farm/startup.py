@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-import attrs
+import msgspec
 
 from printfarmd.config import PrinterConfig
 from printfarmd.core.farm import power, spools
@@ -13,8 +13,7 @@ from printfarmd.core.farm.upkeep_state import Counters, PendingUsage, Policy, Sp
 from printfarmd.models import Job, JobState
 
 
-@attrs.frozen
-class Remembered:
+class Remembered(msgspec.Struct, frozen=True):
     """A printer's stored flags."""
 
     plate_clear: bool
@@ -51,10 +50,12 @@ def restore(
         slot = Slot.from_config(config)
         mem = memory.get(config.id)
         if mem is not None:
-            slot = attrs.evolve(slot, plate_clear=mem.plate_clear, maintenance=mem.maintenance)
+            slot = msgspec.structs.replace(
+                slot, plate_clear=mem.plate_clear, maintenance=mem.maintenance
+            )
         held = holders.get(config.id)
         if held is not None:
-            slot = attrs.evolve(
+            slot = msgspec.structs.replace(
                 slot,
                 current_job=held.id,
                 restored=held.state is JobState.PRINTING,
@@ -80,15 +81,16 @@ def restore(
     )
 
 
-@attrs.frozen
-class UpkeepMemory:
+class UpkeepMemory(msgspec.Struct, frozen=True):
     """(issue 16) The stored upkeep state: bindings per printer, spools, the usage not yet
     confirmed by Spoolman, counters (and why due) per printer."""
 
-    bindings: Mapping[str, tuple[int | None, ...]] = attrs.field(factory=dict)
-    spools: Mapping[int, SpoolInfo] = attrs.field(factory=dict)
+    bindings: Mapping[str, tuple[int | None, ...]] = msgspec.field(default_factory=dict)
+    spools: Mapping[int, SpoolInfo] = msgspec.field(default_factory=dict)
     pending: Sequence[PendingUsage] = ()
-    counters: Mapping[str, tuple[Counters, str | None, float | None]] = attrs.field(factory=dict)
+    counters: Mapping[str, tuple[Counters, str | None, float | None]] = msgspec.field(
+        default_factory=dict
+    )
 
 
 def _with_upkeep(slot: Slot, mem: UpkeepMemory) -> Slot:
@@ -96,5 +98,5 @@ def _with_upkeep(slot: Slot, mem: UpkeepMemory) -> Slot:
     while bound and bound[-1] is None:
         bound = bound[:-1]
     counters, due, due_at = mem.counters.get(slot.id, (Counters(), None, None))
-    slot = attrs.evolve(slot, spools=bound, counters=counters, due=due, due_at=due_at)
-    return attrs.evolve(slot, capabilities=spools.capabilities(slot, mem.spools))
+    slot = msgspec.structs.replace(slot, spools=bound, counters=counters, due=due, due_at=due_at)
+    return msgspec.structs.replace(slot, capabilities=spools.capabilities(slot, mem.spools))

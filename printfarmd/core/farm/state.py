@@ -17,7 +17,7 @@ import collections
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-import attrs
+import msgspec
 
 from printfarmd.config import PrinterConfig
 from printfarmd.core import retry as retry_rules
@@ -37,8 +37,7 @@ START_GRACE = 3.0
 STRAY_STOP_INTERVAL = 10.0
 
 
-@attrs.frozen
-class Now:
+class Now(msgspec.Struct, frozen=True):
     """The time of an input: ``wall`` (UTC Unix seconds, stored) and ``mono`` (trio's
     monotonic clock, for timers and the watchdog)."""
 
@@ -46,8 +45,7 @@ class Now:
     mono: float
 
 
-@attrs.frozen
-class Settings:
+class Settings(msgspec.Struct, frozen=True):
     """Runtime-tunable settings (``PUT /api/orchestrator/config``), persisted."""
 
     max_retries: int = 3
@@ -76,8 +74,7 @@ def capabilities_of(config: PrinterConfig) -> Capabilities:
     )
 
 
-@attrs.frozen
-class Slot:
+class Slot(msgspec.Struct, frozen=True):
     """One printer as the farm sees it (an immutable value; changes make a new one).
 
     Three kinds of field:
@@ -125,7 +122,7 @@ class Slot:
     loaded_colours: tuple[str, ...] = ()
     #: (issue 16, stored) Use since the last recorded maintenance, and why it is due
     #: (``due``: a threshold was crossed at ``due_at``; cleared by recorded maintenance).
-    counters: Counters = attrs.field(factory=Counters)
+    counters: Counters = msgspec.field(default_factory=Counters)
     due: str | None = None
     due_at: float | None = None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-import attrs
+import msgspec
 
 from printfarmd.config import Config, PrinterConfig
 
@@ -16,8 +16,7 @@ from printfarmd.config import Config, PrinterConfig
 DEFAULT_POWER_GROUP = "default"
 
 
-@attrs.frozen
-class SpoolInfo:
+class SpoolInfo(msgspec.Struct, frozen=True):
     """What the farm knows of one Spoolman spool (as last read, and stored).
 
     ``remaining`` is Spoolman's remaining weight in grams (``None``: Spoolman does not
@@ -37,8 +36,7 @@ class SpoolInfo:
     updated_at: float = 0.0
 
 
-@attrs.frozen
-class PendingUsage:
+class PendingUsage(msgspec.Struct, frozen=True):
     """Usage the farm owes Spoolman (an outbox row not yet confirmed)."""
 
     key: str
@@ -46,8 +44,7 @@ class PendingUsage:
     grams: float
 
 
-@attrs.frozen
-class Counters:
+class Counters(msgspec.Struct, frozen=True):
     """Use of a printer since its last recorded maintenance."""
 
     print_seconds: float = 0.0
@@ -61,16 +58,14 @@ class Counters:
         return self.print_seconds / 3600.0
 
 
-@attrs.frozen
-class GroupLimit:
+class GroupLimit(msgspec.Struct, frozen=True):
     """At most ``max_starts`` starts within ``window`` seconds (``max_starts`` 0: none)."""
 
     max_starts: int = 0
     window: float = 60.0
 
 
-@attrs.frozen
-class Policy:
+class Policy(msgspec.Struct, frozen=True):
     """The upkeep rules from the configuration (constant while the daemon runs)."""
 
     spoolman: bool = False
