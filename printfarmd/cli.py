@@ -729,8 +729,14 @@ _CONFIG_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse tree; each leaf sets ``handler`` to one of the ``cmd_*`` functions."""
+def build_parser(*, serve_only: bool = False) -> argparse.ArgumentParser:
+    """The argparse tree; each leaf sets ``handler`` to one of the ``cmd_*`` functions.
+
+    ``serve_only``: the same tree with the ``serve`` command alone, for a command line
+    that starts with ``serve`` (issue 17: the other ~20 commands' parsers took ~15 ms of
+    every start, most of it argparse translating their help texts). ``serve``'s options,
+    help and usage errors are the same either way.
+    """
     parser = argparse.ArgumentParser(
         prog="printfarmd",
         description="The brain of a hobby 3D-print farm: one durable job queue, many printers.",
@@ -754,6 +760,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         help="log line format (default: logging.format from the config)",
     )
+    if serve_only:
+        return parser
 
     init = command(commands, "init", cmd_init, "write a starter config with a fresh API key")
     init.add_argument(
@@ -970,9 +978,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script's ``main``)."""
-    parser = build_parser()
+    given = sys.argv[1:] if argv is None else argv
+    parser = build_parser(serve_only=given[:1] == ["serve"])
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(given)
     except SystemExit as exc:  # --help, --version and usage errors
         if exc.code is None:
             return EXIT_OK

@@ -1,4 +1,7 @@
-"""Configuration: attrs classes read from TOML through one cattrs converter.
+"""Configuration: attrs classes read from TOML, strictly.
+
+A valid file is read by the quick reader here; one it cannot vouch for is read again by
+the cattrs converter (``config_cattrs``), which reports every problem.
 
 Unknown keys are rejected and every error names the dotted key, e.g.
 ``printers[2].nozzle_diameter: expected a number``.
@@ -10,7 +13,6 @@ Unknown keys are rejected and every error names the dotted key, e.g.
 
 import contextlib
 import datetime
-import difflib
 import enum
 import functools
 import ipaddress
@@ -26,15 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
 import tomli_w
-from cattrs.errors import (
-    ClassValidationError,
-    ForbiddenExtraKeysError,
-    IterableValidationError,
-    IterableValidationNote,
-)
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from printfarmd.errors import ConfigError
 
@@ -619,99 +613,79 @@ def _is_tuple(tp: Any) -> bool:
     return typing.get_origin(tp) is tuple
 
 
-def _tuple_hook(tp: Any, converter: cattrs.Converter) -> Callable[[object, type], tuple[Any, ...]]:
-    """Structure a TOML array into ``tuple[X, ...]`` or a fixed ``tuple[X, Y, Z]``.
-
-    Only real arrays are accepted: cattrs would otherwise happily turn the string
-    ``"PLA"`` into ``("P", "L", "A")``. Element errors carry the index as a note, so
-    they read ``printers[0].bed_size[1]: ...``.
-    """
-    args = typing.get_args(tp)
-    fixed: int | None
-    if len(args) == 2 and args[1] is Ellipsis:
-        fixed, element_types = None, [args[0]]
-    else:
-        fixed, element_types = len(args), list(args)
-    plural = _PLURAL_NAMES.get(element_types[0], "values")
-
-    def structure(value: object, _: type) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise _expected("an array", value)
-        if fixed is not None and len(value) != fixed:
-            raise _Invalid(f"expected an array of {fixed} {plural}, got {len(value)} items")
-        result: list[Any] = []
-        errors: list[Exception] = []
-        for index, item in enumerate(value):
-            element_type = element_types[index] if fixed is not None else element_types[0]
-            try:
-                result.append(converter.structure(item, element_type))
-            except Exception as exc:
-                exc.add_note(IterableValidationNote(f"index {index}", index, element_type))
-                errors.append(exc)
-        if errors:
-            raise IterableValidationError("invalid array", errors, tp)
-        return tuple(result)
-
-    return structure
+# The quick reader (issue 17): TOML data that is right to the config classes, with the
+# same scalar rules as the cattrs converter (the hooks above) but without importing
+# cattrs or generating its structuring code (~45 ms of every start). It never words an
+# error: anything it is not sure of, it hands to cattrs, which decides and reports
+# (``tests/test_config_quick.py`` holds it to cattrs' answers).
 
 
-def _internal_overrides(cls: type) -> dict[str, Any]:
-    """Fields marked ``metadata={"internal": True}`` are never read from or written to TOML."""
-    return {
-        field.name: override(omit=True)
-        for field in attrs.fields(cls)
-        if field.metadata.get("internal")
-    }
+class _NotSure(Exception):
+    """The quick reader gives up; the cattrs converter reads the data instead."""
 
 
-def _attrs_structure_hook(cls: type, converter: cattrs.Converter) -> Callable[[object, type], Any]:
-    inner: Callable[[Mapping[str, Any], Any], Any] = make_dict_structure_fn(
-        cls, converter, **_internal_overrides(cls)
+_QUICK_SCALARS: dict[Any, Callable[[object, type], Any]] = {
+    int: _structure_int,
+    float: _structure_float,
+    str: _structure_str,
+    bool: _structure_bool,
+}
+
+
+def _quick(value: object, tp: Any) -> Any:
+    scalar = _QUICK_SCALARS.get(tp)
+    if scalar is not None:
+        return scalar(value, tp)
+    if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
+        return _structure_enum(value, tp)
+    if tp is Path and isinstance(value, str):
+        return Path(value)
+    if isinstance(tp, type) and attrs.has(tp):
+        return _quick_class(value, tp)
+    if _is_tuple(tp) and isinstance(value, list):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_quick(item, args[0]) for item in value)
+        if len(args) == len(value):
+            return tuple(_quick(item, arg) for item, arg in zip(value, args, strict=True))
+    raise _NotSure
+
+
+@functools.cache
+def _quick_fields(cls: type) -> tuple[frozenset[str], tuple[tuple[str, str, Any, bool], ...]]:
+    """The settable keys of ``cls``, and ``(key, init argument, type, required)`` of each."""
+    fields = tuple(
+        (f.name, f.alias, f.type, f.default is attrs.NOTHING)
+        for f in attrs.fields(cls)
+        if not f.metadata.get("internal")
     )
-
-    def structure(value: object, _: type) -> Any:
-        if not isinstance(value, dict):
-            raise _expected("a table", value)
-        return inner(value, cls)
-
-    return structure
+    return frozenset(key for key, *_ in fields), fields
 
 
-def _attrs_unstructure_hook(cls: type, converter: cattrs.Converter) -> Callable[[Any], Any]:
-    return make_dict_unstructure_fn(cls, converter, **_internal_overrides(cls))
+def _quick_class(value: object, cls: type) -> Any:
+    if not isinstance(value, dict):
+        raise _NotSure
+    keys, fields = _quick_fields(cls)
+    if not value.keys() <= keys:
+        raise _NotSure  # an unknown key
+    kwargs: dict[str, Any] = {}
+    for key, argument, tp, required in fields:
+        if key in value:
+            kwargs[argument] = _quick(value[key], tp)
+        elif required:
+            raise _NotSure
+    return cls(**kwargs)
 
 
-def _tuple_unstructure_hook(tp: Any, converter: cattrs.Converter) -> Callable[[Any], list[Any]]:
-    # TOML has arrays, not tuples: emit lists so the data is TOML-native and round-trips.
-    def unstructure(value: tuple[Any, ...]) -> list[Any]:
-        return [converter.unstructure(item) for item in value]
+def _structure(data: Mapping[str, Any]) -> "Config":
+    """``data`` as a ``Config``, or ``ConfigError`` with a line for every wrong key."""
+    try:
+        return typing.cast(Config, _quick_class(dict(data), Config))
+    except Exception:  # noqa: S110 - not sure (or wrong): cattrs decides and words it
+        pass
+    from printfarmd import config_cattrs
 
-    return unstructure
-
-
-def _enum_value(member: enum.StrEnum) -> str:
-    return member.value
-
-
-def _make_converter() -> cattrs.Converter:
-    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    converter.register_structure_hook(int, _structure_int)
-    converter.register_structure_hook(float, _structure_float)
-    converter.register_structure_hook(str, _structure_str)
-    converter.register_structure_hook(bool, _structure_bool)
-    # Registered on the StrEnum base, which singledispatch prefers to ``str`` for
-    # subclasses: a StrEnum field must not fall through to the plain string hook.
-    converter.register_structure_hook(enum.StrEnum, _structure_enum)
-    converter.register_structure_hook_factory(_is_tuple, _tuple_hook)
-    converter.register_structure_hook_factory(attrs.has, _attrs_structure_hook)
-    converter.register_unstructure_hook_factory(attrs.has, _attrs_unstructure_hook)
-    converter.register_unstructure_hook_factory(_is_tuple, _tuple_unstructure_hook)
-    converter.register_unstructure_hook(enum.StrEnum, _enum_value)
-    return converter
-
-
-#: The one converter between TOML data and the config classes.
-CONVERTER = _make_converter()
+    return config_cattrs.structure(data)
 
 
 def _quote(text: str) -> str:
@@ -723,38 +697,6 @@ def _quote(text: str) -> str:
 def _join(path: str, key: str) -> str:
     part = key if _BARE_KEY_RE.fullmatch(key) else _quote(key)
     return f"{path}.{part}" if path else part
-
-
-def _settable_names(cls: type) -> list[str]:
-    return [field.name for field in attrs.fields(cls) if not field.metadata.get("internal")]
-
-
-def _error_lines(exc: BaseException, path: str) -> Iterator[str]:
-    """Walk cattrs' exception groups and their notes into ``dotted.key: message`` lines."""
-    if isinstance(exc, ClassValidationError):
-        with_notes, without = exc.group_exceptions()
-        for sub, attribute_note in with_notes:
-            yield from _error_lines(sub, _join(path, attribute_note.name))
-        for sub in without:
-            yield from _error_lines(sub, path)
-    elif isinstance(exc, IterableValidationError):
-        with_index, without = exc.group_exceptions()
-        for sub, index_note in with_index:
-            yield from _error_lines(sub, f"{path}[{index_note.index}]")
-        for sub in without:
-            yield from _error_lines(sub, path)
-    elif isinstance(exc, ForbiddenExtraKeysError):
-        allowed = _settable_names(exc.cl)
-        for key in sorted(exc.extra_fields):
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            yield f"{_join(path, key)}: unknown key{hint}"
-    elif isinstance(exc, KeyError):
-        yield f"{path}: required"
-    elif isinstance(exc, _Invalid):
-        yield f"{path or '(top level)'}: {exc.message}"
-    else:
-        yield f"{path or '(top level)'}: invalid value ({exc})"
 
 
 def _normalize(config: Config) -> Config:
@@ -1209,10 +1151,7 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path(".")) -> 
     unknown keys (``base_dir`` included: it is not a TOML key), missing required keys, then
     the semantic rules of ``validate_config``.
     """
-    try:
-        config = CONVERTER.structure(dict(data), Config)
-    except (ClassValidationError, _Invalid) as exc:
-        raise ConfigError("\n".join(_error_lines(exc, ""))) from exc
+    config = _structure(data)
     config = attrs.evolve(_normalize(config), base_dir=base_dir)
     validate_config(config)
     return _with_state_dirs(config)
@@ -1250,6 +1189,8 @@ def dump_config(config: Config) -> str:
 
     ``config_from_dict(tomllib.loads(dump_config(c)))`` equals ``c`` up to ``base_dir``.
     """
+    from printfarmd.config_cattrs import CONVERTER
+
     return tomli_w.dumps(CONVERTER.unstructure(config, Config))
 
 
@@ -1263,6 +1204,8 @@ def starter_config(api_key_hash: str) -> dict[str, Any]:
             PrinterConfig(id="sim-2", name="Simulated printer 2", materials=("PLA", "PETG")),
         ),
     )
+    from printfarmd.config_cattrs import CONVERTER
+
     data: dict[str, Any] = CONVERTER.unstructure(config, Config)
     del data["server"]["api_key"]  # only the hash is stored
     return data

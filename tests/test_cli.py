@@ -627,3 +627,61 @@ def test_every_command_is_documented() -> None:
     for command in commands:
         assert f"## {command}\n" in doc, f"docs/cli.md has no section for {command!r}"
         assert f"printfarmd {command}" in doc, f"docs/cli.md has no example of {command!r}"
+
+
+# ------------------------------------------------- issue 17: serve's parser alone
+
+SERVE_LINES = (
+    ["serve"],
+    ["serve", "--config", "farm.toml", "--log-format", "json"],
+    ["serve", "--help"],
+    ["serve", "--log-format", "xml"],
+    ["serve", "--bogus"],
+    ["serve", "extra"],
+)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str], capsys: Any) -> object:
+    """What parsing ``argv`` gives: the options, or the exit code and what was printed."""
+    try:
+        found = vars(parser.parse_args(argv))
+    except SystemExit as exc:
+        out = capsys.readouterr()
+        return ("exit", exc.code, out.out, out.err)
+    return found
+
+
+@pytest.mark.parametrize("argv", SERVE_LINES, ids=" ".join)
+def test_serve_parses_helps_and_refuses_the_same_with_its_parser_alone(
+    argv: list[str], capsys: Any
+) -> None:
+    full = _parse(build_parser(), argv, capsys)
+    alone = _parse(build_parser(serve_only=True), argv, capsys)
+    assert alone == full
+
+
+def test_a_serve_command_line_builds_the_serve_parser_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[str] = []
+    real_init = argparse.ArgumentParser.__init__
+
+    def counting(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        made.append(self.prog)
+
+    seen: list[argparse.Namespace] = []
+
+    def fake_serve(args: argparse.Namespace, out: object) -> int:
+        seen.append(args)
+        return 0
+
+    monkeypatch.setattr(argparse.ArgumentParser, "__init__", counting)
+    monkeypatch.setattr("printfarmd.cli.cmd_serve", fake_serve)
+    assert main(["serve", "--config", "farm.toml"]) == 0
+    assert made == ["printfarmd", "printfarmd serve"]
+    assert seen[0].config == Path("farm.toml")
+    # Any other command line gets the whole tree, serve included.
+    made.clear()
+    assert main(["check-config", "--help"]) == 0
+    assert "printfarmd serve" in made and len(made) > 10

@@ -1,10 +1,11 @@
 """Issue 17: ``printfarmd serve`` imports nothing the first request does not need.
 
-The heavy libraries (httpx and, through it, rich; Pillow; paho-mqtt; sqlite-utils) are
-imported only when a command, a webhook, Spoolman, a photo, an MQTT broker or a table
-listing needs them. A fresh interpreter imports what ``serve`` imports (the CLI, the
-daemon, the app with every blueprint) and reports which of them got in; another runs the
-real command line until ``serve`` finds its port taken."""
+The heavy libraries (httpx and, through it, rich; Pillow; paho-mqtt; sqlite-utils;
+cattrs) are imported only when a command, a webhook, Spoolman, a photo, an MQTT broker, a
+table listing, or a config that is wrong or being written needs them. A fresh interpreter
+imports what ``serve`` imports (the CLI, the daemon, the app with every blueprint) and
+reports which of them got in; another runs the real command line until ``serve`` finds
+its port taken."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ from pathlib import Path
 from tests.conftest import REPO, make_config, sim_printer, write_config
 
 #: Loaded lazily: none of these may be imported by the start-up path.
-LAZY = ("httpx", "rich", "PIL", "paho", "sqlite_utils", "multipart", "python_multipart")
+LAZY = (
+    "httpx",
+    "rich",
+    "PIL",
+    "paho",
+    "sqlite_utils",
+    "multipart",
+    "python_multipart",
+    "cattrs",
+)
 
 PROBE = f"""
 import json, sys
