@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
-import attrs
 import msgspec
 
 #: (method, rule) pairs that answer without a key. Keep this list short.
@@ -287,8 +286,7 @@ FORGET_AFTER = 900.0
 TRACKED_MAX = 4096
 
 
-@attrs.define
-class _Failures:
+class _Failures(msgspec.Struct):
     count: int = 0
     last: float = 0.0
     blocked_until: float = 0.0

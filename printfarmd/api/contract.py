@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
+import msgspec
 
 from printfarmd.errors import BadRequest, ValidationFailed
 
@@ -42,8 +43,7 @@ T = TypeVar("T")
 NO_NUL = "^[^\\u0000]*$"
 
 
-@attrs.frozen
-class Limits:
+class Limits(msgspec.Struct, frozen=True):
     """Bounds that come from the config, not from the code."""
 
     max_priority: int = 100
@@ -60,7 +60,7 @@ def _bound(b: Bound, limits: Limits) -> Any:
 # ---------------------------------------------------------------- value specs
 
 
-class Spec:
+class Spec(msgspec.Struct, frozen=True):
     """What one JSON value must be: ``check`` converts or raises, ``schema`` documents."""
 
     def check(self, key: str, value: Any, limits: Limits) -> Any:
@@ -74,8 +74,7 @@ class Spec:
         raise NotImplementedError
 
 
-@attrs.frozen
-class Text(Spec):
+class Text(Spec, frozen=True):
     """A string of at most ``max_len`` characters, no NUL. ``pattern`` (with the message
     ``mismatch``) is checked (422); ``doc`` replaces the documented schema (the handler
     may judge more, e.g. file names by the containment check)."""
@@ -116,8 +115,7 @@ def _matches(pattern: str, value: str) -> bool:
     return re.search(pattern, value) is not None
 
 
-@attrs.frozen
-class Integer(Spec):
+class Integer(Spec, frozen=True):
     """An integer in ``[lo, hi]``; JSON has one number type, so ``3.0`` is the integer 3
     (as JSON Schema says) and ``3.5`` is not."""
 
@@ -145,8 +143,7 @@ class Integer(Spec):
         return _bound(self.lo, limits)
 
 
-@attrs.frozen
-class Number(Spec):
+class Number(Spec, frozen=True):
     """A finite number in ``[lo, hi]``."""
 
     lo: float
@@ -170,8 +167,7 @@ def _num(x: float) -> int | float:
     return int(x) if float(x).is_integer() else x
 
 
-@attrs.frozen
-class Boolean(Spec):
+class Boolean(Spec, frozen=True):
     def check(self, key: str, value: Any, limits: Limits) -> Any:
         if not isinstance(value, bool):
             raise BadRequest(f"{key}: expected true or false")
@@ -202,8 +198,7 @@ def iso_seconds(text: str) -> float | None:
     return when.timestamp()
 
 
-@attrs.frozen
-class Time(Spec):
+class Time(Spec, frozen=True):
     """A UTC time: Unix seconds (a number) or ISO-8601 (``Z`` or an offset; naive means
     UTC), as Unix seconds. 400 for another type or an unreadable text, 422 out of range."""
 
@@ -240,8 +235,7 @@ class Time(Spec):
         return 1782943200  # 2026-07-01T22:00:00Z
 
 
-@attrs.frozen
-class TextList(Spec):
+class TextList(Spec, frozen=True):
     """At most ``max_items`` strings of 1 to ``item_max`` characters, no NUL."""
 
     max_items: int
@@ -269,8 +263,7 @@ class TextList(Spec):
         return ["x"]
 
 
-@attrs.frozen
-class NumberList(Spec):
+class NumberList(Spec, frozen=True):
     """Numbers in ``[lo, hi]``: exactly ``exact`` of them (a point: ``min_bed``), or 1 to
     ``max_items`` (a series: ``retry_backoff``)."""
 
@@ -315,8 +308,7 @@ class NumberList(Spec):
 _SPEC = "printfarmd.spec"
 
 
-@attrs.frozen
-class Field:
+class Field(msgspec.Struct, frozen=True):
     name: str
     spec: Spec
     required: bool
@@ -438,8 +430,7 @@ def example_body(shape: type[Any], limits: Limits = DEFAULT_LIMITS) -> dict[str,
 # ---------------------------------------------------------------- response objects
 
 
-@attrs.frozen
-class Prop:
+class Prop(msgspec.Struct, frozen=True):
     """One property of a response object: its schema, how to read it, whether it is
     always present."""
 

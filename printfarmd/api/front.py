@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl
 
-import attrs
+import msgspec
 import orjson
 import trio
 
@@ -117,8 +117,7 @@ def client_of(scope: Any) -> str | None:
 # ---------------------------------------------------------------- request facts
 
 
-@attrs.define(slots=True)
-class Headers:
+class Headers(msgspec.Struct):
     """The request headers the front reads, each the first of its name (latin-1, as
     werkzeug decodes them), and whether the request declares a body (``Content-Length``
     or ``Transfer-Encoding``, even an empty one)."""
@@ -209,11 +208,10 @@ _CONFIG_PUBLIC = PublicRoutes(CONFIG_PUBLIC_ROUTES)
 # ---------------------------------------------------------------- event streams
 
 
-@attrs.define(eq=False)
-class StreamControl:
+class StreamControl(msgspec.Struct, eq=False):
     """Ends one HTTP response early (its connection is closed). Safe to call from any task."""
 
-    _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _scope: trio.CancelScope = msgspec.field(default_factory=trio.CancelScope)
 
     def abort(self) -> None:
         """End the response now (not a checkpoint)."""
@@ -241,14 +239,13 @@ def _is_event_stream(headers: Any) -> bool:
     return False
 
 
-@attrs.define(eq=False)
-class _Writer:
+class _Writer(msgspec.Struct, eq=False):
     """Sends messages to hypercorn one at a time, in a task that may block for good."""
 
     _send: Send
     _tx: trio.MemorySendChannel[Message]
     _rx: trio.MemoryReceiveChannel[Message]
-    done: trio.Event = attrs.field(factory=trio.Event)
+    done: trio.Event = msgspec.field(default_factory=trio.Event)
 
     @classmethod
     def around(cls, send: Send) -> _Writer:
@@ -278,8 +275,7 @@ class _Writer:
             self.done.set()
 
 
-@attrs.define(eq=False)
-class _Streamer:
+class _Streamer(msgspec.Struct, eq=False):
     """Writes one event stream: the response start, then each chunk ``source`` yields,
     straight to the server from this task (no per-chunk hop through the request's task),
     then the end. The request's task only waits for ``done`` (cancellable: an abort ends
@@ -288,9 +284,9 @@ class _Streamer:
     _send: Send
     _start: Message
     _source: AsyncIterator[bytes]
-    done: trio.Event = attrs.field(factory=trio.Event)
+    done: trio.Event = msgspec.field(default_factory=trio.Event)
     #: Cancelled when the client hangs up (``stop``): an idle stream ends at once.
-    _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    _scope: trio.CancelScope = msgspec.field(default_factory=trio.CancelScope)
 
     def stop(self) -> None:
         self._scope.cancel()

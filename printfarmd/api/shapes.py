@@ -57,8 +57,7 @@ FILLED = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
 MAX_SPOOL_ID = 2**31 - 1
 
 
-@attrs.frozen
-class Colour(Spec):
+class Colour(Spec, frozen=True):
     """A filament colour, ``#RRGGBB`` (the ``#`` optional, any case), read as
     ``#RRGGBB`` upper-case."""
 

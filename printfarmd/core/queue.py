@@ -20,7 +20,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator
 
-import attrs
 import msgspec
 
 from printfarmd.core.routing import Requirements, can_print, requirements_of
@@ -46,17 +45,15 @@ class QueueStatistics(msgspec.Struct, frozen=True):
     stale_items: int
 
 
-@attrs.define
-class _Entry:
+class _Entry(msgspec.Struct):
     job: Job
     req: Requirements
     item: _Item
 
 
-@attrs.define
-class _ClassHeap:
+class _ClassHeap(msgspec.Struct):
     req: Requirements
-    heap: list[_Item] = attrs.field(factory=list)
+    heap: list[_Item] = msgspec.field(default_factory=list)
     live: int = 0
     stale: int = 0
 

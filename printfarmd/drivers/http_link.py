@@ -10,8 +10,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import attrs
 import httpx
+import msgspec
 import orjson
 import trio
 
@@ -164,8 +164,7 @@ def json_body(response: httpx.Response, path: str) -> Any:
         raise DriverError(f"{path}: the answer is not JSON") from None
 
 
-@attrs.define
-class LinkHealth:
+class LinkHealth(msgspec.Struct):
     """Failures in a row and whether the printer is shown offline.
 
     Before the first good answer any failure means offline; afterwards only

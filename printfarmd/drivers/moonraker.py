@@ -38,6 +38,7 @@ from urllib.parse import quote, urlsplit
 
 import attrs
 import httpx
+import msgspec
 import orjson
 import trio
 import trio_websocket
@@ -86,12 +87,13 @@ def backoff_delays(initial: float, cap: float) -> Any:
         delay = min(delay * 2, cap)
 
 
-@attrs.define
-class _Pending:
+class _Pending(msgspec.Struct):
     """Outstanding JSON-RPC requests on one websocket, by id."""
 
-    waiting: dict[int, tuple[trio.Event, list[ks.RpcResponse]]] = attrs.field(factory=dict)
-    ids: Any = attrs.field(factory=lambda: itertools.count(1))
+    waiting: dict[int, tuple[trio.Event, list[ks.RpcResponse]]] = msgspec.field(
+        default_factory=dict
+    )
+    ids: Any = msgspec.field(default_factory=lambda: itertools.count(1))
 
     def open(self) -> tuple[int, trio.Event, list[ks.RpcResponse]]:
         rid = next(self.ids)

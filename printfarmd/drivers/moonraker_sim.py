@@ -40,6 +40,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import attrs
+import msgspec
 import orjson
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -69,8 +70,7 @@ class SimError(Exception):
         self.message = message
 
 
-@attrs.define
-class SimKlipper:
+class SimKlipper(msgspec.Struct):
     """The Klipper side: print state on the trio clock. Mutated only inside trio."""
 
     print_time: float = 20.0
@@ -86,12 +86,12 @@ class SimKlipper:
     #: between, pauses included; ``print_duration`` only the time spent printing.
     started_at: float | None = None
     ended_at: float | None = None
-    files: dict[str, bytes] = attrs.field(factory=dict)
+    files: dict[str, bytes] = msgspec.field(default_factory=dict)
     #: Every file ``printer.print.start`` started, in order.
-    started: list[str] = attrs.field(factory=list)
+    started: list[str] = msgspec.field(default_factory=list)
     #: How many times ``printer.emergency_stop`` was called.
     emergency_stops: int = 0
-    gcode: list[str] = attrs.field(factory=list)
+    gcode: list[str] = msgspec.field(default_factory=list)
 
     def progress(self, now: float) -> float:
         if self.since is None:

@@ -54,6 +54,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import attrs
+import msgspec
 import orjson
 import trio
 from hypercorn.config import Config as HyperConfig
@@ -169,14 +170,12 @@ def estimated_seconds(data: bytes) -> float | None:
     return float(total) if total > 0 else None
 
 
-@attrs.define
-class SimFile:
+class SimFile(msgspec.Struct):
     data: bytes
     m_timestamp: int
 
 
-@attrs.define
-class SimPrusa:
+class SimPrusa(msgspec.Struct):
     """The printer side, on the trio clock. Mutated only inside trio."""
 
     time_scale: float = 1.0
@@ -191,11 +190,13 @@ class SimPrusa:
     base: float = 0.0
     since: float | None = None
     last_job: int = 100
-    storages: dict[str, bool] = attrs.field(factory=lambda: {"local": False, "sdcard": True})
+    storages: dict[str, bool] = msgspec.field(
+        default_factory=lambda: {"local": False, "sdcard": True}
+    )
     #: (storage, path) -> file. ``storages`` maps a storage name to read-only.
-    files: dict[tuple[str, str], SimFile] = attrs.field(factory=dict)
+    files: dict[tuple[str, str], SimFile] = msgspec.field(default_factory=dict)
     #: Every file printed, as "/storage/path", in order.
-    printed: list[str] = attrs.field(factory=list)
+    printed: list[str] = msgspec.field(default_factory=list)
 
     def progress(self, now: float) -> float:
         if self.since is None:

@@ -23,6 +23,7 @@ import struct
 import zlib
 
 import attrs
+import msgspec
 import trio
 
 from printfarmd.config import SimulatorOptions
@@ -51,8 +52,7 @@ _START_COLOUR = (200, 60, 40)
 _DONE_COLOUR = (40, 180, 60)
 
 
-@attrs.define
-class _Print:
+class _Print(msgspec.Struct):
     """One print in progress. Progress is piecewise linear in trio time.
 
     While running, progress is ``base + (now - since) * rate``; while frozen (paused
@@ -71,7 +71,7 @@ class _Print:
     fails: bool
     base: float
     since: float | None
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    scope: trio.CancelScope = msgspec.field(default_factory=trio.CancelScope)
     paused: bool = False
     hung: bool = False
 

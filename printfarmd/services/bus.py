@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-import attrs
 import msgspec
 import trio
 
@@ -37,8 +36,7 @@ class BusStatistics(msgspec.Struct, frozen=True):
     dropped_subscribers: int
 
 
-@attrs.define(eq=False)
-class Subscription:
+class Subscription(msgspec.Struct, eq=False):
     """One subscriber: iterate ``receive_channel``; it ends if the subscriber is dropped.
 
     ``on_end`` (optional) is called, synchronously and at most once, when the *bus*

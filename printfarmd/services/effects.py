@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import trio
 
 from printfarmd import faults
@@ -48,13 +48,12 @@ def facts_of(meta: GcodeMeta, *, model: bool = False) -> i.FileFacts:
     )
 
 
-@attrs.define
-class Outcomes:
+class Outcomes(msgspec.Struct):
     """What the printers told to do something for one command answered: printer id ->
     ``None`` (done) or the error message. ``arrived`` is set at every answer."""
 
-    results: dict[str, str | None] = attrs.field(factory=dict)
-    arrived: trio.Event = attrs.field(factory=trio.Event)
+    results: dict[str, str | None] = msgspec.field(default_factory=dict)
+    arrived: trio.Event = msgspec.field(default_factory=trio.Event)
 
     async def wait_for(self, printers: Sequence[str]) -> None:
         """Until every one of ``printers`` answered (the caller bounds the wait)."""

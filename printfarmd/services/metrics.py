@@ -10,7 +10,6 @@ import gc
 import math
 from collections.abc import Mapping
 
-import attrs
 import msgspec
 
 from printfarmd.models import JobState, PrinterState
@@ -19,15 +18,14 @@ from printfarmd.models import JobState, PrinterState
 LATENCY_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 14400, 86400)
 
 
-@attrs.define
-class FarmCounters:
+class FarmCounters(msgspec.Struct):
     """Monotonic counters since start; not persisted (Prometheus handles resets)."""
 
     retries: int = 0
     watchdog_actions: int = 0
     dispatch_count: int = 0
     dispatch_sum: float = 0.0
-    dispatch_buckets: list[int] = attrs.field(factory=lambda: [0] * len(LATENCY_BUCKETS))
+    dispatch_buckets: list[int] = msgspec.field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
 
     def observe_dispatch(self, seconds: float) -> None:
         """Record one job's wait in the queue (negative waits, from clock jumps, count 0)."""

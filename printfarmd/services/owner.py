@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import attrs
 import msgspec
 import trio
 
@@ -92,8 +91,7 @@ def _is_resync(inp: i.Input) -> bool:
     return isinstance(inp, i.SharedChanges) and inp.resync
 
 
-@attrs.define(eq=False)
-class _Envelope:
+class _Envelope(msgspec.Struct, eq=False):
     input: i.Input
     done: trio.Event | None = None
     value: Any = None

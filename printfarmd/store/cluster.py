@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import msgspec
 import orjson
 
@@ -56,8 +55,7 @@ ORDER_LOCK = 0x70F4_2020
 _NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
 
 
-@attrs.define
-class Membership:
+class Membership(msgspec.Struct):
     """This daemon in the cluster: its node id and the lease epoch it acts under (0:
     not joined, nothing may be written)."""
 

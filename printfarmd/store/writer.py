@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-import attrs
 import msgspec
 import trio
 
@@ -36,10 +35,9 @@ class StoreStatistics(msgspec.Struct, frozen=True):
     max_batch: int
 
 
-@attrs.define
-class _Unit(Generic[T]):
+class _Unit(msgspec.Struct, Generic[T]):
     fn: Callable[[Conn], T]
-    done: trio.Event = attrs.field(factory=trio.Event)
+    done: trio.Event = msgspec.field(default_factory=trio.Event)
     result: T | None = None
     error: BaseException | None = None
 

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
 import msgspec
 import trio
 
@@ -203,8 +202,7 @@ def read_files(
     )
 
 
-@attrs.define
-class ProcStats:
+class ProcStats(msgspec.Struct):
     """The sampler behind ``machine.proc_stats`` and the once-a-second notification."""
 
     proc: Path = Path("/proc")
@@ -212,12 +210,12 @@ class ProcStats:
     wall: Callable[[], float] = time.time
     process_time: Callable[[], float] = time.process_time
     _last: Reading | None = None
-    _samples: collections.deque[dict[str, Any]] = attrs.field(
-        factory=lambda: collections.deque(maxlen=QUEUE_SIZE)
+    _samples: collections.deque[dict[str, Any]] = msgspec.field(
+        default_factory=lambda: collections.deque(maxlen=QUEUE_SIZE)
     )
-    _cpu: dict[str, float] = attrs.field(factory=dict)
-    _network: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _cpu: dict[str, float] = msgspec.field(default_factory=dict)
+    _network: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    _lock: trio.Lock = msgspec.field(default_factory=trio.Lock)
 
     async def sample(self) -> None:
         """Take a sample unless one was taken within ``MIN_SAMPLE_GAP``. Checkpoint."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import msgspec
 import orjson
 
@@ -35,8 +34,7 @@ class Raw(msgspec.Struct, frozen=True):
         return b"".join([before, *self.pieces, after])
 
 
-@attrs.define
-class Caller:
+class Caller(msgspec.Struct):
     """Who is calling: the facade, the peer address, and the websocket connection (if any)."""
 
     facade: Facade

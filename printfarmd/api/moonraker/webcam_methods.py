@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
-import attrs
+import msgspec
 import trio
 from quart import has_request_context, has_websocket_context, request, websocket
 
@@ -48,11 +48,10 @@ def snapshot_url(base: str, secret: bytes, printer_id: str, now: float) -> str:
     )
 
 
-@attrs.define
-class CameraProbe:
+class CameraProbe(msgspec.Struct):
     """Which printers have a camera (``snapshot()`` gives an image), cached."""
 
-    _known: dict[str, tuple[bool, float]] = attrs.field(factory=dict)
+    _known: dict[str, tuple[bool, float]] = msgspec.field(default_factory=dict)
 
     async def with_cameras(self, drivers: dict[str, Any]) -> list[str]:
         """The ids (in ``drivers`` order) of the printers that have a camera. Asks the

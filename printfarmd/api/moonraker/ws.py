@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 import trio
 from quart import Response, websocket
@@ -61,8 +61,7 @@ QUEUE_EVENT_TYPES = frozenset(
 HISTORY_EVENT_TYPES = frozenset({"history.deleted", "history.totals_reset"})
 
 
-@attrs.define(eq=False)
-class Connection:
+class Connection(msgspec.Struct, eq=False):
     id: int
     peer: str | None
     authenticated: bool
@@ -70,11 +69,11 @@ class Connection:
     cancel: trio.CancelScope
     client_name: str = ""
     busy: bool = False
-    idle: trio.Event = attrs.field(factory=trio.Event)
+    idle: trio.Event = msgspec.field(default_factory=trio.Event)
     #: Called ``server.connection.identify`` (gets the once-a-second process statistics).
     identified: bool = False
     #: Printer objects of its last ``printer.objects.subscribe``.
-    subscribed: set[str] = attrs.field(factory=set)
+    subscribed: set[str] = msgspec.field(default_factory=set)
     #: Frames handed to the writer and not yet sent (an answer waits behind them).
     unsent: int = 0
 
