@@ -36,8 +36,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
+import msgspec
 import psycopg
 import trio
 
@@ -54,10 +54,14 @@ def start_daemon(folder: Path, backend: str, dsn: str) -> DaemonProcess:
     printers = tuple(sim_printer(f"sim-{k}", ("PLA",), speed=3000.0) for k in range(1, 5))
     config = make_config(folder, printers, port=free_port(), dispatch_paused=True)
     if backend != "sqlite":
-        storage = attrs.evolve(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn)
-        config = attrs.evolve(config, storage=storage)
+        storage = msgspec.structs.replace(
+            config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn
+        )
+        config = msgspec.structs.replace(config, storage=storage)
     if backend == "cluster":
-        config = attrs.evolve(config, server=attrs.evolve(config.server, node_id="bench-1"))
+        config = msgspec.structs.replace(
+            config, server=msgspec.structs.replace(config.server, node_id="bench-1")
+        )
     path = write_config(config, folder / "farm.toml")
     d = DaemonProcess(path, config.server.port, folder / "daemon.log")
     d.start(timeout=60)

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
+import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
@@ -47,12 +47,14 @@ from printfarmd.config import SchedulerConfig, SimulatorOptions
 def _farm(root: Path, printers: int) -> Any:
     cfg = farm_config(root, printers=printers, port=free_port(), dispatch_paused=False)
     sims = tuple(
-        attrs.evolve(
+        msgspec.structs.replace(
             p, auto_clear=True, simulator=SimulatorOptions(speed=60.0, report_interval=5.0)
         )
         for p in cfg.printers
     )
-    return attrs.evolve(cfg, printers=sims, scheduler=SchedulerConfig(cooldown_seconds=0.0))
+    return msgspec.structs.replace(
+        cfg, printers=sims, scheduler=SchedulerConfig(cooldown_seconds=0.0)
+    )
 
 
 def _fill(client: httpx.Client, printers: int) -> None:

@@ -1,4 +1,4 @@
-"""Configuration: attrs classes read from TOML, strictly.
+"""Configuration: frozen msgspec Structs read from TOML, strictly.
 
 A valid file is read by the quick reader here; one it cannot vouch for is read again by
 the cattrs converter (``config_cattrs``), which reports every problem.
@@ -25,28 +25,21 @@ import urllib.parse
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import attrs
+import msgspec
 import tomli_w
 
 from printfarmd.errors import ConfigError
 
 
-def _upper_materials(materials: Iterable[str]) -> tuple[str, ...]:
-    return tuple(material.strip().upper() for material in materials)
-
-
-def _upper_colours(colours: Iterable[str]) -> tuple[str, ...]:
-    return tuple(colour.strip().upper() for colour in colours)
+def _upper(names: Iterable[str]) -> tuple[str, ...]:
+    """Materials and colours as the farm names them: ``" pla"`` is ``"PLA"``."""
+    return tuple(name.strip().upper() for name in names)
 
 
 #: A colour as the farm names it.
 COLOUR_RE = re.compile(r"#[0-9A-F]{6}")
-
-
-def _lower(text: str) -> str:
-    return text.lower()
 
 
 class Synchronous(enum.StrEnum):
@@ -67,8 +60,7 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
-@attrs.frozen
-class ServerConfig:
+class ServerConfig(msgspec.Struct, frozen=True):
     host: str = "127.0.0.1"
     port: int = 7125
     #: The API key in plain text (legacy; ``printfarmd api-key rotate`` replaces it with
@@ -107,8 +99,7 @@ class ServerConfig:
     lease_seconds: float = 15.0
 
 
-@attrs.frozen
-class StorageConfig:
+class StorageConfig(msgspec.Struct, frozen=True):
     data_dir: str = "data"
     gcodes_dir: str = ""
     synchronous: Synchronous = Synchronous.FULL
@@ -129,16 +120,14 @@ class StorageConfig:
     dsn: str = ""
 
 
-@attrs.frozen
-class WatchdogConfig:
+class WatchdogConfig(msgspec.Struct, frozen=True):
     #: Seconds between sweeps for stuck jobs.
     interval: float = 300.0
     #: A printing job with no progress for this many seconds is stuck.
     stale_threshold: float = 900.0
 
 
-@attrs.frozen
-class SchedulerConfig:
+class SchedulerConfig(msgspec.Struct, frozen=True):
     dispatch_paused: bool = False
     cooldown_seconds: float = 0.0
     max_retries: int = 3
@@ -146,8 +135,7 @@ class SchedulerConfig:
     max_priority: int = 100
 
 
-@attrs.frozen
-class SimulatorOptions:
+class SimulatorOptions(msgspec.Struct, frozen=True):
     speed: float = 1.0
     failure_rate: float = 0.0
     seed: int = 0
@@ -155,8 +143,7 @@ class SimulatorOptions:
     report_interval: float = 5.0
 
 
-@attrs.frozen
-class MoonrakerOptions:
+class MoonrakerOptions(msgspec.Struct, frozen=True):
     """How to reach a Klipper printer's Moonraker (``driver = "moonraker"``)."""
 
     #: Base URL of the printer's Moonraker, e.g. ``http://voron.local:7125``.
@@ -178,8 +165,7 @@ class MoonrakerOptions:
     snapshot_url: str = ""
 
 
-@attrs.frozen
-class OctoPrintOptions:
+class OctoPrintOptions(msgspec.Struct, frozen=True):
     """How to reach a printer's OctoPrint (``driver = "octoprint"``)."""
 
     #: Base URL of the OctoPrint server, e.g. ``http://octopi.local``.
@@ -201,8 +187,7 @@ class OctoPrintOptions:
     snapshot_url: str = ""
 
 
-@attrs.frozen
-class PrusaLinkOptions:
+class PrusaLinkOptions(msgspec.Struct, frozen=True):
     """How to reach a Prusa printer's PrusaLink (``driver = "prusalink"``)."""
 
     #: Base URL of the printer's PrusaLink, e.g. ``http://prusa-mk4.local``.
@@ -229,8 +214,7 @@ class PrusaLinkOptions:
     backoff_max: float = 30.0
 
 
-@attrs.frozen
-class BambuOptions:
+class BambuOptions(msgspec.Struct, frozen=True):
     """How to reach a Bambu Lab printer in LAN mode (``driver = "bambu"``)."""
 
     #: The printer's address (LAN mode on; see its network settings).
@@ -261,11 +245,13 @@ class BambuOptions:
     use_ams: bool = False
     #: Where the certificate pins live: ``<data dir>/bambu``, filled in when the config
     #: is loaded (empty: pins kept in memory only).
-    state_dir: str = attrs.field(default="", metadata={"internal": True})
+    state_dir: str = ""
+
+    #: Not TOML keys: the loader sets them (``_with_state_dirs``); never read or written.
+    internal_keys: ClassVar[frozenset[str]] = frozenset({"state_dir"})
 
 
-@attrs.frozen
-class MqttTopics:
+class MqttTopics(msgspec.Struct, frozen=True):
     """Topic templates of the MQTT job-handler protocol; ``{id}`` is a printer or robot id."""
 
     printer_progress: str = "device/printer/{id}/progress"
@@ -276,19 +262,17 @@ class MqttTopics:
     robot_progress: str = "device/robot/{id}/progress"
 
 
-@attrs.frozen
-class MqttDiscoveredDefaults:
+class MqttDiscoveredDefaults(msgspec.Struct, frozen=True):
     """Capabilities given to MQTT printers that announce themselves without being listed."""
 
-    materials: tuple[str, ...] = attrs.field(default=("PLA",), converter=_upper_materials)
+    materials: tuple[str, ...] = ("PLA",)
     nozzle_diameter: float = 0.4
     bed_size: tuple[float, float, float] = (220.0, 220.0, 250.0)
     tags: tuple[str, ...] = ()
     auto_clear: bool = False
 
 
-@attrs.frozen
-class MqttConfig:
+class MqttConfig(msgspec.Struct, frozen=True):
     """The one MQTT broker connection shared by every ``driver = "mqtt"`` printer."""
 
     #: Broker host; empty = MQTT off.
@@ -322,20 +306,19 @@ class MqttConfig:
     #: ``modelUrl`` sent with assignments; ``{filename}`` is the G-code path in the gcodes
     #: folder, e.g. ``http://farm.local:7125/server/files/gcodes/{filename}``.
     model_url: str = "{filename}"
-    topics: MqttTopics = attrs.field(factory=MqttTopics)
-    discovered: MqttDiscoveredDefaults = attrs.field(factory=MqttDiscoveredDefaults)
+    topics: MqttTopics = msgspec.field(default_factory=MqttTopics)
+    discovered: MqttDiscoveredDefaults = msgspec.field(default_factory=MqttDiscoveredDefaults)
 
 
-@attrs.frozen
-class PrinterConfig:
+class PrinterConfig(msgspec.Struct, frozen=True):
     id: str
     name: str = ""
     driver: str = "simulator"
     #: Upper-cased (and stripped) on construction, so "pla" and "PLA" are one material.
-    materials: tuple[str, ...] = attrs.field(default=(), converter=_upper_materials)
+    materials: tuple[str, ...] = ()
     #: The colour (``#RRGGBB``) of each material, in the same order; empty: unknown
     #: (a job asking for a colour does not go there). Upper-cased on construction.
-    colours: tuple[str, ...] = attrs.field(default=(), converter=_upper_colours)
+    colours: tuple[str, ...] = ()
     nozzle_diameter: float = 0.4
     bed_size: tuple[float, float, float] = (220.0, 220.0, 250.0)
     tags: tuple[str, ...] = ()
@@ -351,29 +334,26 @@ class PrinterConfig:
     power_watts: float = 0.0
     #: No print starts between these two local times (``["22:00", "07:00"]``); empty: none.
     quiet_hours: tuple[str, ...] = ()
-    simulator: SimulatorOptions = attrs.field(factory=SimulatorOptions)
-    moonraker: MoonrakerOptions = attrs.field(factory=MoonrakerOptions)
-    octoprint: OctoPrintOptions = attrs.field(factory=OctoPrintOptions)
-    prusalink: PrusaLinkOptions = attrs.field(factory=PrusaLinkOptions)
-    bambu: BambuOptions = attrs.field(factory=BambuOptions)
+    simulator: SimulatorOptions = msgspec.field(default_factory=SimulatorOptions)
+    moonraker: MoonrakerOptions = msgspec.field(default_factory=MoonrakerOptions)
+    octoprint: OctoPrintOptions = msgspec.field(default_factory=OctoPrintOptions)
+    prusalink: PrusaLinkOptions = msgspec.field(default_factory=PrusaLinkOptions)
+    bambu: BambuOptions = msgspec.field(default_factory=BambuOptions)
 
 
-@attrs.frozen
-class LoggingConfig:
+class LoggingConfig(msgspec.Struct, frozen=True):
     #: Lower-cased on construction; one of ``LOG_LEVELS``.
-    level: str = attrs.field(default="info", converter=_lower)
+    level: str = "info"
     format: LogFormat = LogFormat.TEXT
 
 
-@attrs.frozen
-class DemoConfig:
+class DemoConfig(msgspec.Struct, frozen=True):
     #: G-code files (relative to the gcodes folder) submitted once, on the first start
     #: with an empty database, so a demo farm starts printing at once.
     jobs: tuple[str, ...] = ()
 
 
-@attrs.frozen
-class SlicerConfig:
+class SlicerConfig(msgspec.Struct, frozen=True):
     """The slicing stage for STL/3MF jobs (docs/files.md); off while ``command`` is empty."""
 
     #: argv of the slicer CLI; ``{input}`` and ``{output}`` are replaced by the model and
@@ -383,8 +363,7 @@ class SlicerConfig:
     timeout: float = 600.0
 
 
-@attrs.frozen
-class NotifyConfig:
+class NotifyConfig(msgspec.Struct, frozen=True):
     """Escalation channels: who hears of a job that failed for good (docs/notifications.md).
 
     A channel is on when its target is set: ``webhook_urls``, ``email_to`` (with
@@ -409,8 +388,7 @@ class NotifyConfig:
     mqtt_topic: str = ""
 
 
-@attrs.frozen
-class SpoolmanConfig:
+class SpoolmanConfig(msgspec.Struct, frozen=True):
     """The Spoolman filament inventory (docs/upkeep.md); off while ``url`` is empty."""
 
     #: Base URL of the Spoolman server, e.g. ``http://spoolman.local:7912``.
@@ -430,8 +408,7 @@ class SpoolmanConfig:
     facade_printer: str = ""
 
 
-@attrs.frozen
-class MaintenanceConfig:
+class MaintenanceConfig(msgspec.Struct, frozen=True):
     """Upkeep thresholds: a printer past one goes into maintenance after its print."""
 
     #: Print hours since the last recorded maintenance (0 = no threshold).
@@ -442,8 +419,7 @@ class MaintenanceConfig:
     every_grams: float = 0.0
 
 
-@attrs.frozen
-class PowerGroupConfig:
+class PowerGroupConfig(msgspec.Struct, frozen=True):
     """The staggered-start limit of one power group (overrides ``[power]``)."""
 
     name: str
@@ -451,8 +427,7 @@ class PowerGroupConfig:
     window: float = 60.0
 
 
-@attrs.frozen
-class PowerConfig:
+class PowerConfig(msgspec.Struct, frozen=True):
     """Staggered starts: at most ``max_starts`` print starts per ``window`` seconds in each
     power group, so heated beds do not all switch on at once; quiet hours' time zone."""
 
@@ -465,8 +440,7 @@ class PowerConfig:
     timezone: str = ""
 
 
-@attrs.frozen
-class CostConfig:
+class CostConfig(msgspec.Struct, frozen=True):
     """What a print costs: filament by weight, electricity by time and power."""
 
     #: Shown with every cost; not converted.
@@ -476,24 +450,26 @@ class CostConfig:
     energy_price_per_kwh: float = 0.0
 
 
-@attrs.frozen
-class Config:
-    server: ServerConfig = attrs.field(factory=ServerConfig)
-    storage: StorageConfig = attrs.field(factory=StorageConfig)
-    scheduler: SchedulerConfig = attrs.field(factory=SchedulerConfig)
-    watchdog: WatchdogConfig = attrs.field(factory=WatchdogConfig)
-    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+class Config(msgspec.Struct, frozen=True, dict=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    watchdog: WatchdogConfig = msgspec.field(default_factory=WatchdogConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     printers: tuple[PrinterConfig, ...] = ()
-    demo: DemoConfig = attrs.field(factory=DemoConfig)
-    notify: NotifyConfig = attrs.field(factory=NotifyConfig)
-    mqtt: MqttConfig = attrs.field(factory=MqttConfig)
-    slicer: SlicerConfig = attrs.field(factory=SlicerConfig)
-    spoolman: SpoolmanConfig = attrs.field(factory=SpoolmanConfig)
-    maintenance: MaintenanceConfig = attrs.field(factory=MaintenanceConfig)
-    power: PowerConfig = attrs.field(factory=PowerConfig)
-    cost: CostConfig = attrs.field(factory=CostConfig)
+    demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
+    notify: NotifyConfig = msgspec.field(default_factory=NotifyConfig)
+    mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
+    slicer: SlicerConfig = msgspec.field(default_factory=SlicerConfig)
+    spoolman: SpoolmanConfig = msgspec.field(default_factory=SpoolmanConfig)
+    maintenance: MaintenanceConfig = msgspec.field(default_factory=MaintenanceConfig)
+    power: PowerConfig = msgspec.field(default_factory=PowerConfig)
+    cost: CostConfig = msgspec.field(default_factory=CostConfig)
     #: Directory of the config file; relative paths in the file are resolved against it.
-    base_dir: Path = attrs.field(default=Path("."), metadata={"internal": True})
+    base_dir: Path = Path(".")
+
+    #: Not TOML keys: the loader sets ``base_dir``; never read from or written to a file.
+    internal_keys: ClassVar[frozenset[str]] = frozenset({"base_dir"})
 
     # Resolved once per config (``resolve()`` walks the file system: a job submission
     # asks for the gcodes folder every time).
@@ -613,6 +589,18 @@ def _is_tuple(tp: Any) -> bool:
     return typing.get_origin(tp) is tuple
 
 
+def is_config_class(tp: Any) -> bool:
+    """Whether ``tp`` is one of the config classes (a TOML table)."""
+    return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
+
+
+def settable_fields(cls: type) -> tuple[msgspec.structs.FieldInfo, ...]:
+    """The fields of config class ``cls`` that are TOML keys, in order: all but its
+    ``internal_keys``."""
+    internal: frozenset[str] = getattr(cls, "internal_keys", frozenset())
+    return tuple(f for f in msgspec.structs.fields(cls) if f.name not in internal)
+
+
 # The quick reader (issue 17): TOML data that is right to the config classes, with the
 # same scalar rules as the cattrs converter (the hooks above) but without importing
 # cattrs or generating its structuring code (~45 ms of every start). It never words an
@@ -640,7 +628,7 @@ def _quick(value: object, tp: Any) -> Any:
         return _structure_enum(value, tp)
     if tp is Path and isinstance(value, str):
         return Path(value)
-    if isinstance(tp, type) and attrs.has(tp):
+    if is_config_class(tp):
         return _quick_class(value, tp)
     if _is_tuple(tp) and isinstance(value, list):
         args = typing.get_args(tp)
@@ -652,13 +640,9 @@ def _quick(value: object, tp: Any) -> Any:
 
 
 @functools.cache
-def _quick_fields(cls: type) -> tuple[frozenset[str], tuple[tuple[str, str, Any, bool], ...]]:
-    """The settable keys of ``cls``, and ``(key, init argument, type, required)`` of each."""
-    fields = tuple(
-        (f.name, f.alias, f.type, f.default is attrs.NOTHING)
-        for f in attrs.fields(cls)
-        if not f.metadata.get("internal")
-    )
+def _quick_fields(cls: type) -> tuple[frozenset[str], tuple[tuple[str, Any, bool], ...]]:
+    """The settable keys of ``cls``, and ``(key, type, required)`` of each."""
+    fields = tuple((f.name, f.type, f.required) for f in settable_fields(cls))
     return frozenset(key for key, *_ in fields), fields
 
 
@@ -669,9 +653,9 @@ def _quick_class(value: object, cls: type) -> Any:
     if not value.keys() <= keys:
         raise _NotSure  # an unknown key
     kwargs: dict[str, Any] = {}
-    for key, argument, tp, required in fields:
+    for key, tp, required in fields:
         if key in value:
-            kwargs[argument] = _quick(value[key], tp)
+            kwargs[key] = _quick(value[key], tp)
         elif required:
             raise _NotSure
     return cls(**kwargs)
@@ -700,12 +684,28 @@ def _join(path: str, key: str) -> str:
 
 
 def _normalize(config: Config) -> Config:
-    """Fill in derived defaults: a printer's ``name`` is its ``id`` when left empty."""
+    """Fill in derived defaults and the farm's spelling of names: a printer's ``name`` is
+    its ``id`` when left empty; materials and colours are upper case (``"pla"`` is
+    ``"PLA"``), the log level lower case."""
     printers = tuple(
-        attrs.evolve(printer, name=printer.name.strip() or printer.id)
+        msgspec.structs.replace(
+            printer,
+            name=printer.name.strip() or printer.id,
+            materials=_upper(printer.materials),
+            colours=_upper(printer.colours),
+        )
         for printer in config.printers
     )
-    return attrs.evolve(config, printers=printers)
+    mqtt = config.mqtt
+    discovered = msgspec.structs.replace(
+        mqtt.discovered, materials=_upper(mqtt.discovered.materials)
+    )
+    return msgspec.structs.replace(
+        config,
+        printers=printers,
+        mqtt=msgspec.structs.replace(mqtt, discovered=discovered),
+        logging=msgspec.structs.replace(config.logging, level=config.logging.level.lower()),
+    )
 
 
 def _notify_errors(notify: NotifyConfig) -> list[str]:
@@ -1111,10 +1111,12 @@ def _with_state_dirs(config: Config) -> Config:
         return config
     state = str(config.data_path / "bambu")
     printers = tuple(
-        attrs.evolve(p, bambu=attrs.evolve(p.bambu, state_dir=state)) if p.driver == "bambu" else p
+        msgspec.structs.replace(p, bambu=msgspec.structs.replace(p.bambu, state_dir=state))
+        if p.driver == "bambu"
+        else p
         for p in config.printers
     )
-    return attrs.evolve(config, printers=printers)
+    return msgspec.structs.replace(config, printers=printers)
 
 
 def resolve_timezone(name: str) -> datetime.tzinfo:
@@ -1152,7 +1154,7 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path(".")) -> 
     the semantic rules of ``validate_config``.
     """
     config = _structure(data)
-    config = attrs.evolve(_normalize(config), base_dir=base_dir)
+    config = msgspec.structs.replace(_normalize(config), base_dir=base_dir)
     validate_config(config)
     return _with_state_dirs(config)
 
@@ -1189,9 +1191,7 @@ def dump_config(config: Config) -> str:
 
     ``config_from_dict(tomllib.loads(dump_config(c)))`` equals ``c`` up to ``base_dir``.
     """
-    from printfarmd.config_cattrs import CONVERTER
-
-    return tomli_w.dumps(CONVERTER.unstructure(config, Config))
+    return tomli_w.dumps(_toml_data(config))
 
 
 def starter_config(api_key_hash: str) -> dict[str, Any]:
@@ -1204,24 +1204,35 @@ def starter_config(api_key_hash: str) -> dict[str, Any]:
             PrinterConfig(id="sim-2", name="Simulated printer 2", materials=("PLA", "PETG")),
         ),
     )
-    from printfarmd.config_cattrs import CONVERTER
-
-    data: dict[str, Any] = CONVERTER.unstructure(config, Config)
+    data = _toml_data(config)
     del data["server"]["api_key"]  # only the hash is stored
     return data
 
 
+def _toml_data(config: Config) -> dict[str, Any]:
+    """``config`` as TOML data: every settable key, none of the ``internal_keys``."""
+    return typing.cast(dict[str, Any], _toml_value(config))
+
+
+def _toml_value(value: Any) -> Any:
+    # TOML-native: tables as dicts, tuples as arrays (lists), enums as their values.
+    if is_config_class(type(value)):
+        return {f.name: _toml_value(getattr(value, f.name)) for f in settable_fields(type(value))}
+    if isinstance(value, tuple):
+        return [_toml_value(item) for item in value]
+    if isinstance(value, enum.StrEnum):
+        return value.value
+    return value
+
+
 def _field_paths(cls: type, prefix: str) -> Iterator[str]:
-    hints = typing.get_type_hints(cls)
-    for field in attrs.fields(cls):
-        if field.metadata.get("internal"):
-            continue
-        tp = hints[field.name]
+    for field in settable_fields(cls):
+        tp = field.type
         key = f"{prefix}{field.name}"
         args = typing.get_args(tp)
-        if attrs.has(tp):
+        if is_config_class(tp):
             yield from _field_paths(tp, f"{key}.")
-        elif _is_tuple(tp) and args and attrs.has(args[0]):
+        elif _is_tuple(tp) and args and is_config_class(args[0]):
             yield from _field_paths(args[0], f"{key}[].")
         else:
             yield key
@@ -1230,7 +1241,7 @@ def _field_paths(cls: type, prefix: str) -> Iterator[str]:
 def config_field_paths() -> list[str]:
     """Every dotted key a user can set, e.g. ``server.port``, ``printers[].simulator.speed``.
 
-    Derived from the attrs classes, so a new field shows up here (and in the tests that
+    Derived from the config classes, so a new field shows up here (and in the tests that
     check it is documented) without anyone remembering to list it.
     """
     return list(_field_paths(Config, ""))

@@ -1,10 +1,14 @@
-"""The config's full converter (cattrs): the errors of a config that is wrong, and TOML out.
+"""The config's full converter (cattrs): the errors of a config that is wrong.
 
 ``config.config_from_dict`` reads a valid config without this module (its quick reader,
 issue 17: cattrs' import and its generated structuring code took ~45 ms of every start).
 This converter is the authority: when the quick reader is not sure, cattrs reads the data
-again and every problem is reported, one ``dotted.key: message`` per line. It also writes
-configs back to TOML (``printfarmd init``, ``printfarmd api-key rotate``).
+again and every problem is reported, one ``dotted.key: message`` per line.
+
+The config classes are msgspec Structs (built without generated code, ~25 ms of every
+start, issue 17), which cattrs does not structure. So cattrs reads the data into attrs
+twins of them, made here from their fields (same names, types, defaults and order), and
+the result is turned back into the config classes. The twins exist only on this path.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from typing import Any
 
 import attrs
 import cattrs
+import msgspec
 from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
     IterableValidationNote,
 )
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from cattrs.gen import make_dict_structure_fn, override
 
 from printfarmd.config import (
     _PLURAL_NAMES,
@@ -37,6 +42,7 @@ from printfarmd.config import (
     _structure_float,
     _structure_int,
     _structure_str,
+    is_config_class,
 )
 from printfarmd.errors import ConfigError
 
@@ -45,9 +51,61 @@ def structure(data: Mapping[str, Any]) -> Config:
     """``data`` as a ``Config``; ``ConfigError`` naming every problem cattrs finds, one
     ``dotted.key: message`` per line."""
     try:
-        return CONVERTER.structure(dict(data), Config)
+        twin: object = CONVERTER.structure(dict(data), twin_of(Config))
     except (ClassValidationError, _Invalid) as exc:
         raise ConfigError("\n".join(_error_lines(exc, ""))) from exc
+    return typing.cast(Config, _from_twin(twin))
+
+
+_TWINS: dict[type, type] = {}
+
+
+def twin_of(cls: type) -> type:
+    """The attrs class cattrs reads in place of config class ``cls``: its fields in order,
+    with the same types (config classes in them replaced by their twins) and defaults; its
+    ``internal_keys`` marked ``internal`` (never read from TOML)."""
+    twin = _TWINS.get(cls)
+    if twin is None:
+        internal: frozenset[str] = getattr(cls, "internal_keys", frozenset())
+        these = {}
+        for f in msgspec.structs.fields(cls):
+            default: Any = attrs.NOTHING
+            if f.default is not msgspec.NODEFAULT:
+                default = f.default
+            elif f.default_factory is not msgspec.NODEFAULT:
+                default = attrs.Factory(f.default_factory)
+            these[f.name] = attrs.field(
+                type=_twin_type(f.type),
+                default=default,
+                metadata={"internal": True} if f.name in internal else {},
+            )
+        twin = _TWINS[cls] = attrs.make_class(cls.__name__, these, frozen=True, kw_only=True)
+        twin.__qualname__ = f"twin of {cls.__qualname__}"
+        _ORIGINALS[twin] = cls
+    return twin
+
+
+_ORIGINALS: dict[type, type] = {}
+
+
+def _twin_type(tp: Any) -> Any:
+    if is_config_class(tp):
+        return twin_of(tp)
+    if _is_tuple(tp):
+        return tuple[tuple(_twin_type(arg) for arg in typing.get_args(tp))]  # type: ignore[misc]
+    return tp
+
+
+def _from_twin(value: Any) -> Any:
+    """A value cattrs read, with every twin turned into its config class."""
+    original = _ORIGINALS.get(type(value))
+    if original is not None:
+        return original(
+            **{f.name: _from_twin(getattr(value, f.name)) for f in attrs.fields(type(value))}
+        )
+    if isinstance(value, tuple):
+        return tuple(_from_twin(item) for item in value)
+    return value
 
 
 def _tuple_hook(tp: Any, converter: cattrs.Converter) -> Callable[[object, type], tuple[Any, ...]]:
@@ -108,22 +166,6 @@ def _attrs_structure_hook(cls: type, converter: cattrs.Converter) -> Callable[[o
     return structure
 
 
-def _attrs_unstructure_hook(cls: type, converter: cattrs.Converter) -> Callable[[Any], Any]:
-    return make_dict_unstructure_fn(cls, converter, **_internal_overrides(cls))
-
-
-def _tuple_unstructure_hook(tp: Any, converter: cattrs.Converter) -> Callable[[Any], list[Any]]:
-    # TOML has arrays, not tuples: emit lists so the data is TOML-native and round-trips.
-    def unstructure(value: tuple[Any, ...]) -> list[Any]:
-        return [converter.unstructure(item) for item in value]
-
-    return unstructure
-
-
-def _enum_value(member: enum.StrEnum) -> str:
-    return member.value
-
-
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     converter.register_structure_hook(int, _structure_int)
@@ -135,13 +177,10 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(enum.StrEnum, _structure_enum)
     converter.register_structure_hook_factory(_is_tuple, _tuple_hook)
     converter.register_structure_hook_factory(attrs.has, _attrs_structure_hook)
-    converter.register_unstructure_hook_factory(attrs.has, _attrs_unstructure_hook)
-    converter.register_unstructure_hook_factory(_is_tuple, _tuple_unstructure_hook)
-    converter.register_unstructure_hook(enum.StrEnum, _enum_value)
     return converter
 
 
-#: The one converter between TOML data and the config classes.
+#: The one converter from TOML data to the config classes' twins.
 CONVERTER = _make_converter()
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 import httpx
+import msgspec
 import pytest
 import trio
 
@@ -236,7 +237,9 @@ def daemon_factory(tmp_path: Path) -> Iterator[Any]:
 
     def make(config: Config) -> DaemonProcess:
         port = free_port()
-        cfg = attrs.evolve(config, server=attrs.evolve(config.server, port=port))
+        cfg = msgspec.structs.replace(
+            config, server=msgspec.structs.replace(config.server, port=port)
+        )
         path = write_config(cfg, tmp_path / f"farm-{len(started)}.toml")
         d = DaemonProcess(path, port, tmp_path / f"daemon-{len(started)}.log")
         started.append(d)

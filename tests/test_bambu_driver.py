@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import orjson
 import pytest
 import trio
@@ -71,7 +72,7 @@ def options(broker: BambuBroker, ftps: FtpsServer, state: Path, **changes: Any) 
         backoff_max=0.5,
         state_dir=str(state),
     )
-    return attrs.evolve(base, **changes)
+    return msgspec.structs.replace(base, **changes)
 
 
 @attrs.define
@@ -578,7 +579,7 @@ async def test_a_wrong_access_code_leaves_the_rest_of_the_farm_printing(
     env: Env, tmp_path: Path
 ) -> None:
     broker, ftps, sim = env
-    wrong = attrs.evolve(
+    wrong = msgspec.structs.replace(
         bambu_printer("bad", broker, ftps, tmp_path),
         bambu=options(broker, ftps, tmp_path / "pins", access_code="99999999"),
     )

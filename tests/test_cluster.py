@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 import httpx
+import msgspec
 import orjson
 import psycopg
 import pytest
@@ -68,10 +69,12 @@ def node_config(
     sims = tuple(sim_printer(p, ("PLA",), speed=speed, auto_clear=True) for p in printers)
     config = make_config(base, sims, **sched)
     lease = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
-    return attrs.evolve(
+    return msgspec.structs.replace(
         config,
-        server=attrs.evolve(config.server, node_id=node, sse_heartbeat=HEARTBEAT, **lease),
-        storage=attrs.evolve(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn),
+        server=msgspec.structs.replace(
+            config.server, node_id=node, sse_heartbeat=HEARTBEAT, **lease
+        ),
+        storage=msgspec.structs.replace(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn),
     )
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import attrs
+import msgspec
 
 from tests.conftest import live_farm, make_config, sim_printer
 
 
 async def test_a_job_asking_for_a_colour_goes_to_the_printer_that_has_it(tmp_path: Path) -> None:
-    white = attrs.evolve(sim_printer("white", ("PLA",), speed=1.0), colours=("#FFFFFF",))
-    orange = attrs.evolve(sim_printer("orange", ("PLA",), speed=1.0), colours=("#FF6600",))
+    white = msgspec.structs.replace(sim_printer("white", ("PLA",), speed=1.0), colours=("#FFFFFF",))
+    orange = msgspec.structs.replace(
+        sim_printer("orange", ("PLA",), speed=1.0), colours=("#FF6600",)
+    )
     async with live_farm(make_config(tmp_path, (white, orange), dispatch_paused=True)) as farm:
         r = await farm.client.post(
             "/api/jobs", json={"filename": "benchy_pla.gcode", "colour": "#ff6600", "copies": 2}

@@ -6,7 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
-import attrs
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -458,8 +458,16 @@ def test_normalisation(tmp_path: Path) -> None:
     assert all(type(size) is float for size in config.printers[0].bed_size)
 
 
-def test_materials_upper_cased_for_python_callers_too() -> None:
-    assert PrinterConfig(id="a", materials=["pla"]).materials == ("PLA",)  # type: ignore[arg-type]
+def test_colours_and_discovered_materials_are_upper_cased_too(tmp_path: Path) -> None:
+    # The config classes are plain values (issue 17: msgspec Structs have no converters):
+    # the loader is what spells names the farm's way, on every field that holds them.
+    config = load_text(
+        tmp_path,
+        '[mqtt.discovered]\nmaterials = [" petg", "tpu"]\n'
+        + printers('id = "a"\nmaterials = ["pla"]\ncolours = [" #ff6600 "]'),
+    )
+    assert config.printers[0].colours == ("#FF6600",)
+    assert config.mqtt.discovered.materials == ("PETG", "TPU")
 
 
 def test_relative_paths_are_relative_to_the_file(
@@ -481,7 +489,7 @@ def test_relative_paths_are_relative_to_the_file(
 
 def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     config = load_text(tmp_path, "")
-    assert attrs.evolve(config, base_dir=Path(".")) == Config()
+    assert msgspec.structs.replace(config, base_dir=Path(".")) == Config()
 
 
 # -- writing configs ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -88,7 +89,7 @@ def test_the_quick_reader_reads_every_valid_config_as_cattrs_does(name: str) -> 
     # Through the public door, too: same config, same normalisation and checks.
     via_quick = cfg.config_from_dict(data, base_dir=Path("/farm"))
     assert via_quick == cfg._with_state_dirs(
-        cfg.attrs.evolve(cfg._normalize(_cattrs(data)), base_dir=Path("/farm"))  # type: ignore[arg-type]
+        msgspec.structs.replace(cfg._normalize(_cattrs(data)), base_dir=Path("/farm"))  # type: ignore[arg-type]
     )
 
 

@@ -9,7 +9,7 @@ import csv
 import io
 from pathlib import Path
 
-import attrs
+import msgspec
 import pytest
 
 from printfarmd.config import CostConfig
@@ -20,7 +20,7 @@ GCODE = "; filament used [g] = 60.0\n; filament_type = PLA\nG28\nG1 X10\n"
 
 async def test_cost_in_the_job_the_history_and_the_stats(tmp_path: Path) -> None:
     printer = sim_printer("p1", speed=20000.0, auto_clear=True, power_watts=3_600_000.0)
-    config = attrs.evolve(
+    config = msgspec.structs.replace(
         make_config(tmp_path, (printer,)),
         cost=CostConfig(currency="CHF", filament_price_per_kg=25.0, energy_price_per_kwh=0.5),
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from attrs import evolve
+from msgspec.structs import replace
 
 from printfarmd.daemon import EXIT_DAMAGED_DB
 from tests import crashloop
@@ -87,10 +87,10 @@ def test_f15_kill_inside_a_watchdog_requeue(
     # A printer that never reports progress: the watchdog acts after one second.
     stuck = sim_printer("stuck", ("PLA",), speed=1.0, auto_clear=True)
     config = make_config(tmp_path, (stuck,))
-    config = evolve(
+    config = replace(
         config,
-        printers=(evolve(stuck, simulator=evolve(stuck.simulator, report_interval=1e6)),),
-        watchdog=evolve(config.watchdog, interval=0.2, stale_threshold=1.0),
+        printers=(replace(stuck, simulator=replace(stuck.simulator, report_interval=1e6)),),
+        watchdog=replace(config.watchdog, interval=0.2, stale_threshold=1.0),
     )
     d: DaemonProcess = daemon_factory(config)
     d.env = {"PRINTFARMD_FAULTS": f"kill@{point}:1"}
@@ -243,7 +243,7 @@ def test_f9_disk_full_answers_507_and_recovers_without_restart(
 ) -> None:
     with small_filesystem(tmp_path / "small") as small:
         config = make_config(tmp_path, dispatch_paused=True)
-        config = evolve(config, storage=evolve(config.storage, data_dir=str(small / "data")))
+        config = replace(config, storage=replace(config.storage, data_dir=str(small / "data")))
         d: DaemonProcess = daemon_factory(config)
         d.start()
         acked: list[str] = []
@@ -340,11 +340,11 @@ def test_f8_wall_clock_jumps_do_not_requeue_or_crash(tmp_path: Path, daemon_fact
     assert LIBFAKETIME.exists(), "F8 needs Debian's faketime package (.ci/run installs it)"
 
     printer = sim_printer("p", ("PLA",), speed=1.0)
-    printer = evolve(printer, simulator=evolve(printer.simulator, report_interval=0.5))
+    printer = replace(printer, simulator=replace(printer.simulator, report_interval=0.5))
     config = make_config(tmp_path, (printer,))
     # A watchdog on the wall clock would requeue at once after a +1 day jump (and stall
     # after -1 h); 8 s is far below both, and well above a busy machine's report gaps.
-    config = evolve(config, watchdog=evolve(config.watchdog, interval=0.2, stale_threshold=8.0))
+    config = replace(config, watchdog=replace(config.watchdog, interval=0.2, stale_threshold=8.0))
     d: DaemonProcess = daemon_factory(config)
     offset = tmp_path / "faketime"
     offset.write_text("+0\n")
@@ -381,7 +381,7 @@ def test_backup_command_and_periodic_backups_while_running(
     tmp_path: Path, daemon_factory: Any
 ) -> None:
     config = make_config(tmp_path, dispatch_paused=True)
-    config = evolve(config, storage=evolve(config.storage, backup_interval=0.5, backup_keep=2))
+    config = replace(config, storage=replace(config.storage, backup_interval=0.5, backup_keep=2))
     d: DaemonProcess = daemon_factory(config)
     d.start()
     with d.client() as c:

@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
+import msgspec
 import psycopg
 import pytest
 
@@ -37,9 +37,11 @@ def test_the_daemon_runs_on_postgresql_and_finds_its_jobs_after_a_restart(
 ) -> None:
     printers = tuple(sim_printer(f"sim-{k}", ("PLA",), speed=FAST) for k in (1, 2))
     config = make_config(tmp_path, printers)
-    config = attrs.evolve(
+    config = msgspec.structs.replace(
         config,
-        storage=attrs.evolve(config.storage, backend=StorageBackend.POSTGRESQL, dsn=pg_dsn),
+        storage=msgspec.structs.replace(
+            config.storage, backend=StorageBackend.POSTGRESQL, dsn=pg_dsn
+        ),
     )
     d: DaemonProcess = daemon_factory(config)
     d.start()
@@ -96,8 +98,9 @@ def test_an_unreachable_database_at_start_is_a_clear_error(
 ) -> None:
     dsn = f"postgresql://farm:hunter2@127.0.0.1:{pg_server.port + 1}/printfarm"
     config = make_config(tmp_path)
-    config = attrs.evolve(
-        config, storage=attrs.evolve(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn)
+    config = msgspec.structs.replace(
+        config,
+        storage=msgspec.structs.replace(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn),
     )
     d: DaemonProcess = daemon_factory(config)
     with pytest.raises(RuntimeError, match=f"exited with {EXIT_NO_DATABASE}"):
@@ -110,8 +113,8 @@ def test_an_unreachable_database_at_start_is_a_clear_error(
 def _pg_config(tmp_path: Path, dsn: str, **sched: Any) -> Any:
     printers = tuple(sim_printer(f"sim-{k}", ("PLA",), speed=FAST, auto_clear=True) for k in (1, 2))
     config = make_config(tmp_path, printers, **sched)
-    storage = attrs.evolve(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn)
-    return attrs.evolve(config, storage=storage)
+    storage = msgspec.structs.replace(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn)
+    return msgspec.structs.replace(config, storage=storage)
 
 
 def test_kill_9_mid_load_loses_no_acknowledged_job(

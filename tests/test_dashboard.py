@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 import httpx
+import msgspec
 import pytest
 
 from printfarmd.config import Config
@@ -62,7 +63,9 @@ def browser() -> Iterator[Browser]:
 
 def farm_config(tmp: Path, *printers: Any, **sched: Any) -> Config:
     config = make_config(tmp, printers or (sim_printer("p1"),), **sched)
-    return attrs.evolve(config, server=attrs.evolve(config.server, sse_heartbeat=1.0))
+    return msgspec.structs.replace(
+        config, server=msgspec.structs.replace(config.server, sse_heartbeat=1.0)
+    )
 
 
 @attrs.define
@@ -182,8 +185,8 @@ def test_a_trusted_network_is_not_asked_for_the_key(
     open_dash: Callable[..., Dash], tmp_path: Path
 ) -> None:
     config = farm_config(tmp_path, dispatch_paused=True)
-    config = attrs.evolve(
-        config, server=attrs.evolve(config.server, trusted_clients=("127.0.0.0/8",))
+    config = msgspec.structs.replace(
+        config, server=msgspec.structs.replace(config.server, trusted_clients=("127.0.0.0/8",))
     )
     dash = open_dash(config, key=False)  # no key typed: the page went straight in
     assert dash.page.locator("#key-form").is_hidden()

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
-import attrs
+import msgspec
 from playwright.sync_api import expect as pw_expect
 
 from printfarmd.config import MaintenanceConfig, PowerConfig, SpoolmanConfig
@@ -34,7 +34,7 @@ def test_spools_quiet_hours_and_maintenance_on_the_board(
         spoolman.sim.add(SimSpool(3, material="PLA", color_hex="FF8800", initial_weight=900.0))
         quiet = sim_printer("quiet", tags=("q",), quiet_hours=(clock(-60), clock(120)))
         fast = sim_printer("fast", tags=("f",), speed=20000.0, auto_clear=True)
-        config = attrs.evolve(
+        config = msgspec.structs.replace(
             farm_config(tmp_path, quiet, fast),
             spoolman=SpoolmanConfig(url=spoolman.sim.url),
             maintenance=MaintenanceConfig(every_prints=1),

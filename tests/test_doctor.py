@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import attrs
+import msgspec
 import psycopg
 import pytest
 
@@ -43,15 +43,17 @@ def test_postgresql_database(
     """issue 18: with the PostgreSQL backend doctor asks the server, and writes nothing."""
     dsn = pg_server.fresh_dsn()
     config = make_config(tmp_path)
-    storage = attrs.evolve(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn)
-    path = write_config(attrs.evolve(config, storage=storage), tmp_path / "farm.toml")
+    storage = msgspec.structs.replace(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn)
+    path = write_config(msgspec.structs.replace(config, storage=storage), tmp_path / "farm.toml")
     code, out = _doctor(path, capsys)
     assert code == 0, out
     assert "reachable," in out and "schema version 0" in out
     with psycopg.connect(dsn) as conn:  # a new database stays empty
         assert conn.execute("SELECT to_regclass('printfarmd_schema')").fetchone() == (None,)
-    dead = attrs.evolve(storage, dsn=f"postgresql://u:pw@127.0.0.1:{pg_server.port + 1}/x")
-    path = write_config(attrs.evolve(config, storage=dead), tmp_path / "dead.toml")
+    dead = msgspec.structs.replace(
+        storage, dsn=f"postgresql://u:pw@127.0.0.1:{pg_server.port + 1}/x"
+    )
+    path = write_config(msgspec.structs.replace(config, storage=dead), tmp_path / "dead.toml")
     code, out = _doctor(path, capsys)
     assert code == 1
     assert "cannot connect" in out and "PROBLEM" in out
@@ -82,11 +84,11 @@ def test_unreachable_printer_and_broker(tmp_path: Path, capsys: pytest.CaptureFi
     dead = f"http://127.0.0.1:{free_port()}"
     printers = (
         sim_printer("ok-sim"),
-        attrs.evolve(
+        msgspec.structs.replace(
             sim_printer("voron"), driver="moonraker", moonraker=MoonrakerOptions(url=dead)
         ),
     )
-    config = attrs.evolve(
+    config = msgspec.structs.replace(
         make_config(tmp_path, printers), mqtt=MqttConfig(host="127.0.0.1", port=free_port())
     )
     code, out = _doctor(write_config(config, tmp_path / "farm.toml"), capsys)
@@ -124,6 +126,8 @@ def test_api_key_judgement(server: ServerConfig, ok: bool, detail: str) -> None:
 
 def test_demo_key_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = make_config(tmp_path)
-    config = attrs.evolve(config, server=attrs.evolve(config.server, api_key="demo-key-change-me"))
+    config = msgspec.structs.replace(
+        config, server=msgspec.structs.replace(config.server, api_key="demo-key-change-me")
+    )
     code, out = _doctor(write_config(config, tmp_path / "farm.toml"), capsys)
     assert code == 1 and "the public demo key" in out

@@ -4,7 +4,7 @@ PUBACK), next to the farm's MQTT printers' own traffic."""
 
 from __future__ import annotations
 
-import attrs
+import msgspec
 import orjson
 import trio
 
@@ -30,7 +30,7 @@ async def test_a_job_failed_for_good_is_published_on_the_event_topic(
         max_retries=1,
         retry_backoff=(0.1,),
     )
-    config = attrs.evolve(
+    config = msgspec.structs.replace(
         config,
         mqtt=MqttConfig(host="127.0.0.1", port=mosquitto.port, backoff_initial=0.1),
         notify=NotifyConfig(mqtt_topic="farm/events", retry_backoff=(0.1,), max_attempts=3),

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
+import msgspec
 import orjson
 import pytest
 import trio
@@ -167,7 +167,9 @@ async def test_a_verified_key_is_remembered_for_its_connection(
             assert hashed[-1] == API_KEY + "x"
             # A rotated key: what was remembered no longer lets anyone in.
             svc = farm.running.services
-            svc.access.update(attrs.evolve(config.server, api_key="a-new-key-0123456789"))
+            svc.access.update(
+                msgspec.structs.replace(config.server, api_key="a-new-key-0123456789")
+            )
             assert (await c.get("/api/jobs")).status_code == 401
             r = await c.get("/api/jobs", headers={"X-Api-Key": "a-new-key-0123456789"})
             assert r.status_code == 200

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
+import msgspec
 import orjson
 import trio
 
@@ -42,7 +42,9 @@ HOSTILE_FILE = "evil\nline=forged.gcode"
 
 def log_config(tmp: Path) -> Config:
     config = make_config(tmp, (sim_printer("p1", speed=20000.0),))
-    return attrs.evolve(config, server=attrs.evolve(config.server, port=free_port(), sse_buffer=4))
+    return msgspec.structs.replace(
+        config, server=msgspec.structs.replace(config.server, port=free_port(), sse_buffer=4)
+    )
 
 
 def run_daemon_scenario(tmp: Path, *extra_args: str) -> str:

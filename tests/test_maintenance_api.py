@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import pytest
 
 from printfarmd.config import Config, MaintenanceConfig, NotifyConfig
@@ -30,7 +30,7 @@ def receiver() -> Iterator[WebhookReceiver]:
 def config(tmp: Path, hook: str) -> Config:
     printer = sim_printer("p1", speed=20000.0, auto_clear=True, power_watts=150.0)
     base = make_config(tmp, (printer,))
-    return attrs.evolve(
+    return msgspec.structs.replace(
         base,
         maintenance=MaintenanceConfig(every_prints=1),
         notify=NotifyConfig(webhook_urls=(hook,), retry_backoff=(0.2,)),

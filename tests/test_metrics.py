@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import attrs
 import httpx
+import msgspec
 import trio
 import trio.lowlevel
 
@@ -53,7 +53,9 @@ async def test_metrics_need_the_key_and_count_jobs_printers_and_latency(farm: Li
 
 async def test_metrics_public_when_configured(tmp_path: Path) -> None:
     config = make_config(tmp_path, (sim_printer("p1"),))
-    config = attrs.evolve(config, server=attrs.evolve(config.server, metrics_public=True))
+    config = msgspec.structs.replace(
+        config, server=msgspec.structs.replace(config.server, metrics_public=True)
+    )
     async with live_farm(config) as f, httpx.AsyncClient(base_url=f.url) as anon:
         r = await anon.get("/metrics")
         assert r.status_code == 200

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import trio
 
 from printfarmd.config import MoonrakerOptions, MqttConfig, PrinterConfig
@@ -97,7 +97,7 @@ async def _run(tmp_path: Path, broker: Broker, octo: Any) -> None:
             return tuple(m for m, _ in LOADED[pid])
 
         printers = (
-            attrs.evolve(
+            msgspec.structs.replace(
                 sim_printer("sim", materials("sim"), speed=600.0),
                 colours=colours("sim"),
                 auto_clear=True,
@@ -114,7 +114,7 @@ async def _run(tmp_path: Path, broker: Broker, octo: Any) -> None:
             ),
             PrinterConfig(id="mqtt-1", driver="mqtt", materials=("PLA",), auto_clear=True),
             PrinterConfig(id="mqtt-2", driver="mqtt", materials=("PLA",), auto_clear=True),
-            attrs.evolve(
+            msgspec.structs.replace(
                 octoprint_printer("octo", octo.url, octo.api_key),
                 colours=colours("octo"),
                 auto_clear=True,
@@ -125,13 +125,13 @@ async def _run(tmp_path: Path, broker: Broker, octo: Any) -> None:
                 materials=materials("prusa"),
                 colours=colours("prusa"),
                 auto_clear=True,
-                prusalink=attrs.evolve(PRUSA_FAST, url=prusa.url),
+                prusalink=msgspec.structs.replace(PRUSA_FAST, url=prusa.url),
             ),
             # configured as PLA only: what its AMS reports must win
-            attrs.evolve(bambu_printer("bambu", bb, ftps, tmp_path), auto_clear=True),
+            msgspec.structs.replace(bambu_printer("bambu", bb, ftps, tmp_path), auto_clear=True),
         )
         config = make_config(tmp_path, printers, retry_backoff=(0.5,))
-        config = attrs.evolve(
+        config = msgspec.structs.replace(
             config,
             mqtt=MqttConfig(
                 host=broker.host,

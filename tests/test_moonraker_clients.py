@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
+import msgspec
 from trio_websocket import open_websocket_url
 
 from tests.conftest import API_KEY, LiveFarm, live_farm, make_config, raw_http, sim_printer
@@ -261,10 +261,10 @@ async def test_access_trust_tokens_and_cors(farm: LiveFarm) -> None:
 
 async def test_trusted_network_and_cors_allow_list(tmp_path: Path) -> None:
     config = make_config(tmp_path, (sim_printer("p1"),), dispatch_paused=True)
-    server = attrs.evolve(
+    server = msgspec.structs.replace(
         config.server, trusted_clients=("127.0.0.0/8",), cors_domains=("http://mainsail.local",)
     )
-    async with live_farm(attrs.evolve(config, server=server)) as farm:
+    async with live_farm(msgspec.structs.replace(config, server=server)) as farm:
         async with httpx.AsyncClient(base_url=farm.url) as anon:
             assert (await anon.get("/access/info")).json()["result"]["trusted"] is True
             assert (await anon.get("/server/info")).status_code == 200

@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 import httpx
+import msgspec
 import orjson
 import pytest
 import trio
@@ -95,7 +96,7 @@ class Link:
 async def driven(
     sim: MoonrakerSim, options: MoonrakerOptions = FAST, **changes: Any
 ) -> AsyncIterator[Link]:
-    driver = MoonrakerDriver("m1", attrs.evolve(options, url=sim.url, **changes))
+    driver = MoonrakerDriver("m1", msgspec.structs.replace(options, url=sim.url, **changes))
     send, receive = trio.open_memory_channel[DriverEvent](1000)
     link = Link(driver, sim, [])
 
@@ -546,7 +547,7 @@ def moonraker_printer(pid: str, sim: MoonrakerSim, **kw: Any) -> PrinterConfig:
         id=pid,
         driver="moonraker",
         materials=kw.pop("materials", ("PLA",)),
-        moonraker=attrs.evolve(FAST, url=sim.url),
+        moonraker=msgspec.structs.replace(FAST, url=sim.url),
         **kw,
     )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import attrs
 import msgspec
 import pytest
 import trio
@@ -38,7 +37,7 @@ def farm_config(tmp: Path, klipper: MoonrakerSim) -> Any:
             id="k1",
             driver="moonraker",
             materials=("PLA",),
-            moonraker=attrs.evolve(FAST, url=klipper.url),
+            moonraker=msgspec.structs.replace(FAST, url=klipper.url),
         ),
     )
     # A retry far away: each failed job stays failed for the test to look at.
@@ -241,7 +240,9 @@ async def test_moonraker_driver_emergency_stop_shuts_klipper_down() -> None:
 
 async def test_mqtt_printer_emergency_stop(tmp_path: Path, mosquitto: Broker) -> None:  # noqa: F811
     config = mqtt_farm(tmp_path, mosquitto)
-    config = attrs.evolve(config, scheduler=attrs.evolve(config.scheduler, retry_backoff=(3600.0,)))
+    config = msgspec.structs.replace(
+        config, scheduler=msgspec.structs.replace(config.scheduler, retry_backoff=(3600.0,))
+    )
     options = msgspec.structs.replace(fleet_options(1), speed=1.0)
     async with (
         open_mqtt_fleet(mosquitto.host, mosquitto.port, options) as fleet,

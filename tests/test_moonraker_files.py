@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import attrs
 import httpx
+import msgspec
 import pytest
 
 from tests.conftest import API_KEY, LiveFarm, live_farm, make_config, raw_http, sim_printer
@@ -50,7 +50,9 @@ async def test_rest_upload_list_and_job_from_upload(farm: LiveFarm) -> None:
 
 async def test_rest_upload_rejections_store_nothing(tmp_path: Path) -> None:
     config = make_config(tmp_path, (sim_printer("p1"),), dispatch_paused=True)
-    config = attrs.evolve(config, server=attrs.evolve(config.server, max_upload_bytes=4096))
+    config = msgspec.structs.replace(
+        config, server=msgspec.structs.replace(config.server, max_upload_bytes=4096)
+    )
     async with live_farm(config) as farm:
         c = farm.client
         root = config.gcodes_path

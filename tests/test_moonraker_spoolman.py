@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import attrs
+import msgspec
 
 from printfarmd.config import Config, SpoolmanConfig
 from tests.conftest import live_farm, make_config, sim_printer
@@ -34,7 +34,7 @@ from tests.test_moonraker_ui_replay import Replay
 
 def farm_config(tmp: Path, url: str) -> Config:
     config = make_config(tmp, (sim_printer("p1"), sim_printer("p2")), dispatch_paused=True)
-    return attrs.evolve(
+    return msgspec.structs.replace(
         config, spoolman=SpoolmanConfig(url=url, refresh_interval=0.5, retry_backoff=(0.2,))
     )
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import attrs
 import httpx
+import msgspec
 import pytest
 from PIL import Image
 
@@ -35,7 +35,7 @@ async def test_webcams_are_the_printers_cameras_through_the_farm(
                 id="k1",
                 name="Voron",
                 driver="moonraker",
-                moonraker=attrs.evolve(
+                moonraker=msgspec.structs.replace(
                     FAST, url=with_cam.url, snapshot_url=with_cam.url + "/webcam/snapshot"
                 ),
             ),
@@ -43,7 +43,7 @@ async def test_webcams_are_the_printers_cameras_through_the_farm(
                 id="k2",
                 name="Voron",
                 driver="moonraker",
-                moonraker=attrs.evolve(FAST, url=without_cam.url),
+                moonraker=msgspec.structs.replace(FAST, url=without_cam.url),
             ),
         )
         config = make_config(tmp_path, printers, dispatch_paused=True)

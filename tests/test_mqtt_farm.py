@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import attrs
 import msgspec
 import pytest
 import trio
@@ -41,7 +40,7 @@ def mqtt_farm(tmp: Path, broker: Broker, *extra: PrinterConfig, **mqtt: Any) -> 
         "start_timeout": 15.0,
         **mqtt,
     }
-    return attrs.evolve(config, mqtt=MqttConfig(**options))
+    return msgspec.structs.replace(config, mqtt=MqttConfig(**options))
 
 
 def fleet_options(printers: int = 2) -> FleetOptions:
@@ -246,7 +245,7 @@ async def test_jobs_queued_before_any_printer_announces_itself_are_dispatched_la
 ) -> None:
     """Issue 15: with discovery on and no printer listed, a job is accepted and waits
     (its view says why); once the fleet announces itself, it prints."""
-    config = attrs.evolve(mqtt_farm(tmp_path, mosquitto), printers=())
+    config = msgspec.structs.replace(mqtt_farm(tmp_path, mosquitto), printers=())
     async with live_farm(config) as farm:
         ids = await submit(farm, 2)
         job = (await farm.client.get(f"/api/jobs/{ids[0]}")).json()

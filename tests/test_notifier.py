@@ -310,7 +310,11 @@ def test_send_email_uses_starttls_then_login_when_configured() -> None:
         ("quit",),
     ]
     FakeSMTP.calls = []
-    send_email(attrs.evolve(cfg, smtp_starttls=False, smtp_username=""), msg, smtp_factory=FakeSMTP)
+    send_email(
+        msgspec.structs.replace(cfg, smtp_starttls=False, smtp_username=""),
+        msg,
+        smtp_factory=FakeSMTP,
+    )
     assert [c[0] for c in FakeSMTP.calls] == ["connect", "ehlo", "send", "quit"]
 
 
@@ -321,8 +325,10 @@ def test_send_email_logs_in_to_a_real_smtp_server() -> None:
     with smtp_server(with_auth=True) as (port, handler):
         base = NotifyConfig(smtp_host="127.0.0.1", smtp_port=port, smtp_starttls=False)
         with pytest.raises(smtplib.SMTPAuthenticationError):
-            send_email(attrs.evolve(base, smtp_username="farm", smtp_password="wrong"), msg)
-        send_email(attrs.evolve(base, smtp_username="farm", smtp_password=PASSWORD), msg)
+            send_email(
+                msgspec.structs.replace(base, smtp_username="farm", smtp_password="wrong"), msg
+            )
+        send_email(msgspec.structs.replace(base, smtp_username="farm", smtp_password=PASSWORD), msg)
     assert len(handler.messages) == 1 and handler.messages[0][3] is True
 
 
@@ -451,7 +457,7 @@ async def test_pending_deliveries_resume_after_a_restart(
         await store.add_deliveries(
             [msgspec.structs.replace(before, id="gone", status=DeliveryStatus.PENDING)]
         )
-        other = attrs.evolve(cfg, webhook_urls=("http://elsewhere.example/",))
+        other = msgspec.structs.replace(cfg, webhook_urls=("http://elsewhere.example/",))
         sent: list[tuple[float, httpx.Request]] = []
         async with running_notifier(store, config=other, transport=flaky_transport(0, sent)):
             rows = await wait_deliveries(store, all_settled)
@@ -594,7 +600,7 @@ async def test_escalation_reaches_real_smtp_and_webhook_end_to_end(
             max_retries=1,
             retry_backoff=(0.1,),
         )
-        async with live_farm(attrs.evolve(config, notify=notify_cfg)) as farm:
+        async with live_farm(msgspec.structs.replace(config, notify=notify_cfg)) as farm:
             r = await farm.client.post("/api/jobs", json={"filename": "keychain_any.gcode"})
             assert r.status_code == 201
             job_id = r.json()["jobs"][0]["id"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import pytest
 import trio
 
@@ -120,7 +121,9 @@ class Link:
 
 @asynccontextmanager
 async def driven(url: str, api_key: str, **changes: Any) -> AsyncIterator[Link]:
-    driver = OctoPrintDriver("o1", attrs.evolve(FAST, url=url, api_key=api_key, **changes))
+    driver = OctoPrintDriver(
+        "o1", msgspec.structs.replace(FAST, url=url, api_key=api_key, **changes)
+    )
     send, receive = trio.open_memory_channel[DriverEvent](10000)
     link = Link(driver, [])
 
@@ -416,7 +419,7 @@ def octoprint_printer(pid: str, url: str, api_key: str) -> PrinterConfig:
         id=pid,
         driver="octoprint",
         materials=("PLA",),
-        octoprint=attrs.evolve(FAST, url=url, api_key=api_key),
+        octoprint=msgspec.structs.replace(FAST, url=url, api_key=api_key),
     )
 
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import orjson
 import trio
 
@@ -166,7 +166,7 @@ async def test_a_cancel_during_a_slow_upload_never_leaves_the_printer_printing(
             id="k1",
             driver="moonraker",
             materials=("PLA",),
-            moonraker=attrs.evolve(FAST, url=sim.url),
+            moonraker=msgspec.structs.replace(FAST, url=sim.url),
         )
         async with live_farm(make_config(tmp_path, (printer,))) as farm:
             await farm.wait_for(lambda: _printer_is(farm, "k1", "idle"), within=20)
@@ -217,12 +217,13 @@ async def test_a_full_disk_while_a_printer_refuses_a_job_degrades_then_recovers(
             id="k1",
             driver="moonraker",
             materials=("PLA",),
-            moonraker=attrs.evolve(FAST, url=sim.url),
+            moonraker=msgspec.structs.replace(FAST, url=sim.url),
         )
         with small_filesystem(tmp_path / "small") as small:
             config = make_config(tmp_path, (printer,), retry_backoff=(3600.0,))
-            config = attrs.evolve(
-                config, storage=attrs.evolve(config.storage, data_dir=str(small / "data"))
+            config = msgspec.structs.replace(
+                config,
+                storage=msgspec.structs.replace(config.storage, data_dir=str(small / "data")),
             )
             async with live_farm(config) as farm:
                 await farm.wait_for(lambda: _printer_is(farm, "k1", "idle"), within=20)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import pytest
 import trio
 
@@ -83,7 +84,7 @@ class Link:
 
 @asynccontextmanager
 async def driven(sim: PrusaLinkSim, **changes: Any) -> AsyncIterator[Link]:
-    driver = PrusaLinkDriver("p1", attrs.evolve(FAST, url=sim.url, **changes))
+    driver = PrusaLinkDriver("p1", msgspec.structs.replace(FAST, url=sim.url, **changes))
     send, receive = trio.open_memory_channel[DriverEvent](100000)
     link = Link(driver, sim, [])
 
@@ -384,7 +385,7 @@ def prusa_printer(pid: str, printer: PrusaLinkSim) -> PrinterConfig:
         id=pid,
         driver="prusalink",
         materials=("PLA",),
-        prusalink=attrs.evolve(FAST, url=printer.url),
+        prusalink=msgspec.structs.replace(FAST, url=printer.url),
     )
 
 

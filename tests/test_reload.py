@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
+import msgspec
 
 from printfarmd.config import PrinterConfig, SimulatorOptions
 from printfarmd.core.reload import plan_printer_reload
@@ -31,7 +31,9 @@ def _printers(c: httpx.Client) -> dict[str, dict[str, Any]]:
 
 def _slow(pid: str, materials: tuple[str, ...] = ("PLA",)) -> PrinterConfig:
     # speed 1: a real-time simulated print, so it is still printing during the test.
-    return attrs.evolve(sim_printer(pid, materials), simulator=SimulatorOptions(speed=1.0))
+    return msgspec.structs.replace(
+        sim_printer(pid, materials), simulator=SimulatorOptions(speed=1.0)
+    )
 
 
 def test_sighup_adds_removes_and_changes_printers_mid_print(
@@ -47,11 +49,11 @@ def test_sighup_adds_removes_and_changes_printers_mid_print(
 
         # busy: capabilities change (in place); idle: driver option change (restart);
         # gone: removed; new: added.
-        new_busy = attrs.evolve(busy, materials=("PLA", "TPU"), tags=("big",))
-        new_idle = attrs.evolve(idle, simulator=SimulatorOptions(speed=2.0))
-        cfg = attrs.evolve(
+        new_busy = msgspec.structs.replace(busy, materials=("PLA", "TPU"), tags=("big",))
+        new_idle = msgspec.structs.replace(idle, simulator=SimulatorOptions(speed=2.0))
+        cfg = msgspec.structs.replace(
             make_config(tmp_path, (new_busy, new_idle, _slow("new", ("PETG",)))),
-            server=attrs.evolve(make_config(tmp_path).server, port=d.port),
+            server=msgspec.structs.replace(make_config(tmp_path).server, port=d.port),
         )
         write_config(cfg, d.config_path)
         assert d.proc is not None
@@ -98,7 +100,10 @@ def test_removing_a_printing_printer_is_deferred(tmp_path: Path, daemon_factory:
         text = d.config_path.read_text()
         later = make_config(tmp_path, (_slow("p2"),))
         write_config(
-            attrs.evolve(later, server=attrs.evolve(later.server, port=d.port)), d.config_path
+            msgspec.structs.replace(
+                later, server=msgspec.structs.replace(later.server, port=d.port)
+            ),
+            d.config_path,
         )
         assert d.proc is not None
         d.proc.send_signal(signal.SIGHUP)
@@ -118,8 +123,8 @@ def test_plan_is_pure_and_minimal() -> None:
         old,
         [
             a,
-            attrs.evolve(b, materials=("PETG",)),
-            attrs.evolve(c, simulator=SimulatorOptions(speed=5.0)),
+            msgspec.structs.replace(b, materials=("PETG",)),
+            msgspec.structs.replace(c, simulator=SimulatorOptions(speed=5.0)),
             sim_printer("d"),
         ],
     )

@@ -20,8 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
+import msgspec
 import pytest
 import trio
 from trio_websocket import open_websocket_url
@@ -61,7 +61,7 @@ NO_KEY_SENT: tuple[dict[str, str], ...] = (
 
 def farm_config(tmp_path: Path, **server: Any) -> Config:
     config = make_config(tmp_path, (sim_printer("p1"),), dispatch_paused=True)
-    return attrs.evolve(config, server=attrs.evolve(config.server, **server))
+    return msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, **server))
 
 
 # ---------------------------------------------------------------- keys, hashed (build 1)

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import attrs
 import httpx
+import msgspec
 import pytest
 import trio
 
@@ -539,7 +540,9 @@ async def test_s5_only_declared_fields_are_used(tmp_path: Path, url: str) -> Non
 
 def _small_farm(tmp_path: Path, **server: Any) -> Any:
     config = make_config(tmp_path, (sim_printer("p1"),), dispatch_paused=True)
-    return live_farm(attrs.evolve(config, server=attrs.evolve(config.server, **server)))
+    return live_farm(
+        msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, **server))
+    )
 
 
 def _head(url: str, extra: str) -> bytes:

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import attrs
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -175,7 +176,7 @@ async def test_failures_are_deterministic(autojump_clock: trio.abc.Clock) -> Non
     failed = [o for o in first if o != "finished"]
     assert 10 <= len(failed) <= 40  # both outcomes occur at rate 0.5
     assert len(set(failed)) > 5  # failure points vary
-    assert await run_jobs(attrs.evolve(opts, seed=8), 50) != first
+    assert await run_jobs(msgspec.structs.replace(opts, seed=8), 50) != first
     assert await run_jobs(opts, 50, printer_id="p2") != first
 
 
@@ -318,7 +319,7 @@ async def test_offline_holds_a_finish_until_return(autojump_clock: trio.abc.Cloc
 async def test_offline_while_printing_reports_progress_on_return(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    opts = attrs.evolve(FAST, failure_rate=1.0)
+    opts = msgspec.structs.replace(FAST, failure_rate=1.0)
     async with running(SimulatedPrinter("p1", opts)) as farm:
         t0 = trio.current_time()
         await farm.sim.start_job(spec())

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 
 from printfarmd.config import SlicerConfig
 from tests.conftest import REPO, live_farm, make_config, sim_printer
@@ -22,7 +22,7 @@ async def _run(tmp_path: Path, mode: str, limit: float = 20.0) -> dict[str, Any]
     slicer = SlicerConfig(
         command=(sys.executable, FAKE, mode, "{input}", "{output}"), timeout=limit
     )
-    config = attrs.evolve(config, slicer=slicer)
+    config = msgspec.structs.replace(config, slicer=slicer)
     (config.gcodes_path / "part.stl").write_bytes(b"solid part\nendsolid part\n")
     async with live_farm(config) as farm:
         c = farm.client
@@ -76,7 +76,7 @@ async def test_a_slice_cut_short_by_a_stop_is_redone_at_start(tmp_path: Path) ->
 
     def with_slicer(mode: str) -> Any:
         cmd = (sys.executable, FAKE, mode, "{input}", "{output}")
-        return attrs.evolve(base, slicer=SlicerConfig(command=cmd, timeout=60.0))
+        return msgspec.structs.replace(base, slicer=SlicerConfig(command=cmd, timeout=60.0))
 
     async with live_farm(with_slicer("hang")) as farm:  # stopped mid-slice
         r = await farm.client.post("/api/jobs", json={"filename": "part.stl"})

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import orjson
 import pytest
 import trio
@@ -90,8 +91,8 @@ def on_engine(config: Config) -> Config:
     if config.data_path not in dsns:
         dsns[config.data_path] = server.fresh_dsn()
     dsn = dsns[config.data_path]
-    storage = attrs.evolve(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn)
-    return attrs.evolve(config, storage=storage)
+    storage = msgspec.structs.replace(config.storage, backend=StorageBackend.POSTGRESQL, dsn=dsn)
+    return msgspec.structs.replace(config, storage=storage)
 
 
 # ---------------------------------------------------------------------- the outbox alone
@@ -126,7 +127,7 @@ async def _store_with_rows(path: Path, rows: list[tuple[str, int, float]]) -> No
 async def running_service(path: Path, sim: SpoolmanSim, posted: list[Any]) -> AsyncIterator[Any]:
     async with open_store(path) as store, trio.open_nursery() as nursery:
         service = SpoolmanService(
-            config=attrs.evolve(FAST, url=sim.url),
+            config=msgspec.structs.replace(FAST, url=sim.url),
             store=store,
             post=posted.append,
             bound=set,
@@ -248,9 +249,11 @@ class SpoolFarm:
 async def spool_farm(tmp_path: Path, sim: SpoolmanSim, n: int = 1) -> AsyncIterator[SpoolFarm]:
     printers = tuple(sim_printer(f"p{k}", ("PLA",), power_watts=200.0) for k in range(n))
     config = make_config(tmp_path, printers)
-    config = attrs.evolve(
+    config = msgspec.structs.replace(
         config,
-        spoolman=attrs.evolve(FAST, url=sim.url, weight_margin=5.0, weight_margin_percent=0.0),
+        spoolman=msgspec.structs.replace(
+            FAST, url=sim.url, weight_margin=5.0, weight_margin_percent=0.0
+        ),
     )
     for grams in (60, 10):
         (config.gcodes_path / f"part_{grams}g.gcode").write_text(WEIGHED.format(g=grams))
@@ -371,7 +374,7 @@ def test_spoolman_down_at_the_end_of_a_print_and_kill_9_reports_exactly_once(
         sim.add(SimSpool(1, initial_weight=800.0))
         printer = sim_printer("p1", ("PLA",), speed=600.0, auto_clear=True)
         config = make_config(tmp_path, (printer,))
-        config = attrs.evolve(
+        config = msgspec.structs.replace(
             config,
             spoolman=SpoolmanConfig(
                 url=sim.url, refresh_interval=0.5, retry_backoff=(0.2,), timeout=2.0

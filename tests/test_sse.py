@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
 import msgspec
 import pytest
@@ -36,7 +35,7 @@ def sse_config(tmp: Path, **server: Any) -> Config:
         sim_printer("p2", ("PLA", "PETG"), speed=3000.0),
     )
     config = make_config(tmp, printers, dispatch_paused=True)
-    return attrs.evolve(config, server=attrs.evolve(config.server, **server))
+    return msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, **server))
 
 
 @pytest.fixture

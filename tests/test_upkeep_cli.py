@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import attrs
+import msgspec
 import pytest
 import trio
 
@@ -27,7 +27,7 @@ async def test_spools_and_maintenance_from_the_command_line(
 ) -> None:
     async with open_spoolman_sim() as sim:
         sim.add(SimSpool(12, material="PETG", color_hex="00AAFF", initial_weight=750.0))
-        config = attrs.evolve(
+        config = msgspec.structs.replace(
             make_config(tmp_path, (sim_printer("p1"), sim_printer("p2")), dispatch_paused=True),
             spoolman=SpoolmanConfig(url=sim.url),
             maintenance=MaintenanceConfig(every_prints=50),

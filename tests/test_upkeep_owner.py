@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -115,7 +115,7 @@ async def printed(owner: Owner, ids: set[str]) -> int:
 
 
 def farm(tmp: Path, printers: tuple[PrinterConfig, ...], **upkeep: Any) -> Config:
-    return attrs.evolve(make_config(tmp, printers), **upkeep)
+    return msgspec.structs.replace(make_config(tmp, printers), **upkeep)
 
 
 async def test_twenty_printers_forty_jobs_three_starts_per_minute(
