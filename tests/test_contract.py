@@ -38,6 +38,27 @@ def test_each_request_shape_parses_its_own_example_and_refuses_strangers(
                 contract.parse(shape, body)
 
 
+def test_a_shape_field_without_its_spec_is_refused_when_the_class_is_made() -> None:
+    with pytest.raises(TypeError, match="Bare: every field of a request shape needs"):
+
+        @contract.shape
+        class Bare(contract.Shape, frozen=True, kw_only=True):
+            named: str = contract.field(contract.Text(10), default="")
+            plain: int = 0
+
+    @contract.shape
+    class Declared(contract.Shape, frozen=True, kw_only=True):
+        later: int = contract.field(contract.Integer(0, 9), default=0)
+        first: str = contract.field(contract.Text(10), required=True)
+
+    # Required after optional is fine (keyword-only), and the specs stay with their names.
+    assert [(f.name, f.required) for f in contract.fields_of(Declared)] == [
+        ("later", False),
+        ("first", True),
+    ]
+    assert contract.parse(Declared, {"first": "x"}) == Declared(first="x", later=0)
+
+
 # ---------------------------------------------------------------- against the live API
 
 

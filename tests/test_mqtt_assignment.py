@@ -85,6 +85,18 @@ def test_assignment_payload_has_the_spec_shape() -> None:
     assert set(seed) <= set(data)
 
 
+def test_a_job_spec_keeps_its_own_copy_of_the_parameters() -> None:
+    given = {"layerHeight": 0.2}
+    spec = JobSpec("ABCDEF0123456789", "benchy.gcode", "/x/benchy.gcode", parameters=given)
+    given["infill"] = 15.0  # the caller's dict changes after the hand-over
+    assert spec.parameters == {"layerHeight": 0.2}
+    # Hashable (a driver may keep specs in a set) and equal to its twin.
+    twin = JobSpec(
+        "ABCDEF0123456789", "benchy.gcode", "/x/benchy.gcode", parameters=spec.parameters
+    )
+    assert spec == twin and len({spec, twin}) == 1
+
+
 async def test_start_job_sends_priority_and_parameters_over_mosquitto(
     tmp_path: Path,
     mosquitto: Broker,  # noqa: F811

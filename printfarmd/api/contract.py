@@ -2,21 +2,22 @@
 object is declared once, here, and validation, serialization and the OpenAPI document
 (``api/openapi.py``) are all made from that declaration.
 
-- A **request body** is a frozen attrs class whose fields carry a ``Spec`` (``field``);
-  ``parse(Shape, body, limits)`` checks a decoded JSON object against it and returns the
-  typed value, ``request_schema(Shape, limits)`` is its JSON Schema. Unknown fields are
-  refused (400). A wrong type, a missing required field, a NUL character: 400
-  ``bad_request``; a value out of range: 422 ``validation_failed`` with ``field``. A
-  ``null`` means "not given" (documented as nullable) unless the field says otherwise.
+- A **request body** is a frozen ``Shape`` (a msgspec Struct, registered by ``@shape``)
+  whose fields carry a ``Spec`` (``field``); ``parse(Shape, body, limits)`` checks a
+  decoded JSON object against it and returns the typed value, ``request_schema(Shape,
+  limits)`` is its JSON Schema. Unknown fields are refused (400). A wrong type, a missing
+  required field, a NUL character: 400 ``bad_request``; a value out of range: 422
+  ``validation_failed`` with ``field``. A ``null`` means "not given" (documented as
+  nullable) unless the field says otherwise.
 - A **response object** is an ``Out`` table: per property its JSON Schema and how to
   read it from the domain value; ``Out.dump(value)`` is the JSON-able dict,
   ``Out.schema()`` the component. A property can only be sent if it is declared.
 
-Why a table of our own (not msgspec Structs or quart-schema): the request path keeps its
-exact error messages and the 400/422 split the API documents, bounds that come from the
-config (``scheduler.max_priority``), and no new dependency or import at start; the cost
-is a few microseconds per body (``bench/bench_security.py`` measures it against the old
-hand-written checks), against ~2 ms for a job creation.
+Why checks of our own (not msgspec's typed decoding or quart-schema): the request path
+keeps its exact error messages and the 400/422 split the API documents, bounds that come
+from the config (``scheduler.max_priority``), and no new dependency or import at start;
+the cost is a few microseconds per body (``bench/bench_security.py`` measures it against
+the old hand-written checks), against ~2 ms for a job creation.
 
 Declaring a new route: a request shape here (or reuse one), ``parse`` it in the view
 (``await body_of(Shape)``), and one entry in ``openapi.PATHS`` built with
@@ -32,7 +33,6 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import attrs
 import msgspec
 
 from printfarmd.errors import BadRequest, ValidationFailed
@@ -305,8 +305,6 @@ class NumberList(Spec, frozen=True):
 
 # ---------------------------------------------------------------- request shapes
 
-_SPEC = "printfarmd.spec"
-
 
 class Field(msgspec.Struct, frozen=True):
     name: str
@@ -323,6 +321,19 @@ class Field(msgspec.Struct, frozen=True):
     null_is_value: bool = False
 
 
+class Shape(msgspec.Struct, frozen=True, kw_only=True):
+    """The base of the request shapes: ``class X(Shape, frozen=True, kw_only=True)``
+    (msgspec applies ``kw_only`` per class), decorated with ``@shape``, every field a
+    ``field``."""
+
+
+S = TypeVar("S", bound=type[Shape])
+
+#: The ``Field`` rows of the class being defined, in the order its body calls ``field``
+#: (``shape`` takes them; a class body runs at once, on one thread).
+_PENDING: list[tuple[Any, ...]] = []
+
+
 def field(
     spec: Spec,
     *,
@@ -334,24 +345,30 @@ def field(
     description: str = "",
     null_is_value: bool = False,
 ) -> Any:
-    """An attrs field of a request shape, carrying its ``Spec``."""
-    meta = {
-        _SPEC: (spec, required, no_null, missing, blank_is_missing, description, null_is_value),
-    }
+    """A field of a request shape, carrying its ``Spec`` (the class must be decorated
+    with ``shape``)."""
+    row = (spec, required, no_null, missing, blank_is_missing, description, null_is_value)
+    _PENDING.append(row)
     if required:
-        return attrs.field(metadata=meta)
-    return attrs.field(default=default, metadata=meta)
+        return msgspec.field()
+    return msgspec.field(default=default)
 
 
-def fields_of(shape: type[Any]) -> tuple[Field, ...]:
-    """The declared fields of request shape ``shape``, in declaration order."""
-    cached = _FIELDS.get(shape)
-    if cached is None:
-        cached = tuple(
-            Field(a.name, *a.metadata[_SPEC]) for a in attrs.fields(shape) if _SPEC in a.metadata
-        )
-        _FIELDS[shape] = cached
-    return cached
+def shape(cls: S) -> S:
+    """Register request shape ``cls``: its fields' specs, in declaration order. Every
+    field must be declared with ``field`` (raises ``TypeError`` otherwise)."""
+    rows = tuple(_PENDING)
+    _PENDING.clear()
+    names = cls.__struct_fields__
+    if len(rows) != len(names):
+        raise TypeError(f"{cls.__name__}: every field of a request shape needs field(spec)")
+    _FIELDS[cls] = tuple(Field(name, *row) for name, row in zip(names, rows, strict=True))
+    return cls
+
+
+def fields_of(cls: type[Any]) -> tuple[Field, ...]:
+    """The declared fields of request shape ``cls``, in declaration order."""
+    return _FIELDS[cls]
 
 
 _FIELDS: dict[type[Any], tuple[Field, ...]] = {}

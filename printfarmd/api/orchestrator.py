@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
+import msgspec
 from quart import Blueprint, Response, request
 
 from printfarmd import __version__
@@ -109,7 +109,7 @@ async def get_config() -> Response:
 @bp.put("/api/orchestrator/config")
 async def put_config() -> Response:
     body = await body_of(OrchestratorConfig)
-    changes = {k: v for k, v in attrs.asdict(body, recurse=False).items() if v is not None}
+    changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
     await services().owner.update_settings(changes)
     return json_response(_settings_body())
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, ClassVar
 
-import attrs
-
 from printfarmd.api.contract import (
     Boolean,
     Integer,
@@ -17,11 +15,13 @@ from printfarmd.api.contract import (
     NumberList,
     Out,
     Prop,
+    Shape,
     Spec,
     Text,
     TextList,
     Time,
     field,
+    shape,
 )
 from printfarmd.core.routing import normalize_colour
 from printfarmd.errors import BadRequest, ValidationFailed
@@ -79,8 +79,8 @@ class Colour(Spec, frozen=True):
 # ---------------------------------------------------------------- request bodies
 
 
-@attrs.frozen
-class JobCreate:
+@shape
+class JobCreate(Shape, frozen=True, kw_only=True):
     """``POST /api/jobs``."""
 
     # Length and shape are judged by the one containment check (services.files).
@@ -102,29 +102,29 @@ class JobCreate:
     not_before: float | None = field(Time(), description="do not start before this UTC time")
 
 
-@attrs.frozen
-class JobCancel:
+@shape
+class JobCancel(Shape, frozen=True, kw_only=True):
     """``POST /api/jobs/{job_id}/cancel`` (an empty body is fine)."""
 
     reason: str = field(Text(500), default="cancelled by operator", blank_is_missing=True)
 
 
-@attrs.frozen
-class JobRelease:
+@shape
+class JobRelease(Shape, frozen=True, kw_only=True):
     """``POST /api/jobs/{job_id}/release``."""
 
     printerId: str = field(Text(64, min_len=1), required=True, blank_is_missing=True)
 
 
-@attrs.frozen
-class JobShip:
+@shape
+class JobShip(Shape, frozen=True, kw_only=True):
     """``POST /api/jobs/{job_id}/ship``."""
 
     tracking: str = field(Text(200), required=True)
 
 
-@attrs.frozen
-class Maintenance:
+@shape
+class Maintenance(Shape, frozen=True, kw_only=True):
     """``POST /api/printers/{printer_id}/maintenance``: either ``enabled`` (maintenance
     mode on or off), or ``by`` and ``work`` (and ``at``: work done, recorded in the log;
     the counters reset and the printer is back in service)."""
@@ -158,8 +158,8 @@ class Maintenance:
     at: float | None = field(Time(), description="when the work was done (default: now)")
 
 
-@attrs.frozen
-class SpoolBind:
+@shape
+class SpoolBind(Shape, frozen=True, kw_only=True):
     """``PUT /api/printers/{printer_id}/spool``: bind a Spoolman spool to a tool
     (``spool_id`` null: unbind)."""
 
@@ -172,8 +172,8 @@ class SpoolBind:
     tool: int = field(Integer(0, 63), default=0)
 
 
-@attrs.frozen
-class Reprioritize:
+@shape
+class Reprioritize(Shape, frozen=True, kw_only=True):
     """``POST /api/orchestrator/reprioritize``."""
 
     jobId: str = field(
@@ -189,8 +189,8 @@ class Reprioritize:
     priority: int = field(PRIORITY, required=True)
 
 
-@attrs.frozen
-class OrchestratorConfig:
+@shape
+class OrchestratorConfig(Shape, frozen=True, kw_only=True):
     """``PUT /api/orchestrator/config``: only the fields given change."""
 
     max_retries: int | None = field(Integer(0, 100), no_null=True)

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-import attrs
 import msgspec
 import trio
+from msgspec.structs import force_setattr
 
 from printfarmd.models import PrinterState
 
@@ -47,12 +47,7 @@ class NotSupported(DriverError):
     """The printer cannot do this (no camera, no G-code console, ...)."""
 
 
-def _copy_params(value: Mapping[str, float]) -> dict[str, float]:
-    return dict(value)
-
-
-@attrs.frozen
-class JobSpec:
+class JobSpec(msgspec.Struct, frozen=True):
     """What a driver needs to print a job.
 
     ``path`` is the absolute, already containment-checked file path; ``filename`` the
@@ -73,7 +68,16 @@ class JobSpec:
     material: str | None = None
     resume_progress: float = 0.0
     priority: int = 0
-    parameters: Mapping[str, float] = attrs.field(factory=dict, converter=_copy_params, hash=False)
+    parameters: Mapping[str, float] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A copy: the caller's mapping may change after the job is handed over.
+        force_setattr(self, "parameters", dict(self.parameters))
+
+    def __hash__(self) -> int:
+        # Hashable although ``parameters`` is a dict: every other field counts.
+        spec = (self.job_id, self.filename, self.path, self.estimated_time, self.material)
+        return hash((*spec, self.resume_progress, self.priority))
 
 
 class StatusReport(msgspec.Struct, frozen=True):
