@@ -274,6 +274,25 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
+def paired(case: list[dict[str, float]], base: list[dict[str, float]]) -> dict[str, float]:
+    """``case`` against ``base`` round by round (the two ran back to back in each round,
+    so a slow spell of the machine hits both): the median of the per-round time ratios
+    and of the per-round idle RSS differences (MB), and how many rounds were within
+    the issue's goals (1.2x, +10 MB)."""
+    ratios = [c["seconds"] / b["seconds"] for c, b in zip(case, base, strict=True)]
+    extra = [(c["rss_kb"] - b["rss_kb"]) / 1024 for c, b in zip(case, base, strict=True)]
+    return {
+        "time_ratio": median(ratios),
+        "time_ratio_min": min(ratios),
+        "time_ratio_max": max(ratios),
+        "rss_extra_mb": median(extra),
+        "rss_extra_mb_max": max(extra),
+        "rounds": len(ratios),
+        "rounds_within_1_2x": sum(r <= 1.2 for r in ratios),
+        "rounds_within_10_mb": sum(e <= 10.0 for e in extra),
+    }
+
+
 # ------------------------------------------------------------------------- case B data
 
 
@@ -493,6 +512,7 @@ def bench(runs: int, n: int, idle: float, seed: int) -> dict[str, Any]:
                 }
                 for case in ("B", "C")
             },
+            "paired": {case: paired(cases[case], cases["bare_stack"]) for case in ("demo", "A")},
             "seconds": round(time.perf_counter() - t_start, 1),
             "loadavg_1m_end": round(os.getloadavg()[0], 2),
         }
@@ -575,6 +595,23 @@ def print_report(r: dict[str, Any]) -> None:
         for name, v in rr.items()
     ]  # fmt: skip
     print(table(["ratio", "time to 200", "idle RSS"], rows))
+    print()
+    rows = [
+        [
+            f"{case} / bare stack",
+            f"{v['time_ratio']:.2f}x ({v['time_ratio_min']:.2f}..{v['time_ratio_max']:.2f})",
+            f"+{v['rss_extra_mb']:.1f} MB (max +{v['rss_extra_mb_max']:.1f})",
+            f"{v['rounds_within_1_2x']}/{v['rounds']}",
+            f"{v['rounds_within_10_mb']}/{v['rounds']}",
+        ]
+        for case, v in r["paired"].items()
+    ]
+    print(
+        table(
+            ["paired by round", "time to 200", "idle RSS", "rounds <= 1.2x", "<= +10 MB"],
+            rows,
+        )
+    )
     print(
         f"\n(first start ever, creating the schema, case B's farm: {b['first_start_s'] * 1000:.0f}"
         f" ms, one run; whole bench {r['seconds']} s)"

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import tomli_w
-
 from printfarmd import __version__, heap
 from printfarmd.api.auth import hash_key, new_key
 from printfarmd.cli_client import (
@@ -243,6 +241,8 @@ def cmd_init(args: argparse.Namespace, out: Console) -> int:
     """Write a starter config with a fresh API key; refuse to overwrite unless ``--force``."""
     path = Path(args.file)
     key = new_key()
+    import tomli_w  # only `init` and `config` write TOML (issue 17: not at serve)
+
     text = _INIT_HEADER + tomli_w.dumps(starter_config(hash_key(key)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

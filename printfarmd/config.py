@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
-import tomli_w
 
 from printfarmd.errors import ConfigError
 
@@ -1191,6 +1190,8 @@ def dump_config(config: Config) -> str:
 
     ``config_from_dict(tomllib.loads(dump_config(c)))`` equals ``c`` up to ``base_dir``.
     """
+    import tomli_w  # only `config` writes TOML (issue 17: not imported at serve)
+
     return tomli_w.dumps(_toml_data(config))
 
 

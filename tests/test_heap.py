@@ -27,6 +27,7 @@ SETTLE_IN_A_CHILD = """
 import gc, json
 from printfarmd import heap
 kept = [[i] for i in range(5000)]  # what start-up built and keeps
+before = heap.frozen_objects()
 frozen = heap.settle()
 cycle = []
 cycle.append(cycle)  # a cycle made after READY
@@ -35,6 +36,9 @@ print(json.dumps({
     "threshold": gc.get_threshold(),
     "enabled": gc.isenabled(),
     "frozen": frozen,
+    "before": before,
+    "reported": heap.frozen_objects(),
+    "counted": gc.get_freeze_count(),
     "freed_later": gc.collect(),
 }))
 """
@@ -153,6 +157,8 @@ def test_settle_freezes_what_start_up_built_and_collects_the_young_less_often() 
     assert got["enabled"] is True
     # Every object alive at READY, at least the 5,000 lists the child kept.
     assert got["frozen"] > 5_000
+    # /metrics reads the count settle took (counting walks every frozen object).
+    assert (got["before"], got["reported"]) == (0, got["counted"])
     # Cycles made afterwards are still collected: only the frozen ones are left alone.
     assert got["freed_later"] >= 1
 

@@ -1,7 +1,7 @@
 """Issue 17: ``printfarmd serve`` imports nothing the first request does not need.
 
 The heavy libraries (httpx and, through it, rich; Pillow; paho-mqtt; sqlite-utils;
-cattrs) are imported only when a command, a webhook, Spoolman, a photo, an MQTT broker, a
+cattrs; tomli-w) are imported only when a command, a webhook, Spoolman, a photo, an MQTT broker, a
 table listing, or a config that is wrong or being written needs them. A fresh interpreter
 imports what ``serve`` imports (the CLI, the daemon, the app with every blueprint) and
 reports which of them got in; another runs the real command line until ``serve`` finds
@@ -27,6 +27,7 @@ LAZY = (
     "multipart",
     "python_multipart",
     "cattrs",
+    "tomli_w",
 )
 
 PROBE = f"""
@@ -36,6 +37,22 @@ import printfarmd.daemon
 import printfarmd.api.app
 print(json.dumps(sorted(m for m in {LAZY!r} if m in sys.modules)))
 """
+
+
+COMPILED = """
+import json
+import printfarmd.cli, printfarmd.daemon, printfarmd.api.app
+from printfarmd.core import gcode_meta
+print(json.dumps(gcode_meta._re.cache_info().currsize))
+"""
+
+
+def test_the_g_code_parser_compiles_its_patterns_on_its_first_parse() -> None:
+    # Nothing reads a G-code file before the first answer (the cache warms after READY).
+    out = subprocess.run(
+        [sys.executable, "-c", COMPILED], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == 0
 
 
 def test_the_start_up_path_imports_none_of_the_lazy_libraries() -> None:

@@ -708,6 +708,38 @@ async def test_newer_schema_version_refused(tmp_path: Path) -> None:
     assert db_job_count(path) == 3
 
 
+def test_a_new_file_gets_its_whole_schema_or_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from printfarmd.store import database
+
+    broken = (*MIGRATIONS, "CREATE TABLE later_step (x INTEGER);\nSELECT * FROM no_such_table;\n")
+    monkeypatch.setattr(database, "MIGRATIONS", broken)
+    fresh = tmp_path / "fresh.db"
+    with pytest.raises(DatabaseDamaged, match="no such table: no_such_table"):
+        database.open_database(fresh)
+    # The last step failed: none of the earlier ones is left either (one transaction).
+    conn = sqlite3.connect(fresh)
+    tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert (conn.execute("PRAGMA user_version").fetchone()[0], tables) == (0, [])
+    conn.close()
+
+    # An existing file is migrated step by step: it keeps every step that succeeded.
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.executescript(str(MIGRATIONS[0]))
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DatabaseDamaged, match="no such table: no_such_table"):
+        database.open_database(old)
+    assert db_user_version(old) == len(MIGRATIONS)
+    conn = sqlite3.connect(old)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "jobs" in tables and "later_step" not in tables
+    conn.close()
+
+
 # ---------------------------------------------------------------- reopen, backup
 
 

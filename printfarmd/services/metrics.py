@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from printfarmd.heap import frozen_objects
 from printfarmd.models import JobState, PrinterState
 
 #: Dispatch latency histogram buckets, seconds (queued -> handed to a printer).
@@ -46,12 +47,12 @@ class HeapCounts(msgspec.Struct, frozen=True):
 
     #: ``gc.get_stats()``: per generation, collections run and objects collected.
     generations: tuple[Mapping[str, int], ...] = ()
-    #: ``gc.get_freeze_count()``: objects moved out of the collector's walk at READY.
+    #: Objects moved out of the collector's walk at READY (``heap.frozen_objects``).
     frozen: int = 0
 
     @classmethod
     def now(cls) -> HeapCounts:
-        return cls(tuple(gc.get_stats()), gc.get_freeze_count())
+        return cls(tuple(gc.get_stats()), frozen_objects())
 
 
 def render(

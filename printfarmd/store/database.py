@@ -116,20 +116,24 @@ def open_database(path: Path, synchronous: str = "FULL") -> tuple[sqlite3.Connec
         if existed and version < len(MIGRATIONS):
             # Reliability rule: a copy before the schema changes.
             backup_database(conn, path.parent / "backups" / f"pre-migration-v{version}.db")
-        applied = 0
-        for step, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-            # executescript() commits first; run the step's statements in our own
-            # transaction so a failed migration leaves the old schema intact.
+        pending = list(enumerate(MIGRATIONS[version:], start=version + 1))
+        # A new file gets every step in one transaction (one commit, not one per step:
+        # a first start's schema is all or nothing); an existing one step by step, so a
+        # failed migration leaves the last good schema. executescript() would commit
+        # first: the statements run one by one in our own transaction.
+        batches = [pending] if not existed else [[one] for one in pending]
+        for batch in batches:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _split_sql(step_text(sql, "sqlite")):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {step}")
+                for step, sql in batch:
+                    for statement in _split_sql(step_text(sql, "sqlite")):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {step}")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            applied += 1
+        applied = len(pending)
     except sqlite3.DatabaseError as exc:
         if conn is not None:
             conn.close()
@@ -137,6 +141,20 @@ def open_database(path: Path, synchronous: str = "FULL") -> tuple[sqlite3.Connec
     if not existed:
         fsync_dir(path.parent)
     return conn, applied
+
+
+def open_files(
+    path: Path, synchronous: str = "FULL"
+) -> tuple[sqlite3.Connection, int, sqlite3.Connection]:
+    """``open_database``, then the reader connection. Blocking. Returns the writer, the
+    migrations applied now and the reader; raises what ``open_database`` raises."""
+    writer, applied = open_database(path, synchronous)
+    try:
+        reader = connect(path, synchronous)
+    except BaseException:
+        writer.close()
+        raise
+    return writer, applied, reader
 
 
 def check_references(path: Path) -> None:

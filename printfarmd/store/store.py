@@ -345,13 +345,8 @@ async def open_store(path: Path, synchronous: str = "FULL") -> AsyncIterator[Sto
     ``quick_check``, or while running when the reference check (which holds every
     write back until it passed) finds a dangling reference.
     """
-    writer, applied = await trio.to_thread.run_sync(database.open_database, path, synchronous)
+    writer, applied, reader = await trio.to_thread.run_sync(database.open_files, path, synchronous)
     log.info("database migrations applied", extra={"applied": applied, "db": str(path)})
-    try:
-        reader = await trio.to_thread.run_sync(database.connect, path, synchronous)
-    except BaseException:
-        writer.close()
-        raise
     store = SqliteStore(path, writer, reader, synchronous)
     try:
         async with trio.open_nursery() as nursery:
