@@ -7,7 +7,10 @@ for compiling. Each run spawns a fresh process (``time.perf_counter`` just befor
 ``Popen``), polls ``GET /api/health`` every 5 ms (a new loopback connection per poll)
 until it answers 200 with ``{"status": "ok"}``, waits ``--idle`` seconds, reads
 ``VmRSS`` (and the peak, ``VmHWM``) from ``/proc/<pid>/status``, then stops it with
-SIGTERM (the time to exit is reported too). Medians of ``--runs`` runs per case.
+SIGTERM (the time to exit is reported too). Medians of ``--runs`` runs per case; the
+cases run one after another in each round, and the demo farm and case A are also given
+paired with the bare stack of the same round (the median of the per-round time ratios and
+RSS differences, and how many rounds were within the issue's 1.2x and +10 MB).
 
 Cases:
 
