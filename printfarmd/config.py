@@ -593,9 +593,11 @@ def is_config_class(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
 
 
+@functools.cache
 def settable_fields(cls: type) -> tuple[msgspec.structs.FieldInfo, ...]:
     """The fields of config class ``cls`` that are TOML keys, in order: all but its
-    ``internal_keys``."""
+    ``internal_keys``. Cached: ``msgspec.structs.fields`` evaluates the annotations anew
+    on every call, and every load (and reload) asks for each class."""
     internal: frozenset[str] = getattr(cls, "internal_keys", frozenset())
     return tuple(f for f in msgspec.structs.fields(cls) if f.name not in internal)
 
@@ -1217,8 +1219,9 @@ def _toml_data(config: Config) -> dict[str, Any]:
 
 def _toml_value(value: Any) -> Any:
     # TOML-native: tables as dicts, tuples as arrays (lists), enums as their values.
-    if is_config_class(type(value)):
-        return {f.name: _toml_value(getattr(value, f.name)) for f in settable_fields(type(value))}
+    cls: type = type(value)
+    if is_config_class(cls):
+        return {f.name: _toml_value(getattr(value, f.name)) for f in settable_fields(cls)}
     if isinstance(value, tuple):
         return [_toml_value(item) for item in value]
     if isinstance(value, enum.StrEnum):
