@@ -207,17 +207,27 @@ class DaemonProcess:
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **self.env},
         )
         log.close()
-        deadline = time.monotonic() + timeout
+        started, started_at = time.monotonic(), time.strftime("%H:%M:%S", time.gmtime())
+        deadline = started + timeout
+        polls, last = 0, "no answer yet"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            polls += 1
             try:
-                if httpx.get(self.url + "/api/health", timeout=1.0).json().get("status") == "ok":
+                status = httpx.get(self.url + "/api/health", timeout=1.0).json().get("status")
+                if status == "ok":
                     return
-            except (httpx.HTTPError, ValueError):
-                pass
+                last = f"status {status!r}"
+            except (httpx.HTTPError, ValueError) as e:
+                last = f"{type(e).__name__}: {e}"
             time.sleep(0.05)
-        raise RuntimeError(f"daemon did not become ready:\n{self.log()}")
+        # What the wait saw, so that a slow start on a loaded machine can be told from a
+        # daemon that answered but never became ready.
+        raise RuntimeError(
+            f"daemon did not become ready in {time.monotonic() - started:.1f} s "
+            f"({polls} health polls, the last: {last}; started at {started_at}Z):\n{self.log()}"
+        )
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.proc is not None
