@@ -27,10 +27,13 @@ from tests.conftest import API_KEY, REPO, DaemonProcess, make_config, sim_printe
 
 pytestmark = pytest.mark.slow
 
-#: Debian's libfaketime, wherever the architecture puts it (``.ci/run`` installs it).
+#: Debian's libfaketime, wherever the architecture puts it (``.ci/run`` installs it): its
+#: thread-safe build. The daemon reads the clock from its worker threads too, and the
+#: plain build keeps the clock's state in unguarded statics (its README): once in CI a
+#: daemon under it logged "ready" and then never answered.
 LIBFAKETIME = next(
-    Path("/usr/lib").glob("*/faketime/libfaketime.so.1"),
-    Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+    Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"),
+    Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
 )
 
 
