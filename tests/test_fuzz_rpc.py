@@ -286,12 +286,22 @@ def _depth(value: Any) -> int:
     return 0
 
 
+def padded(value: Any, text: bytes) -> tuple[Any, bytes]:
+    """``value`` as the second item of an array whose first is a long string: a text
+    beyond ``jsonin.SMALL_TEXT`` (its keys are counted another way than a short one's)."""
+    pad = "x" * (jsonin.SMALL_TEXT + 1)
+    return [pad, value], b'["' + pad.encode() + b'",' + text + b"]"
+
+
 @settings(max_examples=300, deadline=None)
-@given(value=deep_values, indent=st.booleans())
-def test_decoder_accepts_every_value_within_the_limits(value: Any, indent: bool) -> None:
+@given(value=deep_values, indent=st.booleans(), pad=st.booleans())
+def test_decoder_accepts_every_value_within_the_limits(value: Any, indent: bool, pad: bool) -> None:
     """No false refusals: whatever an encoder writes for a value within the limits
-    (strings with quotes, colons and digits, keys that look alike) decodes unchanged."""
+    (strings with quotes, colons and digits, keys that look alike) decodes unchanged,
+    in a short text and in a long one."""
     text = orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0)
+    if pad:
+        value, text = padded(value, text)
     if _depth(value) > jsonin.MAX_DEPTH:
         with pytest.raises(jsonin.JsonRefused):
             jsonin.decode(text)
@@ -305,11 +315,14 @@ def test_decoder_accepts_every_value_within_the_limits(value: Any, indent: bool)
     value=st.dictionaries(st.text(max_size=4), json_values, min_size=1, max_size=4),
     pick=st.integers(0, 3),
     escape=st.booleans(),
+    pad=st.booleans(),
 )
 # A key holding a backslash before a control character (found in CI: the test itself
 # once rewrote such a key while spelling it).
-@example(value={"\\\x07": None}, pick=0, escape=False)
-def test_decoder_refuses_every_repeated_key(value: dict[str, Any], pick: int, escape: bool) -> None:
+@example(value={"\\\x07": None}, pick=0, escape=False, pad=False)
+def test_decoder_refuses_every_repeated_key(
+    value: dict[str, Any], pick: int, escape: bool, pad: bool
+) -> None:
     key = sorted(value)[pick % len(value)]
     if escape and key.isascii():  # the same key spelled with \u escapes only
         spelled = b'"' + "".join(f"\\u{ord(c):04x}" for c in key).encode() + b'"'
@@ -317,6 +330,8 @@ def test_decoder_refuses_every_repeated_key(value: dict[str, Any], pick: int, es
         spelled = orjson.dumps(key)
     body = orjson.dumps(value)[:-1] + b"," + spelled
     body += b":" + orjson.dumps(value[key]) + b"}"
+    if pad:  # in a long text, inside an array
+        value, body = padded(value, body)
     if _depth(value) > jsonin.MAX_DEPTH:
         return
     with pytest.raises(jsonin.JsonRefused, match="duplicate key"):

@@ -21,8 +21,10 @@ the test-only wire recorder (``wirelog``). In order, for HTTP:
    paths), and an allowed request carries its ``Decision`` in the scope
    (``decision_of``) to the view, which never decides again. A websocket is never refused
    for its credentials: it may authenticate later (``server.connection.identify``), so
-   ``ws.serve`` reads the decision and acts on it. A key verified on a connection is
-   remembered for that connection (``Access``), so it is not hashed again per request;
+   ``ws.serve`` reads the decision and acts on it; the facade's ``/websocket`` is then
+   served straight on ASGI (``serve_websocket``, ``moonraker/socket.py``), not through
+   Quart's per-frame path. A key verified on a connection is remembered for that
+   connection (``Access``), so it is not hashed again per request;
 6. **fast routes** (``serve_get``): a few hot, read-only ``GET`` answers built without a
    Quart request (``/server/job_queue/status``): the same bytes and headers as through
    Quart, a test compares the two. A request that declares a body (even
@@ -347,10 +349,16 @@ class Front:
         self.active = 0
         self._warned = False
         self._fast: dict[str, FastRoute] = {}
+        self._sockets: dict[str, ASGIApp] = {}
 
     def serve_get(self, path: str, route: FastRoute) -> None:
         """Answer body-less ``GET path`` requests with ``route`` (see ``FastRoute``)."""
         self._fast[path] = route
+
+    def serve_websocket(self, path: str, app: ASGIApp) -> None:
+        """Give the websockets of ``path`` (one of ``WEBSOCKET_PATHS``) to ``app`` instead of
+        Quart, once the front admitted them and made their access decision."""
+        self._sockets[path] = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -389,7 +397,7 @@ class Front:
                 oneshot=query_token(scope.get("query_string", b"")),
                 connection=scope.get("client"),
             )
-            await self.app(scope, receive, send)
+            await self._sockets.get(scope["path"], self.app)(scope, receive, send)
         finally:
             self._release()
 

@@ -32,7 +32,6 @@ from printfarmd.api.moonraker import (
     server_methods,
     spoolman_methods,
     webcam_methods,
-    ws,
 )
 from printfarmd.api.moonraker.args import Args, parse_query
 from printfarmd.api.moonraker.facade import Facade, http_answer
@@ -353,4 +352,7 @@ async def camera_snapshot(printer_id: str) -> Response:
 
 @bp.websocket("/websocket")
 async def websocket_route() -> Response | None:
-    return await ws.serve(facade())
+    """Never reached in the daemon: the front gives every upgrade on this path to
+    ``socket.serve`` (issue 17). The rule stays so that Quart's URL map knows the path
+    (a plain HTTP request for it gets the 400 Quart gives a websocket route)."""
+    return Response(b"", status=500)

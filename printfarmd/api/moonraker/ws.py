@@ -29,7 +29,7 @@ from quart import Response, websocket
 
 from printfarmd.api.auth import Verdict
 from printfarmd.api.front import decision_of
-from printfarmd.api.moonraker import history_methods, procstats, rpc, spoolman_methods
+from printfarmd.api.moonraker import history_methods, procstats, rpc, socket, spoolman_methods
 from printfarmd.api.moonraker.facade import HISTORY_FRAMES_KEEP, Facade, notify_frame
 from printfarmd.errors import FarmError
 from printfarmd.models import Event
@@ -69,7 +69,9 @@ class Connection(msgspec.Struct, eq=False):
     cancel: trio.CancelScope
     client_name: str = ""
     busy: bool = False
-    idle: trio.Event = msgspec.field(default_factory=trio.Event)
+    #: Set when the request being answered is done; made only while the notifications'
+    #: task waits for that (most answers are not waited for).
+    idle: trio.Event | None = None
     #: Called ``server.connection.identify`` (gets the once-a-second process statistics).
     identified: bool = False
     #: Printer objects of its last ``printer.objects.subscribe``.
@@ -145,6 +147,8 @@ async def _forward(
             except trio.WouldBlock:
                 break
         while conn.busy:
+            if conn.idle is None:
+                conn.idle = trio.Event()
             await conn.idle.wait()
         events = [m for m in batch if isinstance(m, Event) and is_queue_event(m)]
         for action in queue_actions(events):
@@ -214,21 +218,24 @@ async def _tick(facade: Facade, conn: Connection) -> None:
             conn.push(notify_frame("notify_status_update", [status, trio.current_time()]))
 
 
-async def _write(conn: Connection, recv: trio.MemoryReceiveChannel[bytes]) -> None:
+async def _write(
+    conn: Connection, recv: trio.MemoryReceiveChannel[bytes], sock: socket.Socket
+) -> None:
     async for frame in recv:
         try:
-            await websocket.send(frame.decode("utf-8"))
+            await sock.send(frame.decode("utf-8"))
         finally:
             conn.unsent -= 1
 
 
-async def serve(facade: Facade) -> Response | None:
-    """The websocket handler: a 403 response for a foreign Origin (before the upgrade is
-    accepted), else serve the connection until either side ends it."""
+async def serve(facade: Facade, sock: socket.Socket) -> Response | None:
+    """The websocket handler (``socket.serve`` runs it, in Quart's websocket context): a
+    403 or 429 response before the upgrade is accepted, else serve the connection until
+    either side ends it."""
     svc = facade.svc
     access = svc.access
     # The front decided once, at the upgrade (api/front.py).
-    decision = decision_of(websocket.scope)
+    decision = decision_of(sock.scope)
     if decision is None:
         decision = access.decide(
             peer=websocket.remote_addr,
@@ -255,9 +262,7 @@ async def serve(facade: Facade) -> Response | None:
             headers={**REFUSAL_HEADERS, "Retry-After": str(decision.retry_after)},
             content_type="application/json",
         )
-    await websocket.accept()
-    # The request's own websocket object: no context lookup per frame.
-    sock = websocket._get_current_object()  # type: ignore[attr-defined]
+    await sock.accept()
     send, recv = trio.open_memory_channel[bytes](OUT_BUFFER)
     with trio.CancelScope() as scope:
         conn = Connection(facade.next_connection_id(), peer, authenticated, send, scope)
@@ -271,7 +276,7 @@ async def serve(facade: Facade) -> Response | None:
         try:
             with svc.bus.subscribed(is_notified, buffer_size=1024) as sub:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_write, conn, recv)
+                    nursery.start_soon(_write, conn, recv, sock)
                     nursery.start_soon(_tick, facade, conn)
 
                     async def forward_then_close() -> None:
@@ -280,9 +285,13 @@ async def serve(facade: Facade) -> Response | None:
 
                     nursery.start_soon(forward_then_close)
                     while True:
-                        data: Any = await sock.receive()
+                        try:
+                            data: Any = await sock.receive()
+                        except socket.Disconnected:
+                            nursery.cancel_scope.cancel()
+                            break
                         limit = MAX_FRAME if conn.authenticated else MAX_ANONYMOUS_FRAME
-                        if _size(data) > limit:
+                        if _size(data, limit) > limit:
                             await sock.send(frame_too_large(limit).decode())
                             continue
                         conn.busy = True
@@ -301,8 +310,9 @@ async def serve(facade: Facade) -> Response | None:
                                 await sock.send(reply.decode("utf-8"))
                         finally:
                             conn.busy = False
-                            conn.idle.set()
-                            conn.idle = trio.Event()
+                            if conn.idle is not None:
+                                conn.idle.set()
+                                conn.idle = None
         finally:
             facade.connections.discard(conn)
             send.close()
@@ -310,12 +320,16 @@ async def serve(facade: Facade) -> Response | None:
         # We ended it (shutdown, or a client too slow to take its notifications): say so
         # with a close frame rather than dropping the TCP connection.
         with trio.move_on_after(1.0):
-            await websocket.close(1001, "going away")
+            await sock.close(1001, "going away")
     return None
 
 
-def _size(data: str | bytes) -> int:
-    return len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+def _size(data: str | bytes, limit: int) -> int:
+    """The frame's size in bytes, or (for a text frame too short to reach ``limit``) its
+    length in characters: a character is at most 4 bytes of UTF-8."""
+    if isinstance(data, bytes) or len(data) * 4 <= limit:
+        return len(data)
+    return len(data.encode("utf-8", "surrogatepass"))
 
 
 def frame_too_large(limit: int) -> bytes:
