@@ -160,7 +160,8 @@ def _first(text: str | None, sep: str = ";") -> str | None:
 
 
 def _sum(text: str | None, sep: str = ",") -> float | None:
-    """Sum of a per-extruder list (``"1234.5, 0.0"``); ``None`` if any item is not a number."""
+    """Sum of a per-extruder list (``"1234.5, 0.0"``); ``None`` if any item is not a number
+    or the sum is not finite."""
     if text is None:
         return None
     total = 0.0
@@ -169,7 +170,7 @@ def _sum(text: str | None, sep: str = ",") -> float | None:
         if v is None:
             return None
         total += v
-    return total
+    return total if math.isfinite(total) else None
 
 
 def _percent(text: str | None) -> float | None:
@@ -303,6 +304,8 @@ def parse(head: bytes, tail: bytes = b"") -> GcodeMeta:
         # Cura: "1.23456m" or "1.2m, 0.3m" (one per extruder), in metres.
         metres = _sum(v.replace("m", ""))
         length = None if metres is None else metres * 1000.0
+        if length is not None and not math.isfinite(length):
+            length = None  # a finite count of metres beyond a float in millimetres
     weight = _sum(eq.get("filament used [g]"))
     if weight is None:
         weight = _num(eq.get("total filament used [g]"))
