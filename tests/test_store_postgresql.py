@@ -171,6 +171,35 @@ async def test_one_daemon_per_database(pg_dsn: str) -> None:
         assert await again.get_job(job.id) == job
 
 
+async def test_a_start_waits_for_the_lock_of_a_daemon_that_just_stopped(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped daemon's lock outlives its close for a moment (the server drops it once
+    it has seen the connection go): a start meanwhile waits for it instead of failing."""
+    from printfarmd.store import postgresql
+
+    holder = psycopg.connect(pg_dsn, autocommit=True)
+    held = holder.execute("SELECT pg_try_advisory_lock(%s)", (postgresql._WRITER_LOCK,))
+    assert held.fetchone() == (True,)
+    refused: list[str] = []
+    real_connect = postgresql.connect
+
+    def connect(*args: object, **kwargs: object) -> postgresql.PgConn:
+        try:
+            return real_connect(*args, **kwargs)  # type: ignore[arg-type]
+        except postgresql.InUse:
+            refused.append("in use")
+            holder.close()  # the old daemon's session ends after the first refusal
+            raise
+
+    monkeypatch.setattr(postgresql, "connect", connect)
+    async with open_pg_store(pg_dsn) as store:
+        job = mkjob()
+        await store.commit([out.InsertJob(job)])
+        assert await store.get_job(job.id) == job
+    assert refused  # it did find the lock held, and waited
+
+
 def test_no_postgresql_installed_is_a_loud_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """The PostgreSQL tests fail (never skip) where the server is not installed."""
     from tests import pg_server

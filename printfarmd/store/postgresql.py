@@ -28,6 +28,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -399,15 +400,28 @@ class PgStore(Store):
         return await self._read(table_names)
 
 
+#: How long a start waits for the writer's lock before it says the database is in use.
+#: A daemon that has just stopped (a restart, a test reopening its store) holds it until
+#: its server process has seen the connection close, a moment after the client's close
+#: returned; a daemon that really runs holds it for good.
+IN_USE_WAIT = 3.0
+
+
 def _open(dsn: str, synchronous: str, node: str = "") -> tuple[PgConn, int]:
-    try:
-        conn = connect(dsn, synchronous, writer=True, node=node)
-    except InUse as exc:
-        raise StorageBusy(f"{exc} ({describe(dsn)})") from None
-    except psycopg.Error as exc:
-        raise StorageBusy(
-            f"cannot connect to PostgreSQL at {describe(dsn)}: {str(exc).strip()}"
-        ) from None
+    """The writer's connection, migrated (blocking: runs on a worker thread)."""
+    deadline = time.monotonic() + IN_USE_WAIT
+    while True:
+        try:
+            conn = connect(dsn, synchronous, writer=True, node=node)
+            break
+        except InUse as exc:
+            if time.monotonic() >= deadline:
+                raise StorageBusy(f"{exc} ({describe(dsn)})") from None
+            time.sleep(0.05)
+        except psycopg.Error as exc:
+            raise StorageBusy(
+                f"cannot connect to PostgreSQL at {describe(dsn)}: {str(exc).strip()}"
+            ) from None
     try:
         applied = migrate(conn)
     except psycopg.Error as exc:
