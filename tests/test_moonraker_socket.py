@@ -1,4 +1,4 @@
-"""The facade's ``/websocket`` on ASGI (issue 17, ``api/moonraker/socket.py``): frames go
+"""The facade's ``/websocket`` on ASGI (issue 17, ``api/moonraker/asgi_socket.py``): frames go
 between hypercorn and the facade without Quart's per-frame machinery, Quart's websocket
 context is still there for the methods that read it, and a failing handler closes its
 connection with 1011 while the daemon goes on."""

@@ -22,7 +22,7 @@ the test-only wire recorder (``wirelog``). In order, for HTTP:
    (``decision_of``) to the view, which never decides again. A websocket is never refused
    for its credentials: it may authenticate later (``server.connection.identify``), so
    ``ws.serve`` reads the decision and acts on it; the facade's ``/websocket`` is then
-   served straight on ASGI (``serve_websocket``, ``moonraker/socket.py``), not through
+   served straight on ASGI (``serve_websocket``, ``moonraker/asgi_socket.py``), not through
    Quart's per-frame path. A key verified on a connection is remembered for that
    connection (``Access``), so it is not hashed again per request;
 6. **fast routes** (``serve_get``): a few hot, read-only ``GET`` answers built without a

@@ -11,7 +11,7 @@ from printfarmd.api.auth import OneshotTokens
 from printfarmd.api.context import Services
 from printfarmd.api.front import Front, is_facade_path
 from printfarmd.api.history import BOOK_KEY
-from printfarmd.api.moonraker import socket, ws
+from printfarmd.api.moonraker import asgi_socket, ws
 from printfarmd.api.moonraker.facade import Facade
 from printfarmd.api.moonraker.http import FACADE_KEY, UploadAwareRequest, bp
 
@@ -32,10 +32,10 @@ def install(app: QuartTrio, svc: Services, tokens: OneshotTokens) -> None:
 
 def serve_fast(front: Front, app: QuartTrio) -> None:
     """The facade's hot read answers, given by the front without a Quart request, and
-    its websocket, served without Quart's per-frame machinery (``moonraker/socket.py``)."""
+    its websocket, served without Quart's per-frame machinery (``moonraker/asgi_socket.py``)."""
     facade: Facade = app.config[FACADE_KEY]
     front.serve_get("/server/job_queue/status", facade.fast_status)
     # issue 17: the websocket's frames go between hypercorn and the facade directly.
     front.serve_websocket(
-        "/websocket", functools.partial(socket.serve, app, functools.partial(ws.serve, facade))
+        "/websocket", functools.partial(asgi_socket.serve, app, functools.partial(ws.serve, facade))
     )

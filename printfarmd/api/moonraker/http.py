@@ -353,6 +353,6 @@ async def camera_snapshot(printer_id: str) -> Response:
 @bp.websocket("/websocket")
 async def websocket_route() -> Response | None:
     """Never reached in the daemon: the front gives every upgrade on this path to
-    ``socket.serve`` (issue 17). The rule stays so that Quart's URL map knows the path
+    ``asgi_socket.serve`` (issue 17). The rule stays so that Quart's URL map knows the path
     (a plain HTTP request for it gets the 400 Quart gives a websocket route)."""
     return Response(b"", status=500)

@@ -29,7 +29,7 @@ from quart import Response, websocket
 
 from printfarmd.api.auth import Verdict
 from printfarmd.api.front import decision_of
-from printfarmd.api.moonraker import history_methods, procstats, rpc, socket, spoolman_methods
+from printfarmd.api.moonraker import asgi_socket, history_methods, procstats, rpc, spoolman_methods
 from printfarmd.api.moonraker.facade import HISTORY_FRAMES_KEEP, Facade, notify_frame
 from printfarmd.errors import FarmError
 from printfarmd.models import Event
@@ -219,7 +219,7 @@ async def _tick(facade: Facade, conn: Connection) -> None:
 
 
 async def _write(
-    conn: Connection, recv: trio.MemoryReceiveChannel[bytes], sock: socket.Socket
+    conn: Connection, recv: trio.MemoryReceiveChannel[bytes], sock: asgi_socket.Socket
 ) -> None:
     async for frame in recv:
         try:
@@ -228,8 +228,8 @@ async def _write(
             conn.unsent -= 1
 
 
-async def serve(facade: Facade, sock: socket.Socket) -> Response | None:
-    """The websocket handler (``socket.serve`` runs it, in Quart's websocket context): a
+async def serve(facade: Facade, sock: asgi_socket.Socket) -> Response | None:
+    """The websocket handler (``asgi_socket.serve`` runs it, in Quart's websocket context): a
     403 or 429 response before the upgrade is accepted, else serve the connection until
     either side ends it."""
     svc = facade.svc
@@ -287,7 +287,7 @@ async def serve(facade: Facade, sock: socket.Socket) -> Response | None:
                     while True:
                         try:
                             data: Any = await sock.receive()
-                        except socket.Disconnected:
+                        except asgi_socket.Disconnected:
                             nursery.cancel_scope.cancel()
                             break
                         limit = MAX_FRAME if conn.authenticated else MAX_ANONYMOUS_FRAME
